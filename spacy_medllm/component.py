@@ -1,0 +1,466 @@
+"""The `medllm_ner` spaCy component: prompt a generative model, parse its JSON, set character-aligned spans.
+
+This module is imported by spaCy's `spacy_factories` entry point every time any pipeline is built,
+so it imports only spaCy and the standard library; models load lazily in the generators.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from spacy.language import Language
+from spacy.pipeline import Pipe
+from spacy.scorer import Scorer
+from spacy.tokens import Doc, Span
+from spacy.training import Example
+from spacy.util import ensure_path, filter_spans, minibatch, registry
+
+from . import records
+from .alignment import find_entities, snap_to_tokens
+from .chunking import ChunkingError, plan_chunks
+from .generators import Generator
+from .labels import DEFAULT_LABELS, LabelSet
+from .parsing import parse_response
+from .prompts import PromptBuilder, PromptTemplate
+from .records import Rejection
+
+RECORD_ATTR = "medllm"
+
+if not Doc.has_extension(RECORD_ATTR):
+    # {component name: record}. Plain JSON-like data, so it survives DocBin and Doc.to_bytes.
+    Doc.set_extension(RECORD_ATTR, default=None)
+
+OUTPUT_MODES = ("ents", "spans")
+ALIGNMENT_MODES = ("strict", "contract", "expand")
+REPEATED_MODES = ("all", "cursor")
+LONG_DOCUMENT_MODES = ("split", "error")
+
+DEFAULT_CONFIG = """
+[medllm_ner]
+labels = ["DRUG", "ADVERSE_EVENT", "DISEASE", "SYMPTOM", "PROCEDURE", "BODY_PART", "DOSAGE"]
+label_definitions = {}
+label_aliases = {}
+output = "ents"
+spans_key = "medllm"
+overwrite_ents = false
+alignment_mode = "expand"
+case_sensitive = false
+fuzzy_match = true
+repeated_mentions = "all"
+long_documents = "split"
+save_io = false
+strict = false
+
+[medllm_ner.generator]
+@misc = "medllm.HFGenerator.v1"
+model = "smollm2-135m-instruct"
+adapter = null
+batch_size = 8
+max_new_tokens = 256
+
+[medllm_ner.prompt]
+@misc = "medllm.PromptTemplate.v1"
+
+[medllm_ner.scorer]
+@scorers = "medllm.ner_scorer.v1"
+"""
+
+
+class MedLLMParseError(ValueError):
+    """Raised in strict mode when a model response holds no readable JSON answer."""
+
+
+def _default_config() -> Dict[str, Any]:
+    from thinc.api import Config
+
+    return Config().from_str(DEFAULT_CONFIG)["medllm_ner"]
+
+
+@Language.factory(
+    "medllm_ner",
+    default_config=_default_config(),
+    assigns=["doc.ents", "doc.spans", f"doc._.{RECORD_ATTR}"],
+    default_score_weights={
+        "ents_f": 1.0,
+        "ents_p": 0.0,
+        "ents_r": 0.0,
+        "ents_unlabeled_f": 0.0,
+        "ents_per_type": None,
+    },
+)
+def make_medllm_ner(
+    nlp: Language,
+    name: str,
+    generator: Generator,
+    labels: List[str],
+    label_definitions: Dict[str, str],
+    label_aliases: Dict[str, str],
+    prompt: PromptTemplate,
+    output: str,
+    spans_key: str,
+    overwrite_ents: bool,
+    alignment_mode: str,
+    case_sensitive: bool,
+    fuzzy_match: bool,
+    repeated_mentions: str,
+    long_documents: str,
+    save_io: bool,
+    strict: bool,
+    scorer: Optional[Callable],
+) -> "MedLLMNER":
+    """Build a `medllm_ner` component; see MedLLMNER for what each setting does."""
+    return MedLLMNER(
+        nlp.vocab,
+        name,
+        generator=generator,
+        labels=labels,
+        label_definitions=label_definitions,
+        label_aliases=label_aliases,
+        prompt=prompt,
+        output=output,
+        spans_key=spans_key,
+        overwrite_ents=overwrite_ents,
+        alignment_mode=alignment_mode,
+        case_sensitive=case_sensitive,
+        fuzzy_match=fuzzy_match,
+        repeated_mentions=repeated_mentions,
+        long_documents=long_documents,
+        save_io=save_io,
+        strict=strict,
+        scorer=scorer,
+    )
+
+
+def _choice(name: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"medllm_ner: {name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+class MedLLMNER(Pipe):
+    """Generative entity extraction as a spaCy pipe.
+
+    text -> prompt (PromptBuilder) -> generator -> response -> parse_response -> find_entities
+    -> snap_to_tokens -> doc.ents or doc.spans[spans_key]. What could not be used is recorded in
+    `doc._.medllm[component name]`: parse errors with the response, and every emitted entity that
+    did not become a span, with its reason.
+
+    output: "ents" (overlaps resolved, longest span wins) or "spans" (all spans kept, in
+        doc.spans[spans_key]).
+    overwrite_ents: with "ents", replace the Doc's existing entities instead of keeping them and
+        adding only non-conflicting new ones.
+    alignment_mode: how found character offsets snap to tokens ("strict", "contract", "expand").
+    case_sensitive / fuzzy_match: which fallbacks the string search may use after an exact match.
+    repeated_mentions: "all" marks every occurrence of an entity string; "cursor" maps the
+        model's mentions in order onto successive occurrences.
+    long_documents: "split" cuts documents longer than the model's context at sentence
+        boundaries and merges the spans back; "error" raises a clear error instead.
+    save_io: keep each prompt and raw response in the record.
+    strict: raise MedLLMParseError when a response cannot be parsed, instead of recording it.
+    """
+
+    def __init__(
+        self,
+        vocab,
+        name: str = "medllm_ner",
+        *,
+        generator: Generator,
+        labels: Sequence[str] = tuple(DEFAULT_LABELS),
+        label_definitions: Optional[Dict[str, str]] = None,
+        label_aliases: Optional[Dict[str, str]] = None,
+        prompt: Optional[PromptTemplate] = None,
+        output: str = "ents",
+        spans_key: str = "medllm",
+        overwrite_ents: bool = False,
+        alignment_mode: str = "expand",
+        case_sensitive: bool = False,
+        fuzzy_match: bool = True,
+        repeated_mentions: str = "all",
+        long_documents: str = "split",
+        save_io: bool = False,
+        strict: bool = False,
+        scorer: Optional[Callable] = None,
+    ) -> None:
+        self.vocab = vocab
+        self.name = name
+        self.generator = generator
+        self.output = _choice("output", output, OUTPUT_MODES)
+        self.spans_key = spans_key
+        self.overwrite_ents = overwrite_ents
+        self.alignment_mode = _choice("alignment_mode", alignment_mode, ALIGNMENT_MODES)
+        self.case_sensitive = case_sensitive
+        self.fuzzy_match = fuzzy_match
+        self.repeated_mentions = _choice("repeated_mentions", repeated_mentions, REPEATED_MODES)
+        self.long_documents = _choice("long_documents", long_documents, LONG_DOCUMENT_MODES)
+        self.save_io = save_io
+        self.strict = strict
+        self.scorer = scorer
+        self._label_definitions = dict(label_definitions or {})
+        self._label_aliases = dict(label_aliases or {})
+        self._template = prompt or PromptTemplate()
+        self._set_labels(labels)
+
+    # -- labels and prompt -------------------------------------------------------------------
+
+    def _set_labels(self, labels: Sequence[str]) -> None:
+        definitions = {k: v for k, v in self._label_definitions.items() if k in labels}
+        self.label_set = LabelSet(labels, definitions, self._label_aliases)
+        self.prompt_builder = PromptBuilder(self.label_set, self._template)
+
+    @property
+    def labels(self) -> Tuple[str, ...]:
+        return tuple(self.label_set.labels)
+
+    def add_label(self, label: str, definition: str = "") -> int:
+        """Add a label to the prompt. Returns 0 if it was there already, 1 otherwise."""
+        if label in self.label_set:
+            return 0
+        if definition:
+            self._label_definitions[label] = definition
+        self._set_labels([*self.labels, label])
+        return 1
+
+    # -- processing ----------------------------------------------------------------------------
+
+    def initialize(
+        self,
+        get_examples: Optional[Callable[[], Iterable[Example]]] = None,
+        *,
+        nlp: Optional[Language] = None,
+        labels: Optional[Sequence[str]] = None,
+    ) -> None:
+        """Load the model now. `labels` (from `[initialize.components]`) replaces the label set."""
+        if labels is not None:
+            self._set_labels(labels)
+        self.generator.initialize()
+
+    def __call__(self, doc: Doc) -> Doc:
+        return self._process_batch([doc])[0]
+
+    def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
+        """Process docs in batches of the generator's batch size; every doc comes out again."""
+        error_handler = self.get_error_handler()
+        for docs in minibatch(stream, size=max(1, self.generator.batch_size)):
+            try:
+                yield from self._process_batch(docs)
+            except Exception as error:  # noqa: BLE001 - handed to spaCy's error handler
+                error_handler(self.name, self, docs, error)
+                # The handler chose not to raise: nothing is lost, each doc says what happened.
+                for doc in docs:
+                    self._record(doc)["error"] = f"{type(error).__name__}: {error}"
+                    yield doc
+
+    def _record(self, doc: Doc) -> Dict[str, Any]:
+        store = doc._.get(RECORD_ATTR)
+        if store is None:
+            store = {}
+            doc._.set(RECORD_ATTR, store)
+        return store.setdefault(self.name, {})
+
+    def _new_record(self, doc: Doc) -> Dict[str, Any]:
+        record = self._record(doc)
+        record.clear()
+        record.update(
+            {
+                "chunks": [],
+                "n_emitted": 0,
+                "n_spans": 0,
+                "parse_errors": [],
+                "repairs": [],
+                "rejected": [],
+                "skipped": None,
+                "error": None,
+            }
+        )
+        return record
+
+    def _process_batch(self, docs: Sequence[Doc]) -> List[Doc]:
+        jobs: List[Tuple[int, int, int]] = []  # (doc index, chunk start, chunk end)
+        for i, doc in enumerate(docs):
+            record = self._new_record(doc)
+            if not doc.text.strip():
+                record["skipped"] = "empty document"
+                continue
+            for start, end in self._chunks(doc):
+                jobs.append((i, start, end))
+        prompts = [self.prompt_builder.messages(docs[i].text[s:e]) for i, s, e in jobs]
+        responses = self.generator(prompts) if prompts else []
+        if len(responses) != len(prompts):
+            raise RuntimeError(
+                f"{type(self.generator).__name__} returned {len(responses)} responses "
+                f"for {len(prompts)} prompts"
+            )
+        found: Dict[int, List[Span]] = {i: [] for i in range(len(docs))}
+        for (i, start, end), prompt, response in zip(jobs, prompts, responses):
+            found[i].extend(self._read_response(docs[i], start, end, prompt, response))
+        for i, doc in enumerate(docs):
+            if doc.text.strip():
+                self._assign(doc, found[i])
+        return list(docs)
+
+    def _chunks(self, doc: Doc) -> List[Tuple[int, int]]:
+        budget = self.generator.prompt_token_budget()
+        if budget is None:
+            return [(0, len(doc.text))]
+        try:
+            return plan_chunks(
+                doc,
+                budget=budget,
+                count_tokens=lambda text: self.generator.count_prompt_tokens(
+                    self.prompt_builder.messages(text)
+                ),
+                allow_split=self.long_documents == "split",
+            )
+        except ChunkingError as error:
+            raise ChunkingError(f"medllm_ner ({self.name}): {error}") from error
+
+    def _read_response(
+        self, doc: Doc, start: int, end: int, prompt: List[Dict[str, str]], response: str
+    ) -> List[Span]:
+        record = self._record(doc)
+        chunk: Dict[str, Any] = {"start": start, "end": end}
+        if self.save_io:
+            chunk["prompt"] = prompt
+            chunk["response"] = response
+        record["chunks"].append(chunk)
+        parsed = parse_response(response, self.label_set)
+        record["repairs"].extend(r for r in parsed.repairs if r not in record["repairs"])
+        record["n_emitted"] += len(parsed.entities) + len(parsed.rejections)
+        if not parsed.ok:
+            if self.strict:
+                raise MedLLMParseError(
+                    f"medllm_ner ({self.name}) could not parse the model's answer for characters "
+                    f"{start}-{end}: {parsed.error}. Response: {response!r}"
+                )
+            record["parse_errors"].append(
+                {"start": start, "end": end, "error": parsed.error, "response": response}
+            )
+        aligned, not_found = find_entities(
+            doc.text[start:end],
+            parsed.entities,
+            case_sensitive=self.case_sensitive,
+            fuzzy=self.fuzzy_match,
+            repeated=self.repeated_mentions,
+        )
+        spans, misaligned = snap_to_tokens(doc, aligned, mode=self.alignment_mode, offset=start)
+        self._reject(record, [*parsed.rejections, *not_found, *misaligned])
+        return spans
+
+    def _reject(self, record: Dict[str, Any], rejections: Iterable[Rejection]) -> None:
+        record["rejected"].extend(r.to_dict() for r in rejections)
+
+    def _assign(self, doc: Doc, spans: List[Span]) -> None:
+        record = self._record(doc)
+        spans = sorted(set(spans), key=lambda s: (s.start, -s.end, s.label_))
+        if self.output == "spans":
+            existing = [] if self.overwrite_ents else list(doc.spans.get(self.spans_key, []))
+            merged = existing + [s for s in spans if s not in existing]
+            doc.spans[self.spans_key] = merged
+            record["n_spans"] = len(spans)
+            return
+        kept = filter_spans(spans)
+        kept_set = set(kept)
+        self._reject(
+            record,
+            (
+                Rejection(s.text, s.label_, records.OVERLAP, f"overlaps a longer span at {s.start_char}")
+                for s in spans
+                if s not in kept_set
+            ),
+        )
+        if self.overwrite_ents:
+            doc.ents = kept
+        else:
+            taken = set()
+            for ent in doc.ents:
+                taken.update(range(ent.start, ent.end))
+            fresh = [s for s in kept if not taken.intersection(range(s.start, s.end))]
+            self._reject(
+                record,
+                (
+                    Rejection(s.text, s.label_, records.EXISTING_ENTITY, "kept the Doc's entity")
+                    for s in kept
+                    if s not in set(fresh)
+                ),
+            )
+            kept = fresh
+            doc.set_ents(kept, default="unmodified")
+        record["n_spans"] = len(kept)
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, Any]:
+        if self.scorer is None:
+            raise NotImplementedError("medllm_ner was built without a scorer")
+        return self.scorer(examples, output=self.output, spans_key=self.spans_key, **kwargs)
+
+    # -- serialization -------------------------------------------------------------------------
+
+    def to_disk(self, path, *, exclude: Iterable[str] = tuple()) -> None:
+        path = ensure_path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {
+            "labels": list(self.labels),
+            "label_definitions": self.label_set.definitions,
+            "label_aliases": self._label_aliases,
+            "template": self._template.to_dict(),
+        }
+        (path / "cfg.json").write_text(json.dumps(state, indent=2, ensure_ascii=False), "utf8")
+        if "generator" not in exclude:
+            self.generator.to_disk(path / "generator")
+
+    def from_disk(self, path, *, exclude: Iterable[str] = tuple()) -> "MedLLMNER":
+        path = ensure_path(path)
+        state = json.loads((path / "cfg.json").read_text("utf8"))
+        self._label_definitions = dict(state.get("label_definitions", {}))
+        self._label_aliases = dict(state.get("label_aliases", {}))
+        self._template = PromptTemplate.from_dict(state["template"])
+        self._set_labels(state["labels"])
+        if "generator" not in exclude and (path / "generator").exists():
+            self.generator.from_disk(path / "generator")
+        return self
+
+
+def get_record(doc: Doc, component: str = "medllm_ner") -> Optional[Dict[str, Any]]:
+    """What `component` recorded for `doc` (parse errors, rejected entities, prompts), or None."""
+    store = doc._.get(RECORD_ATTR) or {}
+    return store.get(component)
+
+
+@registry.scorers("medllm.ner_scorer.v1")
+def make_ner_scorer() -> Callable[..., Dict[str, Any]]:
+    return score_entities
+
+
+def score_entities(
+    examples: Iterable[Example], *, output: str = "ents", spans_key: str = "medllm", **kwargs
+) -> Dict[str, Any]:
+    """Per-label and label-blind precision, recall and F on doc.ents or doc.spans[spans_key].
+
+    Keys follow spaCy: ents_p/r/f and ents_per_type (or spans_<key>_...), plus
+    <prefix>_unlabeled_p/r/f where a span counts if its boundaries are right, whatever its label.
+    """
+    examples = list(examples)
+    if output == "spans":
+        prefix = f"spans_{spans_key}"
+
+        def getter(doc: Doc, attr: str) -> Iterable[Span]:
+            return doc.spans.get(spans_key, [])
+
+        allow_overlap = True
+    else:
+        prefix = "ents"
+        getter = getattr  # type: ignore[assignment]
+        allow_overlap = False
+    attr = prefix if output == "spans" else "ents"
+    scores = Scorer.score_spans(
+        examples, attr, getter=getter, allow_overlap=allow_overlap, **kwargs
+    )
+    blind = Scorer.score_spans(
+        examples, attr, getter=getter, allow_overlap=allow_overlap, labeled=False, **kwargs
+    )
+    for metric in ("p", "r", "f"):
+        scores[f"{prefix}_unlabeled_{metric}"] = blind[f"{attr}_{metric}"]
+    return scores

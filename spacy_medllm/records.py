@@ -1,0 +1,77 @@
+"""Plain records that travel along the path response -> parse -> align -> Doc, and onto the Doc."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+# Why an entity the model emitted did not become a span. Every emitted entity ends either as a
+# span or as a Rejection with one of these reasons.
+UNKNOWN_LABEL = "unknown_label"  # label not in the configured set, nor an alias of one
+EMPTY_TEXT = "empty_text"  # entity text empty or whitespace only, or not a string
+TRUNCATED = "truncated"  # the response ended inside this entity
+MALFORMED = "malformed"  # an item of the answer that is not an entity (no text, wrong type)
+NOT_IN_TEXT = "not_in_text"  # the string does not occur in the document (an invented entity)
+TOKEN_MISALIGNED = "token_misaligned"  # found, but cannot be snapped to token boundaries
+DUPLICATE = "duplicate"  # the same mention was already emitted
+OVERLAP = "overlap"  # overlaps a longer span of this component (doc.ents only)
+EXISTING_ENTITY = "existing_entity"  # overlaps an entity already on the Doc (overwrite_ents=False)
+
+REASONS = (
+    UNKNOWN_LABEL,
+    EMPTY_TEXT,
+    TRUNCATED,
+    MALFORMED,
+    NOT_IN_TEXT,
+    TOKEN_MISALIGNED,
+    DUPLICATE,
+    OVERLAP,
+    EXISTING_ENTITY,
+)
+
+
+@dataclass
+class ParsedEntity:
+    """An entity as the model wrote it, with its label resolved to the configured label set."""
+
+    text: str
+    label: str
+    raw_label: Optional[str] = None  # the label as the model wrote it, if different
+
+
+@dataclass
+class Rejection:
+    """An emitted entity that did not become a span, and why."""
+
+    text: Any
+    label: Any
+    reason: str
+    detail: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ParseResult:
+    """What a response yielded: usable entities, rejected items and whether the JSON could be read."""
+
+    entities: List[ParsedEntity] = field(default_factory=list)
+    rejections: List[Rejection] = field(default_factory=list)
+    error: Optional[str] = None  # set when no JSON answer could be read at all
+    repairs: List[str] = field(default_factory=list)  # what had to be repaired: "fence", "trailing_comma", ...
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class AlignedEntity:
+    """An entity located in the text by character offsets (end exclusive)."""
+
+    start: int
+    end: int
+    label: str
+    text: str  # the entity string as the model wrote it
+    match: str = "exact"  # "exact", "case_insensitive" or "fuzzy"

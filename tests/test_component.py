@@ -1,0 +1,255 @@
+"""The medllm_ner component's logic: assignment, records, batching, chunking, errors, scoring, I/O."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import spacy
+from spacy.tokens import Doc, DocBin, Span
+from spacy.training import Example
+
+from spacy_medllm import get_record
+from spacy_medllm.chunking import ChunkingError
+from spacy_medllm.component import MedLLMParseError
+from tests.scripted import ScriptedGenerator, lexicon_answer
+
+LEXICON = {"Abilify": "DRUG", "nausea": "ADVERSE_EVENT", "vomiting": "ADVERSE_EVENT"}
+
+
+def make_nlp(answer=None, lang="en", **config):
+    nlp = spacy.blank(lang)
+    component = nlp.add_pipe("medllm_ner", config=config)
+    component.generator = ScriptedGenerator(answer or lexicon_answer(LEXICON))
+    return nlp, component
+
+
+def ents(doc: Doc):
+    return [(e.start_char, e.end_char, e.label_, e.text) for e in doc.ents]
+
+
+def test_entities_land_at_character_offsets():
+    nlp, _ = make_nlp()
+    doc = nlp("After starting Abilify I have nausea and vomiting.")
+    assert ents(doc) == [
+        (15, 22, "DRUG", "Abilify"),
+        (30, 36, "ADVERSE_EVENT", "nausea"),
+        (41, 49, "ADVERSE_EVENT", "vomiting"),
+    ]
+    record = get_record(doc)
+    assert record["n_emitted"] == 3 and record["n_spans"] == 3 and record["rejected"] == []
+
+
+def test_invented_entity_is_reported_not_set():
+    answer = json.dumps([{"text": "Abilify", "label": "DRUG"}, {"text": "headache", "label": "ADVERSE_EVENT"}])
+    nlp, _ = make_nlp(lambda text: answer)
+    doc = nlp("Abilify made me dizzy.")
+    assert [e.text for e in doc.ents] == ["Abilify"]
+    rejected = get_record(doc)["rejected"]
+    assert rejected == [
+        {"text": "headache", "label": "ADVERSE_EVENT", "reason": "not_in_text", "detail": rejected[0]["detail"]}
+    ]
+
+
+def test_unknown_label_is_reported_with_the_models_label():
+    answer = json.dumps([{"text": "Denver", "label": "CITY"}, {"text": "Abilify", "label": "drug"}])
+    nlp, _ = make_nlp(lambda text: answer)
+    doc = nlp("Abilify in Denver.")
+    assert ents(doc) == [(0, 7, "DRUG", "Abilify")]
+    reasons = [(r["text"], r["label"], r["reason"]) for r in get_record(doc)["rejected"]]
+    assert reasons == [("Denver", "CITY", "unknown_label")]
+
+
+def test_parse_failure_is_recorded_with_the_response_and_strict_raises():
+    nlp, component = make_nlp(lambda text: "I am sorry, I cannot help with that.")
+    doc = nlp("Abilify and nausea.")
+    assert doc.ents == ()
+    errors = get_record(doc)["parse_errors"]
+    assert len(errors) == 1 and errors[0]["response"].startswith("I am sorry")
+    component.strict = True
+    with pytest.raises(MedLLMParseError, match="could not parse"):
+        nlp("Abilify and nausea.")
+
+
+def test_overlaps_resolved_in_ents_and_kept_in_spans():
+    answer = json.dumps(
+        [{"text": "type 2 diabetes", "label": "DISEASE"}, {"text": "diabetes", "label": "DISEASE"}]
+    )
+    nlp, _ = make_nlp(lambda text: answer)
+    doc = nlp("History of type 2 diabetes.")
+    assert [e.text for e in doc.ents] == ["type 2 diabetes"]
+    assert [r["reason"] for r in get_record(doc)["rejected"]] == ["overlap"]
+
+    nlp, _ = make_nlp(lambda text: answer, output="spans", spans_key="sc")
+    doc = nlp("History of type 2 diabetes.")
+    assert [s.text for s in doc.spans["sc"]] == ["type 2 diabetes", "diabetes"]
+    assert doc.ents == ()
+    assert get_record(doc)["rejected"] == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_existing_entities_kept_or_overwritten(overwrite):
+    nlp, _ = make_nlp(overwrite_ents=overwrite)
+    doc = nlp.make_doc("Abilify gave me nausea.")
+    doc.ents = [Span(doc, 0, 1, label="BRAND")]
+    doc = nlp.get_pipe("medllm_ner")(doc)
+    if overwrite:
+        assert [(e.text, e.label_) for e in doc.ents] == [("Abilify", "DRUG"), ("nausea", "ADVERSE_EVENT")]
+    else:
+        assert [(e.text, e.label_) for e in doc.ents] == [("Abilify", "BRAND"), ("nausea", "ADVERSE_EVENT")]
+        assert [r["reason"] for r in get_record(doc)["rejected"]] == ["existing_entity"]
+
+
+def test_empty_documents_are_skipped_and_kept_in_order():
+    nlp, component = make_nlp()
+    texts = ["Abilify helps.", "", "   \n ", "I had nausea."]
+    docs = list(nlp.pipe(texts))
+    assert [d.text for d in docs] == texts
+    assert [len(d.ents) for d in docs] == [1, 0, 0, 1]
+    assert get_record(docs[1])["skipped"] == "empty document"
+    # The model never saw the empty documents.
+    assert [t for call in component.generator.calls for t in call] == [texts[0], texts[3]]
+
+
+def test_pipe_batches_by_generator_batch_size_and_matches_single_calls():
+    texts = [f"Patient {i} took Abilify and had {'nausea' if i % 2 else 'vomiting'}." for i in range(10)]
+    nlp, component = make_nlp()
+    component.generator.batch_size = 4
+    batched = [ents(d) for d in nlp.pipe(texts)]
+    assert [len(call) for call in component.generator.calls] == [4, 4, 2]
+    single = [ents(nlp(t)) for t in texts]
+    assert batched == single
+
+
+def test_generator_failure_goes_to_error_handler_and_loses_no_document():
+    nlp, component = make_nlp()
+    component.generator = ScriptedGenerator(lexicon_answer(LEXICON), batch_size=2, fail_on="BOOM")
+    texts = ["Abilify.", "BOOM nausea", "vomiting", "Abilify again"]
+    with pytest.raises(RuntimeError, match="scripted failure"):
+        list(nlp.pipe(texts))
+    seen = []
+    nlp.set_error_handler(lambda name, proc, docs, e: seen.append((name, len(docs))))
+    docs = list(nlp.pipe(texts))
+    assert [d.text for d in docs] == texts
+    assert seen == [("medllm_ner", 2)]
+    assert "scripted failure" in get_record(docs[0])["error"]
+    assert get_record(docs[2])["error"] is None and [e.text for e in docs[2].ents] == ["vomiting"]
+
+
+def test_long_document_is_split_at_sentences_and_offsets_are_right():
+    sentences = [f"Day {i}: the patient took Abilify and reported nausea." for i in range(30)]
+    text = " ".join(sentences)
+    nlp, component = make_nlp()
+    component.generator.budget = 40  # 10 overhead + about 30 words per prompt
+    doc = nlp(text)
+    prompts = [t for call in component.generator.calls for t in call]
+    assert len(prompts) > 5
+    assert all(component.generator.count_prompt_tokens([{"content": p}]) <= 40 for p in prompts)
+    record = get_record(doc)
+    assert len(record["chunks"]) == len(prompts)
+    drugs = [e for e in doc.ents if e.label_ == "DRUG"]
+    assert len(drugs) == 30
+    assert all(e.text == "Abilify" and text[e.start_char : e.end_char] == "Abilify" for e in doc.ents[:1])
+    starts = [text.index("Abilify", text.index(f"Day {i}:")) for i in range(30)]
+    assert [e.start_char for e in drugs] == starts
+
+
+def test_long_document_error_mode_names_the_budget():
+    nlp, component = make_nlp(long_documents="error")
+    component.generator.budget = 20
+    with pytest.raises(ChunkingError, match="prompt budget of 20 tokens"):
+        nlp("word " * 50)
+
+
+def test_save_io_keeps_prompt_and_response_and_records_survive_docbin():
+    nlp, _ = make_nlp(save_io=True)
+    doc = nlp("Abilify caused nausea.")
+    chunk = get_record(doc)["chunks"][0]
+    assert chunk["prompt"][-1] == {"role": "user", "content": "Abilify caused nausea."}
+    assert "ADVERSE_EVENT" in chunk["prompt"][0]["content"]
+    assert json.loads(chunk["response"])[0] == {"text": "Abilify", "label": "DRUG"}
+    restored = list(DocBin(docs=[doc], store_user_data=True).get_docs(nlp.vocab))[0]
+    assert get_record(restored) == get_record(doc)
+
+
+def test_custom_label_set_changes_prompt_and_filters_labels():
+    answer = json.dumps([{"text": "Denver", "label": "CITY"}, {"text": "Abilify", "label": "DRUG"}])
+    nlp, component = make_nlp(
+        lambda text: answer, labels=["CITY"], label_definitions={"CITY": "a city name"}
+    )
+    doc = nlp("Abilify in Denver.")
+    assert ents(doc) == [(11, 17, "CITY", "Denver")]
+    assert "- CITY: a city name" in component.prompt_builder.messages("x")[0]["content"]
+    assert "DRUG" not in component.prompt_builder.messages("x")[0]["content"]
+    component.initialize(labels=["DRUG"])
+    assert component.labels == ("DRUG",) and component.generator.initialized
+    assert ents(nlp("Abilify in Denver.")) == [(0, 7, "DRUG", "Abilify")]
+
+
+def test_bad_settings_give_clear_errors():
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError, match="output must be one of"):
+        nlp.add_pipe("medllm_ner", config={"output": "entities"})
+    with pytest.raises(ValueError, match="not in the label set"):
+        nlp.add_pipe("medllm_ner", name="x", config={"labels": ["DRUG"], "label_definitions": {"DOSE": "d"}})
+
+
+def test_score_per_label_and_label_blind():
+    nlp, _ = make_nlp(lambda text: json.dumps([{"text": "nausea", "label": "DRUG"}, {"text": "Abilify", "label": "DRUG"}]))
+    reference = nlp.make_doc("Abilify gave me nausea.")
+    reference.ents = [Span(reference, 0, 1, "DRUG"), Span(reference, 3, 4, "ADVERSE_EVENT")]
+    example = Example(nlp(reference.text), reference)
+    scores = nlp.get_pipe("medllm_ner").score([example])
+    assert scores["ents_p"] == pytest.approx(0.5) and scores["ents_r"] == pytest.approx(0.5)
+    assert scores["ents_per_type"]["DRUG"]["p"] == pytest.approx(0.5)
+    assert scores["ents_per_type"]["ADVERSE_EVENT"]["r"] == 0.0
+    assert scores["ents_unlabeled_f"] == pytest.approx(1.0)
+    assert nlp.evaluate([example])["ents_f"] == pytest.approx(0.5)
+
+
+def test_to_disk_and_spacy_load_restore_labels_prompt_and_generator_state(tmp_path):
+    nlp = spacy.blank("en")
+    nlp.add_pipe(
+        "medllm_ner",
+        config={
+            "labels": ["DRUG", "ADVERSE_EVENT"],
+            "label_definitions": {"DRUG": "a medicine"},
+            "generator": {"@misc": "test.ScriptedLexiconGenerator.v1", "lexicon": LEXICON},
+            "prompt": {
+                "@misc": "medllm.PromptTemplate.v1",
+                "examples": [{"text": "Abilify hurt", "entities": [{"text": "Abilify", "label": "DRUG"}]}],
+            },
+        },
+    )
+    nlp.get_pipe("medllm_ner").generator.saved_state = {"adapter": "abc"}
+    texts = [f"Note {i}: Abilify then nausea and vomiting." for i in range(20)]
+    before = [ents(d) for d in nlp.pipe(texts)]
+    nlp.to_disk(tmp_path / "pipe")
+    loaded = spacy.load(tmp_path / "pipe")
+    component = loaded.get_pipe("medllm_ner")
+    assert component.labels == ("DRUG", "ADVERSE_EVENT")
+    assert component.prompt_builder.messages("t") == nlp.get_pipe("medllm_ner").prompt_builder.messages("t")
+    assert component.generator.saved_state == {"adapter": "abc"}
+    assert [ents(d) for d in loaded.pipe(texts)] == before
+
+
+def test_building_and_loading_a_pipeline_never_imports_torch(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys, spacy
+        nlp = spacy.blank("en")
+        nlp.add_pipe("medllm_ner")
+        nlp.add_pipe("medllm_ner", name="remote", config={{"generator": {{
+            "@misc": "medllm.OpenAIGenerator.v1", "model": "m", "base_url": "http://127.0.0.1:9/v1"}}}})
+        nlp.to_disk({str(tmp_path / "p")!r})
+        spacy.load({str(tmp_path / "p")!r})
+        heavy = [m for m in ("torch", "transformers", "peft", "openai") if m in sys.modules]
+        print("HEAVY", heavy)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
