@@ -200,6 +200,8 @@ class MedLLMNER(Pipe):
         self._label_definitions = dict(label_definitions or {})
         self._label_aliases = dict(label_aliases or {})
         self._template = prompt or PromptTemplate()
+        # Definitions for labels that are not predicted are almost always a typo: say so.
+        LabelSet(labels, self._label_definitions, self._label_aliases)
         self._set_labels(labels)
 
     # -- labels and prompt -------------------------------------------------------------------

@@ -172,7 +172,8 @@ def test_save_io_keeps_prompt_and_response_and_records_survive_docbin():
     assert "ADVERSE_EVENT" in chunk["prompt"][0]["content"]
     assert json.loads(chunk["response"])[0] == {"text": "Abilify", "label": "DRUG"}
     restored = list(DocBin(docs=[doc], store_user_data=True).get_docs(nlp.vocab))[0]
-    assert get_record(restored) == get_record(doc)
+    # msgpack gives tuples back for lists; the content must be the same.
+    assert json.loads(json.dumps(get_record(restored))) == json.loads(json.dumps(get_record(doc)))
 
 
 def test_custom_label_set_changes_prompt_and_filters_labels():
@@ -236,20 +237,42 @@ def test_to_disk_and_spacy_load_restore_labels_prompt_and_generator_state(tmp_pa
     assert [ents(d) for d in loaded.pipe(texts)] == before
 
 
+BLOCK_HEAVY_IMPORTS = """
+import sys, traceback
+HEAVY = ("torch", "transformers", "peft", "openai", "accelerate", "bitsandbytes")
+attempts = []  # heavy imports requested from spacy_medllm's own code
+
+class BlockHeavy:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HEAVY:
+            # Other installed spaCy plugins (spacy-llm) probe for transformers in their entry
+            # points; only imports that our package asks for count.
+            if any("/spacy_medllm/" in frame.filename for frame in traceback.extract_stack()):
+                attempts.append(name)
+            raise ImportError(f"blocked import of {name}")
+        return None
+
+sys.meta_path.insert(0, BlockHeavy())
+import spacy  # thinc probes for torch here; that probe is not ours
+attempts.clear()
+"""
+
+
 def test_building_and_loading_a_pipeline_never_imports_torch(tmp_path):
-    script = textwrap.dedent(
+    """With torch & co unimportable, building, adding, saving and loading pipelines still works."""
+    script = BLOCK_HEAVY_IMPORTS + textwrap.dedent(
         f"""
-        import sys, spacy
         nlp = spacy.blank("en")
         nlp.add_pipe("medllm_ner")
         nlp.add_pipe("medllm_ner", name="remote", config={{"generator": {{
             "@misc": "medllm.OpenAIGenerator.v1", "model": "m", "base_url": "http://127.0.0.1:9/v1"}}}})
         nlp.to_disk({str(tmp_path / "p")!r})
-        spacy.load({str(tmp_path / "p")!r})
-        heavy = [m for m in ("torch", "transformers", "peft", "openai") if m in sys.modules]
-        print("HEAVY", heavy)
+        loaded = spacy.load({str(tmp_path / "p")!r})
+        assert loaded.pipe_names == ["medllm_ner", "remote"]
+        doc = loaded("")  # an empty document needs no model
+        print("ATTEMPTS", attempts)
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "HEAVY []" in result.stdout
+    assert "ATTEMPTS []" in result.stdout
