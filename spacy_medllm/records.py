@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 # Why an entity the model emitted did not become a span. Every emitted entity ends either as a
 # span or as a Rejection with one of these reasons.
 UNKNOWN_LABEL = "unknown_label"  # label not in the configured set, nor an alias of one
-EMPTY_TEXT = "empty_text"  # entity text empty or whitespace only, or not a string
+EMPTY_TEXT = "empty_text"  # entity text empty, whitespace only or null
 TRUNCATED = "truncated"  # the response ended inside this entity
 MALFORMED = "malformed"  # an item of the answer that is not an entity (no text, wrong type)
 NOT_IN_TEXT = "not_in_text"  # the string does not occur in the document (an invented entity)
