@@ -1,10 +1,11 @@
-"""Rendering chat messages to the exact text a causal LM sees, for inference and for training alike."""
+"""Rendering chat messages to the exact text a causal LM sees, for inference and training alike."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
-Message = Dict[str, str]
+Message = dict[str, str]
 
 # Used for base models that ship no chat template (for example Gemma-3-270M base). It follows the
 # seed project's "### Input / ### Response" format, with the instruction as a preamble.
@@ -12,7 +13,7 @@ PLAIN_TEMPLATE_NAME = "medllm-plain-v1"
 
 
 def _render_plain(messages: Sequence[Message], add_generation_prompt: bool) -> str:
-    parts: List[str] = []
+    parts: list[str] = []
     for message in messages:
         role, content = message["role"], message["content"]
         if role == "system":
@@ -42,7 +43,7 @@ def render_prompt(tokenizer: Any, messages: Sequence[Message]) -> str:
 
 
 def render_completion(tokenizer: Any, answer: str) -> str:
-    """The text a model should generate after `render_prompt`: the answer and the end-of-turn marker.
+    """The text a model should generate after `render_prompt`: the answer and end-of-turn marker.
 
     The prompt + completion pair of a training record is exactly what inference sees followed by
     what it should produce, so the loss can be restricted to the completion.
@@ -50,10 +51,10 @@ def render_completion(tokenizer: Any, answer: str) -> str:
     eos = getattr(tokenizer, "eos_token", None) or ""
     if has_chat_template(tokenizer):
         # The chat template renders the assistant turn; take what follows the generation prompt.
-        probe: List[Message] = [{"role": "user", "content": "x"}]
+        probe: list[Message] = [{"role": "user", "content": "x"}]
         prompt = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(
-            probe + [{"role": "assistant", "content": answer}], tokenize=False
+            [*probe, {"role": "assistant", "content": answer}], tokenize=False
         )
         if full.startswith(prompt):
             completion = full[len(prompt) :]
@@ -65,6 +66,6 @@ def render_completion(tokenizer: Any, answer: str) -> str:
 
 def render_training_pair(
     tokenizer: Any, messages: Sequence[Message], answer: str
-) -> Tuple[str, str]:
+) -> tuple[str, str]:
     """(prompt, completion) texts of one training record."""
     return render_prompt(tokenizer, messages), render_completion(tokenizer, answer)

@@ -1,13 +1,13 @@
-"""Cutting documents that do not fit the model's context into sentence-aligned pieces, never truncating."""
+"""Cutting documents too long for the model's context into sentence pieces, never truncating."""
 
 from __future__ import annotations
 
 import re
-from typing import Callable, List, Tuple
+from collections.abc import Callable
 
 from spacy.tokens import Doc
 
-Range = Tuple[int, int]
+Range = tuple[int, int]
 
 # Sentence ends (., !, ?, ; or a closing bracket/quote after them) followed by white space, and
 # blank lines. Used only when the Doc has no sentence boundaries from a parser or senter.
@@ -18,7 +18,7 @@ class ChunkingError(ValueError):
     """A document does not fit the model's context and may not (or cannot) be split."""
 
 
-def sentence_ranges(doc: Doc) -> List[Range]:
+def sentence_ranges(doc: Doc) -> list[Range]:
     """Character ranges of the sentences, from the Doc's own boundaries or a punctuation rule."""
     if doc.has_annotation("SENT_START"):
         return [(sent.start_char, sent.end_char) for sent in doc.sents]
@@ -32,11 +32,11 @@ def sentence_ranges(doc: Doc) -> List[Range]:
     return ranges
 
 
-def _word_windows(text: str, start: int, end: int, fits: Callable[[int, int], bool]) -> List[Range]:
+def _word_windows(text: str, start: int, end: int, fits: Callable[[int, int], bool]) -> list[Range]:
     """Split text[start:end] at white space into the longest pieces that fit."""
     words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text[start:end])]
     words = [(start + a, start + b) for a, b in words]
-    pieces: List[Range] = []
+    pieces: list[Range] = []
     i = 0
     while i < len(words):
         j = i + 1
@@ -69,7 +69,7 @@ def plan_chunks(
     budget: int,
     count_tokens: Callable[[str], int],
     allow_split: bool = True,
-) -> List[Range]:
+) -> list[Range]:
     """Character ranges to prompt separately so that every prompt fits within `budget` tokens.
 
     `count_tokens(text)` is the size of the full prompt for `text`. A document that fits is one
@@ -82,14 +82,14 @@ def plan_chunks(
     if not allow_split:
         raise ChunkingError(
             f"the document ({len(text)} characters, {count_tokens(text)} prompt tokens) is longer "
-            f"than the model's prompt budget of {budget} tokens. Set long_documents = \"split\" to "
+            f'than the model\'s prompt budget of {budget} tokens. Set long_documents = "split" to '
             "process it in sentence-aligned pieces."
         )
 
     def fits(start: int, end: int) -> bool:
         return count_tokens(text[start:end]) <= budget
 
-    pieces: List[Range] = []
+    pieces: list[Range] = []
     for start, end in sentence_ranges(doc):
         if fits(start, end):
             pieces.append((start, end))
@@ -99,8 +99,8 @@ def plan_chunks(
     # chunk), then check each packed chunk exactly and fall back to finer packing if needed.
     overhead = count_tokens("")
     costs = [max(0, count_tokens(text[s:e]) - overhead) + 1 for s, e in pieces]
-    chunks: List[Range] = []
-    group: List[int] = []
+    chunks: list[Range] = []
+    group: list[int] = []
     used = overhead
     for index, cost in enumerate(costs):
         if group and used + cost > budget:
@@ -113,12 +113,14 @@ def plan_chunks(
     return chunks
 
 
-def _checked(pieces: List[Range], group: List[int], fits: Callable[[int, int], bool]) -> List[Range]:
+def _checked(
+    pieces: list[Range], group: list[int], fits: Callable[[int, int], bool]
+) -> list[Range]:
     """Join the pieces of `group` into one range if it fits, else into greedily grown ranges."""
     first, last = pieces[group[0]], pieces[group[-1]]
     if fits(first[0], last[1]):
         return [(first[0], last[1])]
-    ranges: List[Range] = []
+    ranges: list[Range] = []
     for index in group:
         start, end = pieces[index]
         if ranges and fits(ranges[-1][0], end):

@@ -1,4 +1,4 @@
-"""The `medllm_ner` spaCy component: prompt a generative model, parse its JSON, set character-aligned spans.
+"""The `medllm_ner` spaCy component: prompt a generative model, parse its JSON, set aligned spans.
 
 This module is imported by spaCy's `spacy_factories` entry point every time any pipeline is built,
 so it imports only spaCy and the standard library; models load lazily in the generators.
@@ -7,8 +7,8 @@ so it imports only spaCy and the standard library; models load lazily in the gen
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from spacy.language import Language
 from spacy.pipeline import Pipe
@@ -72,7 +72,7 @@ class MedLLMParseError(ValueError):
     """Raised in strict mode when a model response holds no readable JSON answer."""
 
 
-def _default_config() -> Dict[str, Any]:
+def _default_config() -> dict[str, Any]:
     from thinc.api import Config
 
     return Config().from_str(DEFAULT_CONFIG)["medllm_ner"]
@@ -94,9 +94,9 @@ def make_medllm_ner(
     nlp: Language,
     name: str,
     generator: Generator,
-    labels: List[str],
-    label_definitions: Dict[str, str],
-    label_aliases: Dict[str, str],
+    labels: list[str],
+    label_definitions: dict[str, str],
+    label_aliases: dict[str, str],
     prompt: PromptTemplate,
     output: str,
     spans_key: str,
@@ -108,8 +108,8 @@ def make_medllm_ner(
     long_documents: str,
     save_io: bool,
     strict: bool,
-    scorer: Optional[Callable],
-) -> "MedLLMNER":
+    scorer: Callable | None,
+) -> MedLLMNER:
     """Build a `medllm_ner` component; see MedLLMNER for what each setting does."""
     return MedLLMNER(
         nlp.vocab,
@@ -168,9 +168,9 @@ class MedLLMNER(Pipe):
         *,
         generator: Generator,
         labels: Sequence[str] = tuple(DEFAULT_LABELS),
-        label_definitions: Optional[Dict[str, str]] = None,
-        label_aliases: Optional[Dict[str, str]] = None,
-        prompt: Optional[PromptTemplate] = None,
+        label_definitions: dict[str, str] | None = None,
+        label_aliases: dict[str, str] | None = None,
+        prompt: PromptTemplate | None = None,
         output: str = "ents",
         spans_key: str = "medllm",
         overwrite_ents: bool = False,
@@ -181,7 +181,7 @@ class MedLLMNER(Pipe):
         long_documents: str = "split",
         save_io: bool = False,
         strict: bool = False,
-        scorer: Optional[Callable] = None,
+        scorer: Callable | None = None,
     ) -> None:
         self.vocab = vocab
         self.name = name
@@ -212,7 +212,7 @@ class MedLLMNER(Pipe):
         self.prompt_builder = PromptBuilder(self.label_set, self._template)
 
     @property
-    def labels(self) -> Tuple[str, ...]:
+    def labels(self) -> tuple[str, ...]:
         return tuple(self.label_set.labels)
 
     def add_label(self, label: str, definition: str = "") -> int:
@@ -228,10 +228,10 @@ class MedLLMNER(Pipe):
 
     def initialize(
         self,
-        get_examples: Optional[Callable[[], Iterable[Example]]] = None,
+        get_examples: Callable[[], Iterable[Example]] | None = None,
         *,
-        nlp: Optional[Language] = None,
-        labels: Optional[Sequence[str]] = None,
+        nlp: Language | None = None,
+        labels: Sequence[str] | None = None,
     ) -> None:
         """Load the model now. `labels` (from `[initialize.components]`) replaces the label set."""
         if labels is not None:
@@ -247,21 +247,21 @@ class MedLLMNER(Pipe):
         for docs in minibatch(stream, size=max(1, self.generator.batch_size)):
             try:
                 yield from self._process_batch(docs)
-            except Exception as error:  # noqa: BLE001 - handed to spaCy's error handler
+            except Exception as error:
                 error_handler(self.name, self, docs, error)
                 # The handler chose not to raise: nothing is lost, each doc says what happened.
                 for doc in docs:
                     self._record(doc)["error"] = f"{type(error).__name__}: {error}"
                     yield doc
 
-    def _record(self, doc: Doc) -> Dict[str, Any]:
+    def _record(self, doc: Doc) -> dict[str, Any]:
         store = doc._.get(RECORD_ATTR)
         if store is None:
             store = {}
             doc._.set(RECORD_ATTR, store)
         return store.setdefault(self.name, {})
 
-    def _new_record(self, doc: Doc) -> Dict[str, Any]:
+    def _new_record(self, doc: Doc) -> dict[str, Any]:
         record = self._record(doc)
         record.clear()
         record.update(
@@ -278,8 +278,8 @@ class MedLLMNER(Pipe):
         )
         return record
 
-    def _process_batch(self, docs: Sequence[Doc]) -> List[Doc]:
-        jobs: List[Tuple[int, int, int]] = []  # (doc index, chunk start, chunk end)
+    def _process_batch(self, docs: Sequence[Doc]) -> list[Doc]:
+        jobs: list[tuple[int, int, int]] = []  # (doc index, chunk start, chunk end)
         for i, doc in enumerate(docs):
             record = self._new_record(doc)
             if not doc.text.strip():
@@ -294,15 +294,15 @@ class MedLLMNER(Pipe):
                 f"{type(self.generator).__name__} returned {len(responses)} responses "
                 f"for {len(prompts)} prompts"
             )
-        found: Dict[int, List[Span]] = {i: [] for i in range(len(docs))}
-        for (i, start, end), prompt, response in zip(jobs, prompts, responses):
+        found: dict[int, list[Span]] = {i: [] for i in range(len(docs))}
+        for (i, start, end), prompt, response in zip(jobs, prompts, responses, strict=True):
             found[i].extend(self._read_response(docs[i], start, end, prompt, response))
         for i, doc in enumerate(docs):
             if doc.text.strip():
                 self._assign(doc, found[i])
         return list(docs)
 
-    def _chunks(self, doc: Doc) -> List[Tuple[int, int]]:
+    def _chunks(self, doc: Doc) -> list[tuple[int, int]]:
         budget = self.generator.prompt_token_budget()
         if budget is None:
             return [(0, len(doc.text))]
@@ -319,10 +319,10 @@ class MedLLMNER(Pipe):
             raise ChunkingError(f"medllm_ner ({self.name}): {error}") from error
 
     def _read_response(
-        self, doc: Doc, start: int, end: int, prompt: List[Dict[str, str]], response: str
-    ) -> List[Span]:
+        self, doc: Doc, start: int, end: int, prompt: list[dict[str, str]], response: str
+    ) -> list[Span]:
         record = self._record(doc)
-        chunk: Dict[str, Any] = {"start": start, "end": end}
+        chunk: dict[str, Any] = {"start": start, "end": end}
         if self.save_io:
             chunk["prompt"] = prompt
             chunk["response"] = response
@@ -350,10 +350,10 @@ class MedLLMNER(Pipe):
         self._reject(record, [*parsed.rejections, *not_found, *misaligned])
         return spans
 
-    def _reject(self, record: Dict[str, Any], rejections: Iterable[Rejection]) -> None:
+    def _reject(self, record: dict[str, Any], rejections: Iterable[Rejection]) -> None:
         record["rejected"].extend(r.to_dict() for r in rejections)
 
-    def _assign(self, doc: Doc, spans: List[Span]) -> None:
+    def _assign(self, doc: Doc, spans: list[Span]) -> None:
         record = self._record(doc)
         spans = sorted(set(spans), key=lambda s: (s.start, -s.end, s.label_))
         if self.output == "spans":
@@ -367,7 +367,9 @@ class MedLLMNER(Pipe):
         self._reject(
             record,
             (
-                Rejection(s.text, s.label_, records.OVERLAP, f"overlaps a longer span at {s.start_char}")
+                Rejection(
+                    s.text, s.label_, records.OVERLAP, f"overlaps a longer span at {s.start_char}"
+                )
                 for s in spans
                 if s not in kept_set
             ),
@@ -393,7 +395,7 @@ class MedLLMNER(Pipe):
 
     # -- scoring -------------------------------------------------------------------------------
 
-    def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, Any]:
+    def score(self, examples: Iterable[Example], **kwargs) -> dict[str, Any]:
         if self.scorer is None:
             raise NotImplementedError("medllm_ner was built without a scorer")
         return self.scorer(examples, output=self.output, spans_key=self.spans_key, **kwargs)
@@ -413,7 +415,7 @@ class MedLLMNER(Pipe):
         if "generator" not in exclude:
             self.generator.to_disk(path / "generator")
 
-    def from_disk(self, path, *, exclude: Iterable[str] = tuple()) -> "MedLLMNER":
+    def from_disk(self, path, *, exclude: Iterable[str] = tuple()) -> MedLLMNER:
         path = ensure_path(path)
         state = json.loads((path / "cfg.json").read_text("utf8"))
         self._label_definitions = dict(state.get("label_definitions", {}))
@@ -425,20 +427,20 @@ class MedLLMNER(Pipe):
         return self
 
 
-def get_record(doc: Doc, component: str = "medllm_ner") -> Optional[Dict[str, Any]]:
+def get_record(doc: Doc, component: str = "medllm_ner") -> dict[str, Any] | None:
     """What `component` recorded for `doc` (parse errors, rejected entities, prompts), or None."""
     store = doc._.get(RECORD_ATTR) or {}
     return store.get(component)
 
 
 @registry.scorers("medllm.ner_scorer.v1")
-def make_ner_scorer() -> Callable[..., Dict[str, Any]]:
+def make_ner_scorer() -> Callable[..., dict[str, Any]]:
     return score_entities
 
 
 def score_entities(
     examples: Iterable[Example], *, output: str = "ents", spans_key: str = "medllm", **kwargs
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Per-label and label-blind precision, recall and F on doc.ents or doc.spans[spans_key].
 
     Keys follow spaCy: ents_p/r/f and ents_per_type (or spans_<key>_...), plus

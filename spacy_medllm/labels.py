@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, Mapping, Optional
+from collections.abc import Iterable, Mapping
 
-DEFAULT_LABEL_DEFINITIONS: Dict[str, str] = {
+DEFAULT_LABEL_DEFINITIONS: dict[str, str] = {
     "DRUG": "a medicine or active substance, by brand or generic name",
     "ADVERSE_EVENT": "an unwanted effect or reaction that follows the use of a drug",
     "DISEASE": "a disease, disorder or diagnosis",
@@ -15,11 +15,11 @@ DEFAULT_LABEL_DEFINITIONS: Dict[str, str] = {
     "DOSAGE": "an amount, strength, frequency or route of a drug",
 }
 
-DEFAULT_LABELS: List[str] = list(DEFAULT_LABEL_DEFINITIONS)
+DEFAULT_LABELS: list[str] = list(DEFAULT_LABEL_DEFINITIONS)
 
 # Names small models (and other datasets) use for the default labels. Keys are normalised
 # with `normalize_label_name`, so "adverse events", "Adverse-Event" and "ADE" all resolve.
-DEFAULT_LABEL_ALIASES: Dict[str, str] = {
+DEFAULT_LABEL_ALIASES: dict[str, str] = {
     "DRUG_NAME": "DRUG",
     "DRUGS": "DRUG",
     "MEDICATION": "DRUG",
@@ -51,7 +51,7 @@ SEED_FORMAT_KEYS = ("drug_name", "adverse_events")
 
 
 def normalize_label_name(name: str) -> str:
-    """Upper-case a label name and join its words with underscores ("adverse events" -> "ADVERSE_EVENTS")."""
+    """Upper-case a label name, words joined by "_" ("adverse events" -> "ADVERSE_EVENTS")."""
     return re.sub(r"[^0-9A-Z]+", "_", name.strip().upper()).strip("_")
 
 
@@ -61,10 +61,10 @@ class LabelSet:
     def __init__(
         self,
         labels: Iterable[str],
-        definitions: Optional[Mapping[str, str]] = None,
-        aliases: Optional[Mapping[str, str]] = None,
+        definitions: Mapping[str, str] | None = None,
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
-        self.labels: List[str] = []
+        self.labels: list[str] = []
         for label in labels:
             if not isinstance(label, str) or not label.strip():
                 raise ValueError(f"Labels must be non-empty strings, got {label!r}")
@@ -76,14 +76,15 @@ class LabelSet:
         unknown = set(definitions) - set(self.labels)
         if unknown:
             raise ValueError(
-                f"Label definitions given for labels that are not in the label set: {sorted(unknown)}. "
+                "Label definitions given for labels that are not in the label set: "
+                f"{sorted(unknown)}. "
                 f"Labels: {self.labels}"
             )
-        self.definitions: Dict[str, str] = {
+        self.definitions: dict[str, str] = {
             label: definitions.get(label, DEFAULT_LABEL_DEFINITIONS.get(label, ""))
             for label in self.labels
         }
-        self._lookup: Dict[str, str] = {}
+        self._lookup: dict[str, str] = {}
         alias_table = dict(DEFAULT_LABEL_ALIASES)
         alias_table.update({normalize_label_name(k): v for k, v in (aliases or {}).items()})
         for alias, target in alias_table.items():
@@ -92,7 +93,7 @@ class LabelSet:
         for label in self.labels:
             self._lookup[normalize_label_name(label)] = label
 
-    def resolve(self, name: object) -> Optional[str]:
+    def resolve(self, name: object) -> str | None:
         """Return the configured label a model's label name stands for, or None if it is unknown."""
         if not isinstance(name, str):
             return None

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any
 
 from spacy.util import registry
 
 from .labels import LabelSet
 
-Message = Dict[str, str]
-Prompt = List[Message]
+Message = dict[str, str]
+Prompt = list[Message]
 
 DEFAULT_INSTRUCTION = (
     "Extract the medical entities from the user's text.\n"
@@ -29,21 +30,21 @@ DEFAULT_INSTRUCTION = (
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """What a prompt says: the instruction (with `{label_lines}` and `{labels}` slots) and few-shot examples.
+    """What a prompt says: the instruction (`{label_lines}`, `{labels}` slots), few-shot examples.
 
     Each example is `{"text": str, "entities": [{"text": str, "label": str}, ...]}`.
     """
 
     instruction: str = DEFAULT_INSTRUCTION
-    examples: Tuple[Mapping[str, Any], ...] = field(default_factory=tuple)
+    examples: tuple[Mapping[str, Any], ...] = field(default_factory=tuple)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["examples"] = [dict(e) for e in self.examples]
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PromptTemplate":
+    def from_dict(cls, data: Mapping[str, Any]) -> PromptTemplate:
         return cls(instruction=data["instruction"], examples=tuple(data.get("examples", ())))
 
     @property
@@ -55,12 +56,12 @@ class PromptTemplate:
 
 @registry.misc("medllm.PromptTemplate.v1")
 def make_prompt_template(
-    instruction: Optional[str] = None,
-    examples: Optional[List[Dict[str, Any]]] = None,
-    examples_path: Optional[str] = None,
+    instruction: str | None = None,
+    examples: list[dict[str, Any]] | None = None,
+    examples_path: str | None = None,
 ) -> PromptTemplate:
     """Build a prompt template from config; `examples_path` is a JSONL file of few-shot examples."""
-    loaded: List[Mapping[str, Any]] = list(examples or [])
+    loaded: list[Mapping[str, Any]] = list(examples or [])
     if examples_path:
         with Path(examples_path).open(encoding="utf8") as file_:
             loaded.extend(json.loads(line) for line in file_ if line.strip())
@@ -72,13 +73,13 @@ def make_prompt_template(
     return PromptTemplate(instruction=instruction or DEFAULT_INSTRUCTION, examples=tuple(loaded))
 
 
-EntityLike = Union[Tuple[str, str], Mapping[str, str]]
+EntityLike = tuple[str, str] | Mapping[str, str]
 
 
 class PromptBuilder:
-    """Turns a text into chat messages and a list of entities into the answer the model should give."""
+    """Turns a text into chat messages, and entities into the answer the model must give."""
 
-    def __init__(self, labels: LabelSet, template: Optional[PromptTemplate] = None) -> None:
+    def __init__(self, labels: LabelSet, template: PromptTemplate | None = None) -> None:
         self.labels = labels
         self.template = template or PromptTemplate()
         self.system = self.template.instruction.format(
@@ -88,7 +89,7 @@ class PromptBuilder:
             ),
             labels=", ".join(labels.labels),
         )
-        self._shots: List[Message] = []
+        self._shots: list[Message] = []
         for example in self.template.examples:
             self._shots.append({"role": "user", "content": example["text"]})
             self._shots.append({"role": "assistant", "content": self.answer(example["entities"])})
@@ -103,7 +104,7 @@ class PromptBuilder:
 
     @staticmethod
     def answer(entities: Iterable[EntityLike]) -> str:
-        """The canonical answer: a JSON list of {"text", "label"}, each (text, label) once, in the given order."""
+        """The canonical answer: a JSON list of {"text", "label"}, each pair once, in order."""
         seen = set()
         items = []
         for entity in entities:
@@ -117,8 +118,8 @@ class PromptBuilder:
         return json.dumps(items, ensure_ascii=False)
 
     @staticmethod
-    def answer_for_spans(text: str, spans: Sequence[Tuple[int, int, str]]) -> str:
-        """The canonical answer for character spans (start, end, label) of `text`, sorted by position."""
+    def answer_for_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> str:
+        """The canonical answer for character spans (start, end, label) of `text`, by position."""
         ordered = sorted(spans, key=lambda s: (s[0], -s[1]))
         return PromptBuilder.answer((text[start:end], label) for start, end, label in ordered)
 

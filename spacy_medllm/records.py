@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 # Why an entity the model emitted did not become a span. Every emitted entity ends either as a
 # span or as a Rejection with one of these reasons.
@@ -36,7 +36,7 @@ class ParsedEntity:
 
     text: str
     label: str
-    raw_label: Optional[str] = None  # the label as the model wrote it, if different
+    raw_label: str | None = None  # the label as the model wrote it, if different
 
 
 @dataclass
@@ -48,18 +48,20 @@ class Rejection:
     reason: str
     detail: str = ""
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 @dataclass
 class ParseResult:
-    """What a response yielded: usable entities, rejected items and whether the JSON could be read."""
+    """What a response yielded: usable entities, rejected items, and whether JSON could be read."""
 
-    entities: List[ParsedEntity] = field(default_factory=list)
-    rejections: List[Rejection] = field(default_factory=list)
-    error: Optional[str] = None  # set when no JSON answer could be read at all
-    repairs: List[str] = field(default_factory=list)  # what had to be repaired: "fence", "trailing_comma", ...
+    entities: list[ParsedEntity] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    error: str | None = None  # set when no JSON answer could be read at all
+    repairs: list[str] = field(
+        default_factory=list
+    )  # what had to be repaired: "fence", "trailing_comma", ...
 
     @property
     def ok(self) -> bool:

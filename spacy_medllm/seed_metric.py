@@ -9,8 +9,9 @@ does not parse counts as an empty prediction. The case-insensitive variant lower
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Any
 
 
 @dataclass
@@ -34,13 +35,13 @@ class SetScores:
         p, r = self.precision, self.recall
         return 2 * p * r / (p + r) if p + r else 0.0
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(precision=self.precision, recall=self.recall, f1=self.f1)
         return data
 
 
-def seed_answer_strings(answer: Any) -> Optional[Set[str]]:
+def seed_answer_strings(answer: Any) -> set[str] | None:
     """The set of strings of a seed-format answer (a JSON string or an already parsed dict).
 
     Returns None when the answer is not a readable seed answer.
@@ -52,7 +53,7 @@ def seed_answer_strings(answer: Any) -> Optional[Set[str]]:
             return None
     if not isinstance(answer, dict):
         return None
-    strings: Set[str] = set()
+    strings: set[str] = set()
     drug = answer.get("drug_name")
     if isinstance(drug, str):
         strings.add(drug)
@@ -66,7 +67,7 @@ def seed_answer_strings(answer: Any) -> Optional[Set[str]]:
 
 def set_scores(
     gold: Sequence[Iterable[str]],
-    predicted: Sequence[Optional[Iterable[str]]],
+    predicted: Sequence[Iterable[str] | None],
     *,
     case_sensitive: bool = True,
 ) -> SetScores:
@@ -74,7 +75,7 @@ def set_scores(
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold records but {len(predicted)} predictions")
     tp = fp = fn = unparseable = 0
-    for gold_strings, pred_strings in zip(gold, predicted):
+    for gold_strings, pred_strings in zip(gold, predicted, strict=True):
         if pred_strings is None:
             unparseable += 1
             pred_strings = ()
@@ -87,7 +88,9 @@ def set_scores(
     return SetScores(tp, fp, fn, len(gold), unparseable)
 
 
-def score_prediction_file(records: List[Dict[str, str]], *, case_sensitive: bool = True) -> SetScores:
+def score_prediction_file(
+    records: list[dict[str, str]], *, case_sensitive: bool = True
+) -> SetScores:
     """Score a seed prediction file: records with "output" (gold) and "prediction" JSON strings."""
     gold = [seed_answer_strings(r["output"]) or set() for r in records]
     predicted = [seed_answer_strings(r["prediction"]) for r in records]

@@ -7,12 +7,13 @@ fail, so tests can check batching, chunking and error handling exactly.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 from spacy.util import registry
 
-Prompt = List[Dict[str, str]]
+Prompt = list[dict[str, str]]
 
 
 class ScriptedGenerator:
@@ -20,28 +21,28 @@ class ScriptedGenerator:
         self,
         answer: Callable[[str], str],
         batch_size: int = 4,
-        budget: Optional[int] = None,
-        fail_on: Optional[str] = None,
+        budget: int | None = None,
+        fail_on: str | None = None,
     ) -> None:
         self.answer = answer
         self.batch_size = batch_size
         self.budget = budget
         self.fail_on = fail_on
-        self.calls: List[List[str]] = []
+        self.calls: list[list[str]] = []
         self.initialized = False
-        self.saved_state: Dict[str, Any] = {"note": "scripted"}
+        self.saved_state: dict[str, Any] = {"note": "scripted"}
 
-    def __call__(self, prompts: Sequence[Prompt]) -> List[str]:
+    def __call__(self, prompts: Sequence[Prompt]) -> list[str]:
         texts = [prompt[-1]["content"] for prompt in prompts]
         self.calls.append(texts)
         if self.fail_on is not None and any(self.fail_on in t for t in texts):
             raise RuntimeError(f"scripted failure on {self.fail_on!r}")
         return [self.answer(text) for text in texts]
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return {"model": "scripted"}
 
-    def prompt_token_budget(self) -> Optional[int]:
+    def prompt_token_budget(self) -> int | None:
         return self.budget
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
@@ -59,7 +60,7 @@ class ScriptedGenerator:
         self.saved_state = json.loads((path / "scripted.json").read_text())
 
 
-def lexicon_answer(lexicon: Dict[str, str]) -> Callable[[str], str]:
+def lexicon_answer(lexicon: dict[str, str]) -> Callable[[str], str]:
     """Answer with every lexicon entry that occurs in the text, as the canonical JSON list."""
 
     def answer(text: str) -> str:
@@ -73,6 +74,6 @@ def lexicon_answer(lexicon: Dict[str, str]) -> Callable[[str], str]:
 
 @registry.misc("test.ScriptedLexiconGenerator.v1")
 def make_scripted_lexicon_generator(
-    lexicon: Dict[str, str], batch_size: int = 4, budget: Optional[int] = None
+    lexicon: dict[str, str], batch_size: int = 4, budget: int | None = None
 ) -> ScriptedGenerator:
     return ScriptedGenerator(lexicon_answer(lexicon), batch_size=batch_size, budget=budget)

@@ -1,4 +1,4 @@
-"""The medllm_ner component's logic: assignment, records, batching, chunking, errors, scoring, I/O."""
+"""The medllm_ner component: assignment, records, batching, chunking, errors, scoring, I/O."""
 
 from __future__ import annotations
 
@@ -44,13 +44,20 @@ def test_entities_land_at_character_offsets():
 
 
 def test_invented_entity_is_reported_not_set():
-    answer = json.dumps([{"text": "Abilify", "label": "DRUG"}, {"text": "headache", "label": "ADVERSE_EVENT"}])
+    answer = json.dumps(
+        [{"text": "Abilify", "label": "DRUG"}, {"text": "headache", "label": "ADVERSE_EVENT"}]
+    )
     nlp, _ = make_nlp(lambda text: answer)
     doc = nlp("Abilify made me dizzy.")
     assert [e.text for e in doc.ents] == ["Abilify"]
     rejected = get_record(doc)["rejected"]
     assert rejected == [
-        {"text": "headache", "label": "ADVERSE_EVENT", "reason": "not_in_text", "detail": rejected[0]["detail"]}
+        {
+            "text": "headache",
+            "label": "ADVERSE_EVENT",
+            "reason": "not_in_text",
+            "detail": rejected[0]["detail"],
+        }
     ]
 
 
@@ -97,9 +104,15 @@ def test_existing_entities_kept_or_overwritten(overwrite):
     doc.ents = [Span(doc, 0, 1, label="BRAND")]
     doc = nlp.get_pipe("medllm_ner")(doc)
     if overwrite:
-        assert [(e.text, e.label_) for e in doc.ents] == [("Abilify", "DRUG"), ("nausea", "ADVERSE_EVENT")]
+        assert [(e.text, e.label_) for e in doc.ents] == [
+            ("Abilify", "DRUG"),
+            ("nausea", "ADVERSE_EVENT"),
+        ]
     else:
-        assert [(e.text, e.label_) for e in doc.ents] == [("Abilify", "BRAND"), ("nausea", "ADVERSE_EVENT")]
+        assert [(e.text, e.label_) for e in doc.ents] == [
+            ("Abilify", "BRAND"),
+            ("nausea", "ADVERSE_EVENT"),
+        ]
         assert [r["reason"] for r in get_record(doc)["rejected"]] == ["existing_entity"]
 
 
@@ -115,7 +128,9 @@ def test_empty_documents_are_skipped_and_kept_in_order():
 
 
 def test_pipe_batches_by_generator_batch_size_and_matches_single_calls():
-    texts = [f"Patient {i} took Abilify and had {'nausea' if i % 2 else 'vomiting'}." for i in range(10)]
+    texts = [
+        f"Patient {i} took Abilify and had {'nausea' if i % 2 else 'vomiting'}." for i in range(10)
+    ]
     nlp, component = make_nlp()
     component.generator.batch_size = 4
     batched = [ents(d) for d in nlp.pipe(texts)]
@@ -152,7 +167,9 @@ def test_long_document_is_split_at_sentences_and_offsets_are_right():
     assert len(record["chunks"]) == len(prompts)
     drugs = [e for e in doc.ents if e.label_ == "DRUG"]
     assert len(drugs) == 30
-    assert all(e.text == "Abilify" and text[e.start_char : e.end_char] == "Abilify" for e in doc.ents[:1])
+    assert all(
+        e.text == "Abilify" and text[e.start_char : e.end_char] == "Abilify" for e in doc.ents[:1]
+    )
     starts = [text.index("Abilify", text.index(f"Day {i}:")) for i in range(30)]
     assert [e.start_char for e in drugs] == starts
 
@@ -171,7 +188,7 @@ def test_save_io_keeps_prompt_and_response_and_records_survive_docbin():
     assert chunk["prompt"][-1] == {"role": "user", "content": "Abilify caused nausea."}
     assert "ADVERSE_EVENT" in chunk["prompt"][0]["content"]
     assert json.loads(chunk["response"])[0] == {"text": "Abilify", "label": "DRUG"}
-    restored = list(DocBin(docs=[doc], store_user_data=True).get_docs(nlp.vocab))[0]
+    restored = next(iter(DocBin(docs=[doc], store_user_data=True).get_docs(nlp.vocab)))
     # msgpack gives tuples back for lists; the content must be the same.
     assert json.loads(json.dumps(get_record(restored))) == json.loads(json.dumps(get_record(doc)))
 
@@ -195,11 +212,17 @@ def test_bad_settings_give_clear_errors():
     with pytest.raises(ValueError, match="output must be one of"):
         nlp.add_pipe("medllm_ner", config={"output": "entities"})
     with pytest.raises(ValueError, match="not in the label set"):
-        nlp.add_pipe("medllm_ner", name="x", config={"labels": ["DRUG"], "label_definitions": {"DOSE": "d"}})
+        nlp.add_pipe(
+            "medllm_ner", name="x", config={"labels": ["DRUG"], "label_definitions": {"DOSE": "d"}}
+        )
 
 
 def test_score_per_label_and_label_blind():
-    nlp, _ = make_nlp(lambda text: json.dumps([{"text": "nausea", "label": "DRUG"}, {"text": "Abilify", "label": "DRUG"}]))
+    nlp, _ = make_nlp(
+        lambda text: json.dumps(
+            [{"text": "nausea", "label": "DRUG"}, {"text": "Abilify", "label": "DRUG"}]
+        )
+    )
     reference = nlp.make_doc("Abilify gave me nausea.")
     reference.ents = [Span(reference, 0, 1, "DRUG"), Span(reference, 3, 4, "ADVERSE_EVENT")]
     example = Example(nlp(reference.text), reference)
@@ -221,7 +244,9 @@ def test_to_disk_and_spacy_load_restore_labels_prompt_and_generator_state(tmp_pa
             "generator": {"@misc": "test.ScriptedLexiconGenerator.v1", "lexicon": LEXICON},
             "prompt": {
                 "@misc": "medllm.PromptTemplate.v1",
-                "examples": [{"text": "Abilify hurt", "entities": [{"text": "Abilify", "label": "DRUG"}]}],
+                "examples": [
+                    {"text": "Abilify hurt", "entities": [{"text": "Abilify", "label": "DRUG"}]}
+                ],
             },
         },
     )
@@ -232,7 +257,9 @@ def test_to_disk_and_spacy_load_restore_labels_prompt_and_generator_state(tmp_pa
     loaded = spacy.load(tmp_path / "pipe")
     component = loaded.get_pipe("medllm_ner")
     assert component.labels == ("DRUG", "ADVERSE_EVENT")
-    assert component.prompt_builder.messages("t") == nlp.get_pipe("medllm_ner").prompt_builder.messages("t")
+    assert component.prompt_builder.messages("t") == nlp.get_pipe(
+        "medllm_ner"
+    ).prompt_builder.messages("t")
     assert component.generator.saved_state == {"adapter": "abc"}
     assert [ents(d) for d in loaded.pipe(texts)] == before
 
@@ -273,6 +300,8 @@ def test_building_and_loading_a_pipeline_never_imports_torch(tmp_path):
         print("ATTEMPTS", attempts)
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "ATTEMPTS []" in result.stdout

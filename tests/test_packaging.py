@@ -1,4 +1,4 @@
-"""`pip install .` into a fresh virtual environment: the entry points work and torch is not needed."""
+"""`pip install .` into a fresh virtual environment: entry points work, torch is not needed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Generators: the backends that answer prompts (Hugging Face transformers, OpenAI-compatible servers).
+"""Generators: the backends that answer prompts (transformers, OpenAI-compatible servers).
 
 Importing this package registers the generator factories with spaCy; it imports neither torch nor
 openai: the modules load those on first use.

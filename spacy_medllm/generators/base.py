@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-Message = Dict[str, str]
-Prompt = List[Message]
+Message = dict[str, str]
+Prompt = list[Message]
 
 
 class GenerationError(RuntimeError):
@@ -24,13 +25,13 @@ class Generator(Protocol):
 
     batch_size: int
 
-    def __call__(self, prompts: Sequence[Prompt]) -> List[str]: ...
+    def __call__(self, prompts: Sequence[Prompt]) -> list[str]: ...
 
-    def describe(self) -> Dict[str, Any]:
-        """Everything that determines the output: model reference, adapter hash, generation settings."""
+    def describe(self) -> dict[str, Any]:
+        """All that determines the output: model reference, adapter hash, generation settings."""
         ...
 
-    def prompt_token_budget(self) -> Optional[int]:
+    def prompt_token_budget(self) -> int | None:
         """How many prompt tokens fit the model's context next to the answer, or None if unknown."""
         ...
 
