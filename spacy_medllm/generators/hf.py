@@ -1,0 +1,473 @@
+"""The Hugging Face generator: a transformers causal LM, an optional PEFT LoRA adapter, greedy.
+
+Importing this module and building an `HFGenerator` imports neither torch, transformers nor peft:
+they load on the first call or in `initialize()`, so building or loading a pipeline stays cheap.
+
+The base model is given by reference (a packaged alias, a local folder or a hub id; see
+`spacy_medllm.models`). A pipeline saved with `to_disk` holds `generator.json` and, if there is one,
+the adapter (safetensors only); never the base model's weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from spacy.util import registry
+
+from ..chat import render_prompt
+from ..models import file_sha256, resolve_base_model
+from .base import GenerationError, Prompt
+
+logger = logging.getLogger("spacy_medllm")
+
+CONFIG_FILE = "generator.json"
+ADAPTER_DIR = "adapter"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+FACTORY_NAME = "medllm.HFGenerator.v1"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# End-of-turn markers of common chat templates; generation also stops at those the vocab has.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
+# Tokenizers without a real limit report a huge model_max_length; ignore values above this.
+_SANE_MAX_LENGTH = 10_000_000
+
+
+def validate_quantization(load_in_4bit: bool, cuda_available: bool, device: str = "auto") -> None:
+    """Raise a clear ValueError when 4-bit loading is asked for where it cannot work.
+
+    4-bit loading (bitsandbytes NF4) runs on CUDA GPUs only. `HFGenerator` calls this in
+    `initialize()`, before any weights are read: finding out whether CUDA is available means
+    importing torch, which building a generator must not do.
+    """
+    if not load_in_4bit:
+        return
+    fix = (
+        "Set load_in_4bit = false (config: [components.<name>.generator] load_in_4bit = false, or "
+        "HFGenerator(load_in_4bit=False)) to load the model in full precision instead."
+    )
+    if device == "cpu" or device.startswith("mps"):
+        raise ValueError(f"load_in_4bit = true needs a CUDA GPU but device = {device!r}. {fix}")
+    if not cuda_available:
+        raise ValueError(
+            "load_in_4bit = true needs a CUDA GPU and the bitsandbytes package, and no CUDA device "
+            f"is available on this machine. {fix}"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(
+            f"load_in_4bit = true needs the bitsandbytes package (pip install bitsandbytes). {fix}"
+        )
+
+
+def check_adapter_dir(adapter: str | Path) -> Path:
+    """The adapter folder if it holds a PEFT adapter in safetensors; a clear error otherwise."""
+    path = Path(adapter).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"The LoRA adapter folder {str(path)!r} does not exist. Give a folder with "
+            f"{' and '.join(ADAPTER_FILES)}, or adapter = null for the base model alone."
+        )
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"The LoRA adapter folder {str(path)!r} has no adapter_config.json."
+        )
+    if not (path / "adapter_model.safetensors").is_file():
+        if any(path.glob("adapter_model*.bin")):
+            raise ValueError(
+                f"The LoRA adapter in {str(path)!r} is saved as a pickle (adapter_model.bin), "
+                "which is not loaded for safety. Save it again with safe_serialization=True."
+            )
+        raise FileNotFoundError(
+            f"The LoRA adapter folder {str(path)!r} has no adapter_model.safetensors."
+        )
+    return path
+
+
+def encode_prompt_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a rendered prompt: exactly what inference feeds the model, and training must.
+
+    Chat templates usually write the BOS themselves (SmolLM2's BOS is `<|im_start|>`); then the
+    tokenizer must not add special tokens again. Texts without the BOS (the plain template) get the
+    tokenizer's own special tokens, as the model saw in pretraining.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special_tokens = not (bos and bos in text)
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+class HFGenerator:
+    """Greedy generation with a transformers causal LM and an optional PEFT LoRA adapter.
+
+    model: a packaged alias ("smollm2-135m-instruct"), a local folder or a hub id.
+    adapter: a folder with adapter_config.json + adapter_model.safetensors, or None.
+    device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N".
+    dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16", "float16".
+    load_in_4bit: NF4 4-bit weights via bitsandbytes; CUDA only (checked in `initialize()`).
+    num_threads: if > 0, torch.set_num_threads(num_threads) when the model loads (process-wide).
+    cache_dir: where packaged models are converted to (default: $SPACY_MEDLLM_CACHE, else
+        $XDG_CACHE_HOME/spacy_medllm, else ~/.cache/spacy_medllm).
+    """
+
+    def __init__(
+        self,
+        model: str = "smollm2-135m-instruct",
+        adapter: str | None = None,
+        batch_size: int = 8,
+        max_new_tokens: int = 256,
+        device: str = "auto",
+        dtype: str = "auto",
+        load_in_4bit: bool = False,
+        num_threads: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        if not model:
+            raise ValueError("HFGenerator needs a model: a packaged alias, a folder or a hub id.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")):
+            raise ValueError(
+                f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
+            )
+        if load_in_4bit and device in ("cpu", "mps"):
+            validate_quantization(load_in_4bit, cuda_available=False, device=device)
+        self.model = str(model)
+        self.adapter = str(adapter) if adapter else None
+        self.batch_size = int(batch_size)
+        self.max_new_tokens = int(max_new_tokens)
+        self.device = device
+        self.dtype = dtype
+        self.load_in_4bit = bool(load_in_4bit)
+        self.num_threads = int(num_threads)
+        self.cache_dir = str(cache_dir) if cache_dir else None
+        self._reset()
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        """Forget the loaded model and tokenizer; the next use loads them again."""
+        self._resolved: str | None = None
+        self._tokenizer: Any = None
+        self._config: Any = None
+        self._model: Any = None
+        self._torch_device: str | None = None
+        self._stop_ids: list[int] = []
+        self._loaded_state: tuple[str, str | None, str | None] | None = None
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._model is not None
+
+    def resolved_model(self) -> str:
+        """The folder (or hub id) the base model loads from; a packaged model is converted once."""
+        if self._resolved is None:
+            self._resolved = resolve_base_model(self.model, self.cache_dir)
+        return self._resolved
+
+    def _state(self) -> tuple[str, str | None, str | None]:
+        return (self.model, self.adapter, self.adapter_sha256())
+
+    def _ensure_tokenizer(self) -> Any:
+        """Tokenizer and config only: enough to render, count and budget prompts without weights."""
+        if self._tokenizer is None:
+            from transformers import AutoConfig, AutoTokenizer
+
+            base = self.resolved_model()
+            tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
+            tokenizer.padding_side = "left"
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self._config = AutoConfig.from_pretrained(base, trust_remote_code=False)
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._ensure_tokenizer()
+
+    def _effective_device_and_dtype(self, torch: Any) -> tuple[str, Any]:
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.dtype == "auto":
+            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        else:
+            dtype = getattr(torch, self.dtype)
+        return device, dtype
+
+    def initialize(self) -> None:
+        """Load tokenizer, model and adapter now (a no-op when they are loaded).
+
+        Checks come before any weights are read: 4-bit needs CUDA (see `validate_quantization`), the
+        adapter folder must exist and hold safetensors, the base model must be found.
+        """
+        if self._model is not None:
+            return
+        import torch
+
+        validate_quantization(self.load_in_4bit, torch.cuda.is_available(), self.device)
+        adapter = check_adapter_dir(self.adapter) if self.adapter else None
+        if self.num_threads > 0:
+            torch.set_num_threads(self.num_threads)
+        device, dtype = self._effective_device_and_dtype(torch)
+        tokenizer = self._ensure_tokenizer()
+
+        from transformers import AutoModelForCausalLM
+
+        kwargs: dict[str, Any] = {
+            "dtype": dtype,
+            "use_safetensors": True,
+            "trust_remote_code": False,
+        }
+        if self.load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            )
+            kwargs["device_map"] = {"": torch.device(device)}
+        model = AutoModelForCausalLM.from_pretrained(self.resolved_model(), **kwargs)
+        if not self.load_in_4bit:
+            model = model.to(device)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+        model.eval()
+        self._model = model
+        self._torch_device = device
+        self._stop_ids = self._find_stop_ids(tokenizer, model)
+        self._loaded_state = self._state()
+
+    @staticmethod
+    def _find_stop_ids(tokenizer: Any, model: Any) -> list[int]:
+        ids = set()
+        for source in (
+            getattr(model.generation_config, "eos_token_id", None),
+            tokenizer.eos_token_id,
+        ):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(int(i) for i in source)
+        vocab = tokenizer.get_vocab()
+        ids.update(vocab[token] for token in END_OF_TURN_TOKENS if token in vocab)
+        return sorted(ids)
+
+    # -- prompts ---------------------------------------------------------------------------------
+
+    def render(self, prompt: Prompt) -> str:
+        """The text the model sees for `prompt` (through `spacy_medllm.chat.render_prompt`)."""
+        return render_prompt(self.tokenizer, prompt)
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """The exact token ids fed to the model for `prompt`; fine-tuning must use the same."""
+        return encode_prompt_text(self.tokenizer, self.render(prompt))
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int:
+        return len(self.encode_prompt(prompt))
+
+    def context_length(self) -> int:
+        """The context: max_position_embeddings, capped by a sane tokenizer model_max_length."""
+        tokenizer = self._ensure_tokenizer()
+        config = self._config
+        if hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        context = None
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                context = value
+                break
+        limit = getattr(tokenizer, "model_max_length", None)
+        if isinstance(limit, int) and 0 < limit <= _SANE_MAX_LENGTH:
+            context = min(context, limit) if context else limit
+        if context is None:
+            raise GenerationError(f"Cannot tell the context length of {self.model!r}.")
+        return context
+
+    def prompt_token_budget(self) -> int | None:
+        context = self.context_length()
+        budget = context - self.max_new_tokens
+        if budget <= 0:
+            raise ValueError(
+                f"max_new_tokens = {self.max_new_tokens} leaves no room for a prompt in the "
+                f"{context}-token context of {self.model!r}; lower max_new_tokens."
+            )
+        return budget
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def __call__(self, prompts: Sequence[Prompt]) -> list[str]:
+        if not prompts:
+            return []
+        self.initialize()
+        import torch
+        from transformers import GenerationConfig
+
+        tokenizer, model = self._tokenizer, self._model
+        encoded = [self.encode_prompt(prompt) for prompt in prompts]
+        budget = self.prompt_token_budget()
+        for i, ids in enumerate(encoded):
+            if len(ids) > budget:
+                raise GenerationError(
+                    f"Prompt {i} has {len(ids)} tokens; with max_new_tokens = "
+                    f"{self.max_new_tokens} only {budget} fit the context of {self.model!r}. "
+                    'Split long texts (medllm_ner\'s long_documents = "split") or lower '
+                    "max_new_tokens."
+                )
+        pad_id = tokenizer.pad_token_id
+        generation_config = GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad_id,
+            eos_token_id=self._stop_ids or None,
+        )
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        results: list[str | None] = [None] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            width = max(len(encoded[i]) for i in batch)
+            input_ids = [[pad_id] * (width - len(encoded[i])) + encoded[i] for i in batch]
+            mask = [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch]
+            with torch.inference_mode():
+                output = model.generate(
+                    input_ids=torch.tensor(input_ids, device=self._torch_device),
+                    attention_mask=torch.tensor(mask, device=self._torch_device),
+                    generation_config=generation_config,
+                )
+            for row, i in enumerate(batch):
+                new_tokens = output[row, width:].tolist()
+                results[i] = tokenizer.decode(new_tokens, skip_special_tokens=True)
+        return [text if text is not None else "" for text in results]
+
+    # -- identity and serialisation --------------------------------------------------------------
+
+    def adapter_sha256(self) -> str | None:
+        """sha256 of the adapter's adapter_model.safetensors, or None without an adapter."""
+        if not self.adapter:
+            return None
+        return file_sha256(check_adapter_dir(self.adapter) / "adapter_model.safetensors")
+
+    def describe(self) -> dict[str, Any]:
+        import torch
+
+        if self._model is not None:
+            dtype = str(self._model.dtype).replace("torch.", "")
+        else:
+            dtype = str(self._effective_device_and_dtype(torch)[1]).replace("torch.", "")
+        resolved = self.resolved_model()
+        folder = Path(resolved)
+        return {
+            "backend": "transformers",
+            "model": self.model,
+            "model_folder": folder.name if folder.is_dir() else resolved,
+            "adapter_sha256": self.adapter_sha256(),
+            "max_new_tokens": self.max_new_tokens,
+            "dtype": dtype,
+            "load_in_4bit": self.load_in_4bit,
+            "decoding": "greedy",
+        }
+
+    def config(self) -> dict[str, Any]:
+        """The factory's arguments as saved in generator.json (the adapter as a relative folder)."""
+        return {
+            "@misc": FACTORY_NAME,
+            "model": self.model,
+            "adapter": ADAPTER_DIR if self.adapter else None,
+            "batch_size": self.batch_size,
+            "max_new_tokens": self.max_new_tokens,
+            "device": self.device,
+            "dtype": self.dtype,
+            "load_in_4bit": self.load_in_4bit,
+            "num_threads": self.num_threads,
+        }
+
+    def to_disk(self, path: Path) -> None:
+        """Write generator.json and copy the adapter (safetensors) into `path/adapter`.
+
+        The base model is saved by reference (the name as given); cache_dir, a machine's setting, is
+        not saved.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = self.config()
+        state["adapter_sha256"] = self.adapter_sha256()
+        target = path / ADAPTER_DIR
+        if self.adapter:
+            source = check_adapter_dir(self.adapter)
+            if not (target.exists() and source.resolve() == target.resolve()):
+                if target.exists():
+                    shutil.rmtree(target)
+                target.mkdir(parents=True)
+                for name in ADAPTER_FILES:
+                    shutil.copyfile(source / name, target / name)
+        elif target.exists():
+            shutil.rmtree(target)
+        (path / CONFIG_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf8")
+
+    def from_disk(self, path: Path) -> None:
+        """Restore what `to_disk` saved: the base model reference, max_new_tokens and the adapter.
+
+        Nothing is loaded here. The machine's settings (batch_size, device, dtype, load_in_4bit,
+        num_threads, cache_dir) stay as this object was built. If a model is already loaded and
+        the base model or adapter changed, it is loaded again.
+        """
+        path = Path(path)
+        state = json.loads((path / CONFIG_FILE).read_text(encoding="utf8"))
+        if state.get("model") and state["model"] != self.model:
+            logger.info("generator.json sets model %r (was %r)", state["model"], self.model)
+        was_loaded = self._model is not None
+        old_model = self.model
+        self.model = state.get("model") or self.model
+        self.max_new_tokens = int(state.get("max_new_tokens", self.max_new_tokens))
+        self.adapter = str(path / ADAPTER_DIR) if (path / ADAPTER_DIR).is_dir() else None
+        if self.model != old_model:
+            self._reset()
+        elif was_loaded and self._state() != self._loaded_state:
+            self._reset()
+        if was_loaded and self._model is None:
+            self.initialize()
+
+    def __repr__(self) -> str:
+        return (
+            f"HFGenerator(model={self.model!r}, adapter={self.adapter!r}, "
+            f"batch_size={self.batch_size}, max_new_tokens={self.max_new_tokens})"
+        )
+
+
+@registry.misc(FACTORY_NAME)
+def make_hf_generator(
+    model: str = "smollm2-135m-instruct",
+    adapter: str | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    device: str = "auto",
+    dtype: str = "auto",
+    load_in_4bit: bool = False,
+    num_threads: int = 0,
+    cache_dir: str | None = None,
+) -> HFGenerator:
+    """A generator backed by transformers (+ peft); the model loads on first use."""
+    return HFGenerator(
+        model=model,
+        adapter=adapter,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        device=device,
+        dtype=dtype,
+        load_in_4bit=load_in_4bit,
+        num_threads=num_threads,
+        cache_dir=cache_dir,
+    )

