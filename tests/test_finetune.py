@@ -1,0 +1,608 @@
+"""Fine-tuning: training data readers, prompt/completion records, LoRA training, resume, outputs.
+
+The fast tests train a tiny random Llama built in the test; the slow test trains the packaged
+SmolLM2-135M-Instruct for three steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from spacy_medllm.finetune import (
+    FinetuneConfig,
+    PaddingCollator,
+    completion_loss,
+    cpu_supports_bf16,
+    finetune,
+    last_checkpoint,
+    load_prompt_settings,
+    main,
+    resolve_bf16,
+    validate_config,
+)
+from spacy_medllm.labels import LabelSet
+from spacy_medllm.prompts import PromptBuilder
+from spacy_medllm.training_data import (
+    IGNORE_INDEX,
+    SeedRecovery,
+    boundary_is_stable,
+    build_records,
+    deduplicate,
+    filter_labels,
+    make_example,
+    read_docbin,
+    read_examples,
+    read_jsonl,
+    read_seed_json,
+    records_sha256,
+    remove_shared,
+    seed_answer_order,
+    shared_inputs,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# peft reads the attribute that transformers 5 renamed; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED_TRAIN = ROOT / "corpus" / "seed_ae_emails" / "train.json"
+SEED_TEST = ROOT / "corpus" / "seed_ae_emails" / "test.json"
+LABELS = ["DRUG", "ADVERSE_EVENT"]
+
+# (text, [(entity string, label), ...]): every string occurs in its text.
+GOLD = [
+    (
+        "After starting aspirin I had a headache.",
+        [("aspirin", "DRUG"), ("headache", "ADVERSE_EVENT")],
+    ),
+    (
+        "Metformin gave me diarrhoea and nausea.",
+        [("Metformin", "DRUG"), ("diarrhoea", "ADVERSE_EVENT"), ("nausea", "ADVERSE_EVENT")],
+    ),
+    ("Ibuprofen caused a rash on my arm.", [("Ibuprofen", "DRUG"), ("rash", "ADVERSE_EVENT")]),
+    ("Abilify made me dizzy.", [("Abilify", "DRUG"), ("dizzy", "ADVERSE_EVENT")]),
+    ("Lisinopril gave her a dry cough.", [("Lisinopril", "DRUG"), ("dry cough", "ADVERSE_EVENT")]),
+    ("I felt tired after taking Zoloft.", [("tired", "ADVERSE_EVENT"), ("Zoloft", "DRUG")]),
+]
+VOCAB_TEXTS = [
+    *(text for text, _ in GOLD),
+    "Extract the medical entities from the user's text.",
+    "Labels: DRUG: a medicine or active substance, by brand or generic name",
+    "ADVERSE_EVENT: an unwanted effect or reaction that follows the use of a drug",
+    "Answer with a JSON list of objects in order of appearance, copying each entity's text "
+    "exactly as it is written. Answer [] if there is none.",
+]
+
+
+def gold_example(text: str, pairs, index: int = 0):
+    spans = [(text.index(s), text.index(s) + len(s), label) for s, label in pairs]
+    return make_example(text, spans, id=f"gold:{index}")
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return [gold_example(text, pairs, i) for i, (text, pairs) in enumerate(GOLD)]
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer Llama with a ChatML tokenizer trained on this module's texts."""
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from .tiny_models import build_tiny_causal_lm
+
+    return build_tiny_causal_lm(
+        tmp_path_factory.mktemp("ft_tiny_lm"), VOCAB_TEXTS, max_position_embeddings=512, seed=0
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tiny_base: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_base))
+
+
+def tiny_config(base: Path, output: Path, **overrides) -> FinetuneConfig:
+    settings = dict(
+        base_model=str(base),
+        output_dir=str(output),
+        labels=LABELS,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        learning_rate=1e-2,
+        max_steps=4,
+        per_device_train_batch_size=2,
+        warmup_ratio=0.0,
+        save_steps=2,
+        logging_steps=1,
+        max_length=512,
+        # One thread: tiny matrices gain nothing from two, and a busy machine makes torch's
+        # threads wait on each other.
+        num_threads=1,
+        bf16=False,
+        progress=False,
+    )
+    settings.update(overrides)
+    return FinetuneConfig(**settings)
+
+
+def adapter_tensors(adapter_dir: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter_dir / "adapter_model.safetensors"))
+
+
+# -- readers ---------------------------------------------------------------------------------------
+
+
+def test_read_jsonl_spans_and_checks(tmp_path: Path):
+    path = tmp_path / "data.jsonl"
+    lines = [
+        {
+            "id": 7,
+            "text": "Aspirin gave me a headache.",
+            "entities": [
+                {"start": 18, "end": 26, "label": "ADVERSE_EVENT", "text": "headache"},
+                {"start": 0, "end": 7, "label": "DRUG"},
+            ],
+        },
+        {"text": "Nothing here.", "spans": []},
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n", encoding="utf8")
+    examples = read_examples(path)
+    assert [e["id"] for e in examples] == ["7", "data:2"]
+    assert examples[0]["spans"] == [(0, 7, "DRUG"), (18, 26, "ADVERSE_EVENT")]
+    assert examples[0]["answer_entities"] is None
+    assert examples[1]["spans"] == []
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps(
+            {
+                "text": "Aspirin",
+                "entities": [{"start": 0, "end": 3, "label": "DRUG", "text": "Aspirin"}],
+            }
+        ),
+        encoding="utf8",
+    )
+    with pytest.raises(ValueError, match="does not match"):
+        read_jsonl(bad)
+    bad.write_text(json.dumps({"text": "abc", "spans": [{"start": 1, "end": 9, "label": "X"}]}))
+    with pytest.raises(ValueError, match="outside the text"):
+        read_jsonl(bad)
+
+
+def test_read_docbin(tmp_path: Path):
+    import spacy
+    from spacy.tokens import DocBin
+
+    nlp = spacy.blank("en")
+    doc = nlp("Abilify made me dizzy.")
+    doc.ents = [doc.char_span(0, 7, "DRUG"), doc.char_span(16, 21, "ADVERSE_EVENT")]
+    DocBin(docs=[doc, nlp("No entities.")]).to_disk(tmp_path / "train.spacy")
+    examples = read_docbin(tmp_path / "train.spacy")
+    assert examples[0]["text"] == "Abilify made me dizzy."
+    assert examples[0]["spans"] == [(0, 7, "DRUG"), (16, 21, "ADVERSE_EVENT")]
+    assert examples[1]["spans"] == []
+
+
+def test_seed_answer_keeps_paraphrases_in_gold_order():
+    text = "I take Xanax. Since then I feel very sleepy and I have headaches."
+    gold = [
+        ("Xanax", "DRUG"),
+        ("headaches", "ADVERSE_EVENT"),
+        ("drowsiness", "ADVERSE_EVENT"),
+        ("sleepy", "ADVERSE_EVENT"),
+    ]
+    answer, spans, steps = seed_answer_order(text, gold)
+    # Found strings by position; the paraphrase "drowsiness" stays right after "headaches",
+    # the gold string listed before it.
+    assert answer == [gold[0], gold[3], gold[1], gold[2]]
+    assert steps == ["exact", "exact", "", "exact"]
+    assert [text[s:e] for s, e, _ in spans] == ["Xanax", "sleepy", "headaches"]
+    answer, spans, steps = seed_answer_order("xanax made me dizzy", [("Xanax", "DRUG")])
+    assert steps == ["case_insensitive"] and spans == [(0, 5, "DRUG")]
+
+
+def test_seed_reader_counts_dedup_and_leaks():
+    recovery = SeedRecovery()
+    train = read_seed_json(SEED_TRAIN, recovery=recovery)
+    test = read_seed_json(SEED_TEST)
+    assert len(train) == 700 and len(test) == 59
+    assert recovery.n_strings == 2097
+    assert recovery.exact + recovery.case_insensitive + recovery.unrecovered == 2097
+    assert recovery.unrecovered == 317  # paraphrased gold strings: in the answer, without a span
+    first = json.loads(json.loads(SEED_TRAIN.read_text())[0]["output"])
+    assert train[0]["answer_entities"][0] == (first["drug_name"], "DRUG")
+    assert {label for e in train for _, label in e["answer_entities"]} == set(LABELS)
+    # Every gold string is answered, also the paraphrased ones.
+    assert sum(len(e["answer_entities"]) for e in train) == 2097
+    assert len(deduplicate(train)) == 682
+    assert len(deduplicate(train + test)) == 735
+    leaks = shared_inputs(train, test)
+    assert len(leaks) == 6
+    assert not shared_inputs(remove_shared(train, test), test)
+
+
+def test_filter_labels(examples):
+    kept, removed = filter_labels(examples, ["DRUG"])
+    assert removed == sum(len(pairs) for _, pairs in GOLD) - len(GOLD)
+    assert all(label == "DRUG" for e in kept for _, _, label in e["spans"])
+
+
+# -- records ---------------------------------------------------------------------------------------
+
+
+def test_record_prompt_ids_equal_inference_ids(examples, tiny_base, tiny_tokenizer):
+    from spacy_medllm.generators.hf import HFGenerator
+
+    builder = PromptBuilder(LabelSet(LABELS))
+    records = build_records(examples, builder, tiny_tokenizer)
+    generator = HFGenerator(model=str(tiny_base))
+    for example, record in zip(examples, records, strict=True):
+        inference_ids = generator.encode_prompt(builder.messages(example["text"]))
+        n = record["n_prompt_tokens"]
+        assert record["input_ids"][:n] == inference_ids
+        assert record["labels"][:n] == [IGNORE_INDEX] * n
+        assert record["labels"][n:] == record["input_ids"][n:]
+        assert all(label != IGNORE_INDEX for label in record["labels"][n:])
+        # The completion is the canonical answer and the end-of-turn token, nothing else.
+        answer = builder.answer_for_spans(example["text"], example["spans"])
+        assert record["completion"] == answer + tiny_tokenizer.eos_token
+        assert record["input_ids"][-1] == tiny_tokenizer.eos_token_id
+        assert tiny_tokenizer.decode(record["input_ids"][n:], skip_special_tokens=True) == answer
+        # No merge across the boundary: the prompt ends with a newline.
+        assert boundary_is_stable(tiny_tokenizer, record)
+    assert records_sha256(records) == records_sha256(
+        build_records(examples, builder, tiny_tokenizer)
+    )
+
+
+def test_trimmed_logits_give_the_same_loss(examples, tiny_base, tiny_tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    records = build_records(examples, PromptBuilder(LabelSet(LABELS)), tiny_tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_base)).eval()
+    pad = tiny_tokenizer.pad_token_id
+    full = PaddingCollator(pad)(records[:4])
+    trimmed = PaddingCollator(pad, trim_logits=True)(records[:4])
+    keep = trimmed["logits_to_keep"]
+    first_answer = min(r["n_prompt_tokens"] for r in records[:4])
+    assert keep == full["input_ids"].shape[1] - first_answer + 1
+    assert trimmed["labels"].shape[1] == keep
+    assert int((trimmed["labels"] != IGNORE_INDEX).sum()) == int(
+        (full["labels"] != IGNORE_INDEX).sum()
+    )
+    with torch.no_grad():
+        loss_full = model(**full).loss
+        out = model(**trimmed)
+    assert out.logits.shape[1] == keep
+    torch.testing.assert_close(out.loss, loss_full)
+
+
+def test_records_reject_labels_outside_the_label_set(examples, tiny_tokenizer):
+    with pytest.raises(ValueError, match="not in the label set"):
+        build_records(examples, PromptBuilder(LabelSet(["DRUG"])), tiny_tokenizer)
+
+
+def test_seed_records_keep_the_gold_strings(tiny_tokenizer):
+    example = make_example(
+        "I take Xanax and feel sleepy.",
+        [(7, 12, "DRUG")],
+        [("Xanax", "DRUG"), ("drowsiness", "ADVERSE_EVENT")],
+    )
+    record = build_records([example], PromptBuilder(LabelSet(LABELS)), tiny_tokenizer)[0]
+    assert json.loads(record["completion"][: -len(tiny_tokenizer.eos_token)]) == [
+        {"text": "Xanax", "label": "DRUG"},
+        {"text": "drowsiness", "label": "ADVERSE_EVENT"},
+    ]
+
+
+# -- validation ------------------------------------------------------------------------------------
+
+
+def test_validate_config_refuses_4bit_and_bf16_without_cuda():
+    with pytest.raises(ValueError, match=r"load_in_4bit.*CUDA"):
+        validate_config(FinetuneConfig(load_in_4bit=True), cuda_available=False)
+    with pytest.raises(ValueError, match="bf16"):
+        validate_config(FinetuneConfig(bf16=True), cuda_available=False)
+    # A CPU with native bfloat16 (AMX, AVX512-BF16) may train in bf16.
+    validate_config(FinetuneConfig(bf16=True), cuda_available=False, cpu_bf16_supported=True)
+    with pytest.raises(ValueError, match="bfloat16"):
+        validate_config(FinetuneConfig(bf16=True), cuda_available=True, bf16_supported=False)
+    with pytest.raises(ValueError, match="load_in_4bit"):
+        validate_config(FinetuneConfig(load_in_4bit=True, device="cpu"), cuda_available=True)
+    with pytest.raises(ValueError, match=r"lora_r.*\n- .*warmup_ratio"):
+        validate_config(FinetuneConfig(lora_r=0, warmup_ratio=1.5), cuda_available=False)
+    validate_config(FinetuneConfig(), cuda_available=False)
+    validate_config(FinetuneConfig(load_in_4bit=True, bf16=True), cuda_available=True)
+
+
+def test_bf16_default_follows_the_hardware():
+    assert resolve_bf16(None, use_cuda=True, cuda_bf16=True, cpu_bf16=False)
+    assert not resolve_bf16(None, use_cuda=True, cuda_bf16=False, cpu_bf16=True)
+    assert resolve_bf16(None, use_cuda=False, cuda_bf16=False, cpu_bf16=True)
+    assert not resolve_bf16(None, use_cuda=False, cuda_bf16=False, cpu_bf16=False)
+    assert not resolve_bf16(False, use_cuda=True, cuda_bf16=True, cpu_bf16=True)
+
+
+def test_finetune_validates_before_loading_anything(examples, tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = FinetuneConfig(
+        base_model=str(tmp_path / "no-such-model"), output_dir=str(tmp_path), load_in_4bit=True
+    )
+    with pytest.raises(ValueError, match="load_in_4bit"):
+        finetune(config, examples)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+# -- training --------------------------------------------------------------------------------------
+
+
+def test_lora_training_lowers_the_loss_and_writes_a_safe_adapter(
+    examples, tiny_base, tiny_tokenizer, tmp_path
+):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    builder = PromptBuilder(LabelSet(LABELS))
+    records = build_records(examples, builder, tiny_tokenizer)
+    pad = tiny_tokenizer.pad_token_id
+    torch.set_num_threads(1)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_base))
+    loss_before = completion_loss(base, records, pad)
+
+    config = tiny_config(tiny_base, tmp_path / "run", max_steps=8, save_steps=4)
+    adapter = finetune(config, examples)
+    assert adapter == tmp_path / "run" / "adapter"
+
+    # Outputs: safetensors, no pickles, the base model by reference, prompt and record files.
+    names = {p.name for p in adapter.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= names
+    assert {"prompt_template.json", "training_record.json"} <= names
+    assert not [p for p in adapter.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == config.base_model
+    settings = load_prompt_settings(adapter)
+    assert settings["labels"] == LABELS
+    assert (
+        PromptBuilder(
+            LabelSet(settings["labels"], settings["label_definitions"]), settings["template"]
+        ).fingerprint
+        == builder.fingerprint
+    )
+    record = json.loads((adapter / "training_record.json").read_text())
+    assert record["data"]["sha256"] == records_sha256(records)
+    assert record["data"]["n_records"] == len(examples)
+    assert record["training"]["global_step"] == 8
+    assert record["training"]["train_tokens"] > 0 and record["training"]["tokens_per_second"] > 0
+    assert record["training"]["final_loss"] is not None
+    assert record["versions"]["peft"] and record["versions"]["transformers"]
+    assert record["seed"] == config.seed and record["settings"]["lora_r"] == 4
+    assert [entry["step"] for entry in record["training"]["log"]] == list(range(1, 9))
+
+    # The adapter loads with peft, changes the outputs and lowers the loss on its data.
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tiny_base)), str(adapter)
+    )
+    batch = torch.tensor([records[0]["input_ids"]])
+    with torch.no_grad():
+        assert not torch.allclose(base(input_ids=batch).logits, tuned(input_ids=batch).logits)
+    loss_after = completion_loss(tuned, records, pad)
+    assert loss_after < loss_before - 0.5, (loss_before, loss_after)
+
+
+def test_the_adapter_serves_inference(examples, tiny_base, tmp_path):
+    from spacy_medllm.generators.hf import HFGenerator
+
+    adapter = finetune(tiny_config(tiny_base, tmp_path / "run", max_steps=2), examples)
+    builder = PromptBuilder(LabelSet(LABELS))
+    generator = HFGenerator(model=str(tiny_base), adapter=str(adapter), max_new_tokens=8)
+    [response] = generator([builder.messages(examples[0]["text"])])
+    assert isinstance(response, str)
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bfloat16")
+def test_bf16_on_a_cpu_with_native_bfloat16(examples, tiny_base, tmp_path):
+    from transformers import TrainerCallback
+
+    seen = set()
+
+    class WatchDtype(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            layer = model.get_base_model().model.layers[0].self_attn.q_proj
+            layer.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+
+    adapter = finetune(
+        tiny_config(tiny_base, tmp_path / "bf16", max_steps=2, bf16=None),
+        examples,
+        callbacks=[WatchDtype()],
+    )
+    record = json.loads((adapter / "training_record.json").read_text())
+    assert record["effective"]["bf16"] is True
+    import torch
+
+    assert seen == {torch.bfloat16}  # autocast computes in bf16; the weights stay fp32
+    assert {t.dtype for t in adapter_tensors(adapter).values()} == {torch.float32}
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_at(step: int):
+    from transformers import TrainerCallback
+
+    class Interrupt(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == step:  # the checkpoint of `step` has been saved
+                raise _Interrupted
+
+    return Interrupt()
+
+
+def test_resume_continues_from_the_last_checkpoint(examples, tiny_base, tmp_path):
+    output = tmp_path / "run"
+    finetune(tiny_config(tiny_base, output, max_steps=4, save_steps=2), examples)
+    assert last_checkpoint(output / "checkpoints").name == "checkpoint-4"
+    adapter = finetune(tiny_config(tiny_base, output, max_steps=6, save_steps=2), examples)
+    record = json.loads((adapter / "training_record.json").read_text())
+    assert record["training"]["resumed_from"] == "checkpoint-4"
+    assert record["training"]["global_step"] == 6
+    # Only steps 5 and 6 ran in the second call.
+    assert [entry["step"] for entry in record["training"]["log"]] == [5, 6]
+    state = json.loads((output / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert record["training"]["session_tokens"] < record["training"]["train_tokens"]
+
+    # Other settings cannot resume these checkpoints; resume=False starts over.
+    changed = tiny_config(tiny_base, output, max_steps=6, learning_rate=1e-3)
+    with pytest.raises(ValueError, match="learning_rate"):
+        finetune(changed, examples)
+    adapter = finetune(changed, examples, resume=False)
+    record = json.loads((adapter / "training_record.json").read_text())
+    assert record["training"]["resumed_from"] is None
+    assert record["training"]["log"][0]["step"] == 1
+
+
+def test_last_checkpoint_skips_a_half_written_one(tmp_path):
+    for step in (2, 4, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    # checkpoint-10 was interrupted before its trainer_state.json (written last) existed.
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert not (tmp_path / "checkpoint-10").exists()
+    assert last_checkpoint(tmp_path / "missing") is None
+
+
+def test_an_interrupted_run_resumes_to_the_same_adapter(examples, tiny_base, tmp_path):
+    import torch
+
+    config = tiny_config(tiny_base, tmp_path / "interrupted", max_steps=6, save_steps=2)
+    with pytest.raises(_Interrupted):
+        finetune(config, examples, callbacks=[_interrupt_at(4)])
+    assert not (tmp_path / "interrupted" / "adapter").exists()
+    resumed = finetune(config, examples)
+    record = json.loads((resumed / "training_record.json").read_text())
+    assert record["training"]["resumed_from"] == "checkpoint-4"
+    straight = finetune(tiny_config(tiny_base, tmp_path / "straight", max_steps=6), examples)
+    a, b = adapter_tensors(resumed), adapter_tensors(straight)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6)
+
+
+def test_command_line_with_top_layers_only(tiny_base, tmp_path):
+    data = tmp_path / "train.jsonl"
+    lines = []
+    for text, pairs in GOLD * 2:  # repeats are dropped
+        entities = [
+            {"start": text.index(s), "end": text.index(s) + len(s), "label": label}
+            for s, label in pairs
+        ]
+        lines.append(json.dumps({"text": text, "entities": entities}))
+    data.write_text("\n".join(lines) + "\n", encoding="utf8")
+    output = tmp_path / "cli"
+    argv = [
+        "--train",
+        str(data),
+        "--output",
+        str(output),
+        "--base-model",
+        str(tiny_base),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--lora-r",
+        "2",
+        "--lora-top-layers",
+        "1",
+        "--num-threads",
+        "1",
+        "--no-group-by-length",
+        "--gradient-checkpointing",
+    ]
+    assert main(argv) == 0
+    adapter = output / "adapter"
+    record = json.loads((adapter / "training_record.json").read_text())
+    assert record["data"]["n_examples"] == len(GOLD)
+    assert record["settings"]["labels"] == LABELS  # found in the data, in order
+    assert record["effective"]["lora_layers"] == [1]
+    assert record["settings"]["gradient_checkpointing"] is True
+    layers = {name.split("layers.")[1].split(".")[0] for name in adapter_tensors(adapter)}
+    assert layers == {"1"}
+
+
+# -- the packaged model ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_folder() -> Path:
+    pytest.importorskip("torch")
+    from spacy_medllm.models import ModelNotAvailableError, resolve_base_model
+
+    try:
+        return Path(resolve_base_model("smollm2-135m-instruct"))
+    except ModelNotAvailableError as err:
+        pytest.skip(str(err))
+
+
+@pytest.mark.slow
+def test_smollm2_records_match_inference_tokens(smollm2_folder):
+    from transformers import AutoTokenizer
+
+    from spacy_medllm.generators.hf import HFGenerator
+
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_folder))
+    builder = PromptBuilder(LabelSet(LABELS))
+    examples = read_seed_json(SEED_TRAIN)[:20]
+    records = build_records(examples, builder, tokenizer)
+    generator = HFGenerator(model="smollm2-135m-instruct")
+    for example, record in zip(examples, records, strict=True):
+        ids = generator.encode_prompt(builder.messages(example["text"]))
+        assert record["input_ids"][: record["n_prompt_tokens"]] == ids
+        assert boundary_is_stable(tokenizer, record)
+        assert record["input_ids"][-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+@pytest.mark.slow
+def test_smollm2_three_lora_steps(smollm2_folder, tmp_path):
+    examples = read_seed_json(SEED_TRAIN)[:8]
+    config = FinetuneConfig(
+        base_model="smollm2-135m-instruct",
+        output_dir=str(tmp_path / "smollm2"),
+        labels=LABELS,
+        max_steps=3,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        save_steps=3,
+        num_threads=2,
+        progress=False,
+    )
+    start = time.perf_counter()
+    adapter = finetune(config, examples)
+    seconds = time.perf_counter() - start
+    record = json.loads((adapter / "training_record.json").read_text())
+    training = record["training"]
+    print(
+        f"\nSmolLM2-135M LoRA r=16 all-linear, batch 4: {training['tokens_per_second']:.0f} "
+        f"tokens/s, {training['session_seconds']:.1f} s for 3 steps ({seconds:.1f} s in all), "
+        f"losses {[round(e['loss'], 3) for e in training['log']]}"
+    )
+    assert training["global_step"] == 3
+    assert (
+        json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == "smollm2-135m-instruct"
+    )
+    assert record["base_model"]["source"]["alias"] == "smollm2-135m-instruct"
