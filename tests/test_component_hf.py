@@ -1,0 +1,321 @@
+"""`medllm_ner` end to end with a real (tiny) transformers model and a LoRA adapter trained here.
+
+A random 2-layer Llama learns, in a few seconds of LoRA fine-tuning with the package's own
+`finetune`, to answer the training texts with their entities. The component then runs real
+generation through `HFGenerator`, so these tests see real JSON from a real model: the round trip
+through `nlp.to_disk` / `spacy.load`, batched against one-by-one processing, long documents split
+into pieces whose entities land at the right offsets, and bad input that never loses a document.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import spacy
+
+from spacy_medllm.component import get_record
+from spacy_medllm.training_data import make_example
+
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
+
+LABELS = ["DRUG", "ADVERSE_EVENT"]
+GOLD = [
+    (
+        "After starting aspirin I had a headache.",
+        [("aspirin", "DRUG"), ("headache", "ADVERSE_EVENT")],
+    ),
+    (
+        "Metformin gave me diarrhoea and nausea.",
+        [("Metformin", "DRUG"), ("diarrhoea", "ADVERSE_EVENT"), ("nausea", "ADVERSE_EVENT")],
+    ),
+    ("Ibuprofen caused a rash on my arm.", [("Ibuprofen", "DRUG"), ("rash", "ADVERSE_EVENT")]),
+    ("Abilify made me dizzy.", [("Abilify", "DRUG"), ("dizzy", "ADVERSE_EVENT")]),
+    ("Lisinopril gave her a dry cough.", [("Lisinopril", "DRUG"), ("dry cough", "ADVERSE_EVENT")]),
+    ("I felt tired after taking Zoloft.", [("tired", "ADVERSE_EVENT"), ("Zoloft", "DRUG")]),
+]
+GOLD_TEXTS = [text for text, _ in GOLD]
+VOCAB_TEXTS = [
+    *GOLD_TEXTS,
+    "Extract the medical entities from the user's text.",
+    "Labels: DRUG: a medicine or active substance, by brand or generic name",
+    "ADVERSE_EVENT: an unwanted effect or reaction that follows the use of a drug",
+    "Answer with a JSON list of objects in order of appearance, copying each entity's text "
+    "exactly as it is written. Answer [] if there is none.",
+]
+# 24 documents: the training texts, and unseen ones the model answers however it likes.
+DOCS = [
+    *GOLD_TEXTS,
+    *(f"{a} {b}" for a, b in itertools.pairwise(GOLD_TEXTS)),
+    "Aspirin and a headache.",
+    "She had nausea after metformin.",
+    "No drug was taken.",
+    "The rash on my arm came after ibuprofen.",
+    "Zoloft, then dizzy.",
+    "Dry cough with lisinopril 10 mg.",
+    "Abilify made her tired and dizzy.",
+    "A headache, a rash and nausea.",
+    "Ibuprofen gave me diarrhoea.",
+    "I took aspirin.",
+    "",
+    "   \n ",
+    "Metformin",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny base model and a LoRA adapter that has memorised the GOLD answers."""
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from spacy_medllm.finetune import FinetuneConfig, finetune
+
+    from .tiny_models import build_tiny_causal_lm
+
+    root = tmp_path_factory.mktemp("component_hf")
+    base = build_tiny_causal_lm(root / "base", VOCAB_TEXTS, max_position_embeddings=512, seed=0)
+    examples = [
+        make_example(
+            text,
+            [(text.index(s), text.index(s) + len(s), label) for s, label in pairs],
+            id=f"gold:{i}",
+        )
+        for i, (text, pairs) in enumerate(GOLD)
+    ]
+    config = FinetuneConfig(
+        base_model=str(base),
+        output_dir=str(root / "run"),
+        labels=LABELS,
+        lora_r=8,
+        lora_alpha=16,
+        target_modules="all-linear",
+        learning_rate=2e-2,
+        max_steps=60,
+        per_device_train_batch_size=6,
+        warmup_ratio=0.0,
+        lr_scheduler_type="constant",
+        save_steps=1000,
+        logging_steps=10,
+        max_length=512,
+        num_threads=1,
+        bf16=False,
+        progress=False,
+    )
+    adapter = finetune(config, examples)
+    return {"base": base, "adapter": adapter}
+
+
+def build_nlp(trained: dict, batch_size: int = 8, **component) -> spacy.language.Language:
+    from spacy_medllm.cli import build_pipeline
+
+    nlp = build_pipeline(
+        model=str(trained["base"]),
+        adapter=str(trained["adapter"]),
+        batch_size=batch_size,
+        max_new_tokens=64,
+    )
+    component_pipe = nlp.get_pipe("medllm_ner")
+    for key, value in component.items():
+        setattr(component_pipe, key, value)
+    return nlp
+
+
+def entities(doc) -> list[tuple[int, int, str]]:
+    return [(e.start_char, e.end_char, e.label_) for e in doc.ents]
+
+
+def records(docs, name: str = "medllm_ner") -> list[dict]:
+    return [get_record(doc, name) for doc in docs]
+
+
+@pytest.fixture(scope="module")
+def nlp(trained: dict):
+    return build_nlp(trained, save_io=True)
+
+
+@pytest.fixture(scope="module")
+def batched_docs(nlp) -> list:
+    return list(nlp.pipe(DOCS))
+
+
+def test_the_adapter_was_trained_with_the_prompt_the_component_uses(nlp, trained) -> None:
+    from spacy_medllm.finetune import load_prompt_settings
+
+    settings = load_prompt_settings(trained["adapter"])
+    component = nlp.get_pipe("medllm_ner")
+    assert list(component.labels) == settings["labels"] == LABELS
+    assert component.prompt_builder.template == settings["template"]
+
+
+def test_the_trained_model_finds_the_entities_it_learned(batched_docs) -> None:
+    for (text, pairs), doc in zip(GOLD, batched_docs[: len(GOLD)], strict=True):
+        assert doc.text == text
+        got = [(e.text, e.label_) for e in doc.ents]
+        assert sorted(got) == sorted(pairs), (text, got, get_record(doc)["chunks"])
+
+
+def test_every_document_comes_out_with_a_record(batched_docs) -> None:
+    assert [doc.text for doc in batched_docs] == DOCS
+    for doc, record in zip(batched_docs, records(batched_docs), strict=True):
+        if not doc.text.strip():
+            assert record["skipped"] == "empty document" and not doc.ents
+            assert record["chunks"] == []
+            continue
+        assert record["skipped"] is None and record["error"] is None
+        assert len(record["chunks"]) == 1 and "response" in record["chunks"][0]
+        # Nothing is dropped silently: every emitted entity is a span or a recorded rejection.
+        assert record["n_spans"] == len(doc.ents)
+        assert record["n_emitted"] == record["n_spans"] + len(record["rejected"]), record
+
+
+def test_batched_equals_one_by_one(trained, batched_docs) -> None:
+    single = build_nlp(trained, batch_size=1, save_io=True)
+    one_by_one = [single(text) for text in DOCS]
+    assert [entities(d) for d in one_by_one] == [entities(d) for d in batched_docs]
+    assert [[c["response"] for c in r["chunks"]] for r in records(one_by_one)] == [
+        [c["response"] for c in r["chunks"]] for r in records(batched_docs)
+    ]
+
+
+def test_round_trip_through_disk_gives_identical_entities(nlp, batched_docs, tmp_path) -> None:
+    nlp.to_disk(tmp_path / "pipeline")
+    saved = tmp_path / "pipeline" / "medllm_ner"
+    # The adapter travels inside the pipeline as safetensors; the base model only by reference.
+    adapter_files = {p.name for p in saved.rglob("*") if p.is_file()}
+    assert "adapter_model.safetensors" in adapter_files
+    assert not [name for name in adapter_files if name.endswith((".bin", ".pt", ".pkl"))]
+    assert "model.safetensors" not in adapter_files
+    loaded = spacy.load(tmp_path / "pipeline")
+    reloaded = list(loaded.pipe(DOCS))
+    assert len(reloaded) == len(batched_docs) >= 20
+    assert sum(bool(d.ents) for d in reloaded) >= len(GOLD)
+    assert [entities(d) for d in reloaded] == [entities(d) for d in batched_docs]
+    assert [r["rejected"] for r in records(reloaded)] == [
+        r["rejected"] for r in records(batched_docs)
+    ]
+
+
+def test_a_document_longer_than_the_context_is_split_and_offsets_hold(trained) -> None:
+    nlp = build_nlp(trained)
+    component = nlp.get_pipe("medllm_ner")
+    generator = component.generator
+    context = generator.prompt_token_budget() + generator.max_new_tokens
+    # The model learned single sentences: leave room for the prompt around the longest one only,
+    # so that every piece is one sentence (and the answer may be long).
+    longest = max(
+        generator.count_prompt_tokens(component.prompt_builder.messages(t)) for t in GOLD_TEXTS
+    )
+    generator.max_new_tokens = context - longest
+    parts: list[str] = []
+    while len(" ".join(parts)) < 6 * context:
+        parts.extend(GOLD_TEXTS)
+    text = " ".join(parts)
+    assert generator.count_prompt_tokens(component.prompt_builder.messages(text)) > context
+    doc = nlp(text)
+    chunks = get_record(doc)["chunks"]
+    # One piece per sentence, in order, covering the text with nothing but spaces between them.
+    assert [text[c["start"] : c["end"]] for c in chunks] == parts
+    # Every sentence's entities are found at their own offsets, far beyond the first piece.
+    expected = []
+    for chunk, sentence in zip(chunks, parts, strict=True):
+        pairs = dict(GOLD)[sentence]
+        expected.extend(
+            (chunk["start"] + sentence.index(s), chunk["start"] + sentence.index(s) + len(s), label)
+            for s, label in pairs
+        )
+    assert entities(doc) == sorted(expected)
+
+
+def test_a_long_document_is_refused_when_splitting_is_off(trained) -> None:
+    from spacy_medllm.chunking import ChunkingError
+
+    nlp = build_nlp(trained, long_documents="error")
+    with pytest.raises(ChunkingError, match="medllm_ner"):
+        nlp(" ".join(GOLD_TEXTS * 40))
+
+
+def test_a_cut_answer_is_recorded_not_lost(trained) -> None:
+    # Three new tokens cannot hold a complete entity: each answer is cut inside its first object.
+    nlp = build_nlp(trained, save_io=True)
+    nlp.get_pipe("medllm_ner").generator.max_new_tokens = 3
+    docs = list(nlp.pipe(GOLD_TEXTS))
+    assert [doc.text for doc in docs] == GOLD_TEXTS
+    for doc in docs:
+        record = get_record(doc)
+        response = record["chunks"][0]["response"]
+        assert response.startswith("[") and not response.rstrip().endswith("]"), response
+        assert not doc.ents
+        assert "truncated" in record["repairs"], record
+        assert record["n_emitted"] == len(record["rejected"])
+
+
+def test_command_line_assemble_extract_and_info(trained, batched_docs, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from spacy_medllm.cli import app
+
+    runner = CliRunner()
+    pipeline = tmp_path / "pipeline"
+    result = runner.invoke(
+        app,
+        [
+            "assemble",
+            str(pipeline),
+            "--adapter",
+            str(trained["adapter"].parent),  # the run folder: the adapter is found inside
+            "--model",
+            str(trained["base"]),
+            "--max-new-tokens",
+            "64",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "DRUG" in result.output and (pipeline / "config.cfg").exists()
+
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(
+        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(GOLD_TEXTS)),
+        encoding="utf8",
+    )
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(
+        app, ["extract", "--pipeline", str(pipeline), "-i", str(texts), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in out.read_text(encoding="utf8").splitlines()]
+    assert [line["id"] for line in lines] == list(range(len(GOLD_TEXTS)))
+    for line, doc in zip(lines, batched_docs[: len(GOLD_TEXTS)], strict=True):
+        assert [(e["start"], e["end"], e["label"]) for e in line["entities"]] == entities(doc)
+        assert all(line["text"][e["start"] : e["end"]] == e["text"] for e in line["entities"])
+        assert line["medllm"]["medllm_ner"]["rejected"] == get_record(doc)["rejected"]
+
+    result = runner.invoke(app, ["info", str(pipeline)])
+    assert result.exit_code == 0, result.output
+    assert "labels: DRUG, ADVERSE_EVENT" in result.output
+    assert str(trained["base"]) in result.output
+
+
+def test_few_shot_examples_come_from_training_data_and_enter_the_prompt() -> None:
+    from spacy_medllm.cli import few_shot_examples
+
+    seed_train = Path(__file__).resolve().parent.parent / "corpus/seed_ae_emails/train.json"
+    shots = few_shot_examples(seed_train, 3, LABELS)
+    assert len(shots) == 3
+    assert [len(s["text"]) for s in shots] == sorted(len(s["text"]) for s in shots)
+    for shot in shots:
+        assert {e["label"] for e in shot["entities"]} == set(LABELS)
+    nlp = spacy.blank("en")
+    component = nlp.add_pipe(
+        "medllm_ner",
+        config={
+            "labels": LABELS,
+            "prompt": {"@misc": "medllm.PromptTemplate.v1", "examples": shots},
+            "generator": {"@misc": "medllm.HFGenerator.v1", "model": "unused-model"},
+        },
+    )
+    messages = component.prompt_builder.messages("New text.")
+    assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert messages[1]["content"] == shots[0]["text"]
+    assert json.loads(messages[2]["content"]) == shots[0]["entities"]
