@@ -565,6 +565,31 @@ def last_checkpoint(checkpoints_dir: str | Path) -> Path | None:
     return None
 
 
+def adapter_is_up_to_date(adapter_dir: Path, config: FinetuneConfig, data_sha256: str) -> bool:
+    """True when `adapter_dir` holds a finished run with these data and settings.
+
+    A finished run is one whose training record says it reached its last step; the settings
+    compared are those that define the run (`_RUN_KEYS`) and its length (epochs, max_steps).
+    """
+    record_file = adapter_dir / TRAINING_RECORD_FILE
+    if not (record_file.is_file() and (adapter_dir / "adapter_model.safetensors").is_file()):
+        return False
+    try:
+        record = json.loads(record_file.read_text(encoding="utf8"))
+        previous = record["settings"]
+        training = record["training"]
+        same_data = record["data"]["sha256"] == data_sha256
+    except (KeyError, TypeError, ValueError):
+        return False
+    wanted = config.to_dict()
+    keys = (*_RUN_KEYS, "num_train_epochs", "max_steps")
+    same_settings = all(previous.get(key) == wanted[key] for key in keys)
+    finished = training.get("global_step") is not None and training.get("global_step") >= (
+        training.get("max_steps") or 0
+    )
+    return same_data and same_settings and finished
+
+
 def _run_identity(config: FinetuneConfig, data_sha256: str) -> dict[str, Any]:
     settings = config.to_dict()
     return {"data_sha256": data_sha256, **{key: settings[key] for key in _RUN_KEYS}}
@@ -746,6 +771,14 @@ def finetune(
 
     # Checkpoints: resume if they belong to the same run, or start over.
     identity = _run_identity(effective, data_sha256)
+    adapter_dir = output / ADAPTER_DIR
+    if resume and adapter_is_up_to_date(adapter_dir, effective, data_sha256):
+        _say(
+            f"{adapter_dir} is up to date (same data, settings and length of training): "
+            "nothing to do. Pass resume=False (--no-resume) to train again.",
+            config.progress,
+        )
+        return adapter_dir
     run_file = checkpoints / RUN_FILE
     resume_from: Path | None = None
     if resume:

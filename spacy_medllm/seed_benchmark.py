@@ -42,9 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
-import platform
 import re
 import sys
 import time
@@ -54,6 +52,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from .reporting import fmt_pct as _pct
+from .reporting import fmt_rate as _rate
+from .reporting import fmt_score as _f
+from .reporting import json_default as _json_default
+from .reporting import machine_info
+from .reporting import markdown_table as _table
 from .seed_metric import SetScores, seed_answer_strings, set_scores
 
 if TYPE_CHECKING:
@@ -628,36 +632,6 @@ def add_bertscores(results: Sequence[RecordResult], scorer: BertScore) -> None:
         r.bertscore_f1 = f1
 
 
-# -- machine info ---------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU count, torch threads and library versions (torch only if importable)."""
-    from importlib import metadata
-
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-    if hasattr(os, "sched_getaffinity"):
-        info["cpus_available"] = len(os.sched_getaffinity(0))
-    try:
-        import torch
-
-        info["torch_threads"] = torch.get_num_threads()
-        info["cuda"] = torch.cuda.is_available()
-    except ImportError:
-        info["torch_threads"] = None
-    for package in ("torch", "transformers", "spacy", "peft", "seqeval", "bert-score"):
-        try:
-            info[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            info[package] = None
-    return info
-
-
 # -- the benchmark --------------------------------------------------------------------------------
 
 
@@ -695,6 +669,9 @@ COLUMNS = {
     "docs/s, words/s": "pipelines only: test docs, and words (non-whitespace tokens of the "
     "pipeline's tokenizer), divided by the wall time of list(nlp.pipe(test texts)) with the "
     "pipeline's own batching, models loaded before the clock starts; n/a for prediction files",
+    "Train time, Train tok/s": "pipelines with a fine-tuned adapter: the training time of the "
+    "adapter and its training tokens (prompt + answer, padding excluded) per second, from the "
+    "adapter's training_record.json (the last session's, if a run was resumed)",
     "Unseen": "the same metrics on the test records whose input does not occur verbatim among "
     "the training inputs",
 }
@@ -767,6 +744,7 @@ def evaluate_system(
             "words_per_s": n_words / run.seconds if run.seconds > 0 else None,
             "nlp_pipe_batch_size": run.batch_size,
         }
+        entry["training"] = training_summary(nlp)
     if bertscore is not None:
         add_bertscores(results, bertscore)
     unseen = [r for r in results if not r.leaked]
@@ -776,6 +754,30 @@ def evaluate_system(
     }
     entry["records"] = [r.to_dict() for r in results]
     return entry, results
+
+
+def training_summary(nlp: Language) -> dict[str, Any] | None:
+    """Training time and tokens/s of the adapter(s) in a pipeline, from their training records."""
+    summaries = []
+    for _, pipe in nlp.pipeline:
+        generator = getattr(pipe, "generator", None)
+        record = getattr(generator, "training_record", lambda: None)()
+        if not record:
+            continue
+        training = record.get("training", {})
+        summaries.append(
+            {
+                "seconds": training.get("session_seconds"),
+                "resumed_from": training.get("resumed_from"),
+                "tokens_per_second": training.get("tokens_per_second"),
+                "train_tokens": training.get("train_tokens"),
+                "global_step": training.get("global_step"),
+                "epochs": record.get("settings", {}).get("num_train_epochs"),
+                "n_records": record.get("data", {}).get("n_records"),
+                "data_sha256": record.get("data", {}).get("sha256"),
+            }
+        )
+    return summaries[0] if len(summaries) == 1 else ({"adapters": summaries} if summaries else None)
 
 
 def gold_summary(test: Sequence[Mapping[str, Any]], tokenizer: Any) -> dict[str, Any]:
@@ -890,31 +892,7 @@ def run_seed_benchmark(
     return report
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (set, tuple)):
-        return sorted(value) if isinstance(value, set) else list(value)
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return str(value)
-
-
 # -- output ---------------------------------------------------------------------------------------
-
-
-def _f(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.3f}"
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
-def _rate(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def table_rows(report: Mapping[str, Any], subset: str) -> list[list[str]]:
@@ -925,6 +903,7 @@ def table_rows(report: Mapping[str, Any], subset: str) -> list[list[str]]:
         seed, spans = m["seed"], m["spans"]
         per = spans["per_label"]
         speed = entry.get("speed") if subset == "all" else None
+        training = entry.get("training") if subset == "all" else None
         rows.append(
             [
                 entry["name"],
@@ -946,15 +925,17 @@ def table_rows(report: Mapping[str, Any], subset: str) -> list[list[str]]:
                 _f(m["bertscore_f1"]),
                 _rate(speed["docs_per_s"]) if speed else "n/a",
                 _rate(speed["words_per_s"]) if speed else "n/a",
+                _minutes(training.get("seconds")) if training else "n/a",
+                _rate(training.get("tokens_per_second")) if training else "n/a",
             ]
         )
     return rows
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+def _minutes(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{seconds / 60:.1f} min"
 
 
 def markdown_report(report: Mapping[str, Any]) -> str:
@@ -980,6 +961,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         "BERTScore F1",
         "docs/s",
         "words/s",
+        "Train time",
+        "Train tok/s",
     ]
     gold = report["gold"]
     machine = report["machine"]
@@ -1002,7 +985,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         f"### Unseen test records (n={report['n_unseen']}, "
         f"the {len(leaks)} leaked e-mails left out)",
         "",
-        _table(header[:-2], [row[:-2] for row in table_rows(report, "unseen")]),
+        _table(header[:-4], [row[:-4] for row in table_rows(report, "unseen")]),
         "",
         "Columns:",
         "",

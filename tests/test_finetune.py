@@ -474,6 +474,29 @@ def test_resume_continues_from_the_last_checkpoint(examples, tiny_base, tmp_path
     assert record["training"]["log"][0]["step"] == 1
 
 
+def test_a_finished_run_is_up_to_date_and_is_not_trained_again(examples, tiny_base, tmp_path):
+    config = tiny_config(tiny_base, tmp_path / "run", max_steps=2)
+    adapter = finetune(config, examples)
+    weights = adapter / "adapter_model.safetensors"
+    before = (weights.stat().st_mtime_ns, weights.read_bytes())
+    record_before = json.loads((adapter / "training_record.json").read_text())
+
+    # Same data and settings: nothing is trained or written.
+    assert finetune(config, examples) == adapter
+    assert (weights.stat().st_mtime_ns, weights.read_bytes()) == before
+    assert json.loads((adapter / "training_record.json").read_text()) == record_before
+
+    # Other data: not up to date (the checkpoints refuse to resume with other data).
+    with pytest.raises(ValueError, match="other data or settings"):
+        finetune(config, examples[:-1])
+    # A longer run: trained further from the last checkpoint, and the adapter changes.
+    longer = finetune(tiny_config(tiny_base, tmp_path / "run", max_steps=4), examples)
+    record = json.loads((longer / "training_record.json").read_text())
+    assert record["training"]["global_step"] == 4
+    assert record["training"]["resumed_from"] == "checkpoint-2"
+    assert weights.read_bytes() != before[1]
+
+
 def test_last_checkpoint_skips_a_half_written_one(tmp_path):
     for step in (2, 4, 10):
         (tmp_path / f"checkpoint-{step}").mkdir()

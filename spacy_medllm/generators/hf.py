@@ -29,6 +29,8 @@ logger = logging.getLogger("spacy_medllm")
 CONFIG_FILE = "generator.json"
 ADAPTER_DIR = "adapter"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Written by spacy_medllm.finetune next to the weights: copied along when present (provenance).
+ADAPTER_EXTRA_FILES = ("prompt_template.json", "training_record.json")
 FACTORY_NAME = "medllm.HFGenerator.v1"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # End-of-turn markers of common chat templates; generation also stops at those the vocab has.
@@ -413,9 +415,21 @@ class HFGenerator:
                 target.mkdir(parents=True)
                 for name in ADAPTER_FILES:
                     shutil.copyfile(source / name, target / name)
+                for name in ADAPTER_EXTRA_FILES:
+                    if (source / name).is_file():
+                        shutil.copyfile(source / name, target / name)
         elif target.exists():
             shutil.rmtree(target)
         (path / CONFIG_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf8")
+
+    def training_record(self) -> dict[str, Any] | None:
+        """The adapter's training record (data hash, settings, time, tokens/s), if it has one."""
+        if not self.adapter:
+            return None
+        record = Path(self.adapter) / "training_record.json"
+        if not record.is_file():
+            return None
+        return json.loads(record.read_text(encoding="utf8"))
 
     def from_disk(self, path: Path) -> None:
         """Restore what `to_disk` saved: the base model reference, max_new_tokens and the adapter.
