@@ -1,0 +1,75 @@
+"""Pieces shared by the benchmark reports: machine info, Markdown tables, number formats, JSON.
+
+Used by `seed_benchmark` and `evaluate`; only the standard library is imported at module level
+(torch is looked at inside `machine_info`, if it is installed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections.abc import Sequence
+from typing import Any
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU count, torch threads and library versions (torch only if importable)."""
+    from importlib import metadata
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    if hasattr(os, "sched_getaffinity"):
+        info["cpus_available"] = len(os.sched_getaffinity(0))
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = torch.cuda.is_available()
+    except ImportError:
+        info["torch_threads"] = None
+    for package in ("torch", "transformers", "spacy", "peft", "seqeval", "bert-score"):
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[package] = None
+    return info
+
+
+def fmt_score(value: float | None) -> str:
+    """A score with 3 decimals; "n/a" for None or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}"
+
+
+def fmt_pct(value: float | None) -> str:
+    """A share as a percentage with one decimal; "n/a" for None."""
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def fmt_rate(value: float | None) -> str:
+    """A rate: thousands separators from 100 up, 3 significant digits below; "n/a" for None."""
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table (no trailing newline)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def json_default(value: Any) -> Any:
+    """`json.dumps(default=...)`: sets sorted, tuples as lists, numpy scalars as numbers."""
+    if isinstance(value, (set, tuple)):
+        return sorted(value) if isinstance(value, set) else list(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
