@@ -579,8 +579,39 @@ def subset_metrics(results: Sequence[RecordResult], labels: Sequence[str]) -> di
             "share": sum(r.parseable for r in results) / n if n else None,
         },
         "predicted_in_text": strings_in_text(results),
+        "errors": error_breakdown(results),
         "bertscore_f1": sum(bert) / len(bert) if bert and len(bert) == n else None,
     }
+
+
+def error_breakdown(results: Sequence[RecordResult]) -> dict[str, int]:
+    """The seed metric's misses and false strings, split by whether the string is in the text.
+
+    A gold string that is not in its text is a paraphrase the model had to reproduce word for
+    word; a false string that is not in the text is the model's own paraphrase (or invention).
+    A miss and a false string in the same record that share a word are counted as a
+    "near miss" pair (e.g. gold "throat pain", predicted "pain in throat").
+    """
+    counts = dict.fromkeys(
+        ("fn_in_text", "fn_not_in_text", "fp_in_text", "fp_not_in_text", "near_miss_pairs"), 0
+    )
+    for r in results:
+        missed = r.gold_strings - r.predicted_strings
+        false = r.predicted_strings - r.gold_strings
+        for string in missed:
+            counts["fn_in_text" if string in r.text else "fn_not_in_text"] += 1
+        for string in false:
+            counts["fp_in_text" if string in r.text else "fp_not_in_text"] += 1
+        words = [set(re.findall(r"\w+", s.lower())) for s in false]
+        used: set[int] = set()
+        for string in missed:
+            gold_words = set(re.findall(r"\w+", string.lower()))
+            for i, predicted_words in enumerate(words):
+                if i not in used and gold_words & predicted_words:
+                    used.add(i)
+                    counts["near_miss_pairs"] += 1
+                    break
+    return counts
 
 
 # -- BERTScore ------------------------------------------------------------------------------------
@@ -672,6 +703,10 @@ COLUMNS = {
     "Train time, Train tok/s": "pipelines with a fine-tuned adapter: the training time of the "
     "adapter and its training tokens (prompt + answer, padding excluded) per second, from the "
     "adapter's training_record.json (the last session's, if a run was resumed)",
+    "Missed / False / Near-miss pairs": "the seed metric's false negatives and false positives, "
+    "split by whether the string occurs in the record's text (case-sensitive, anywhere); a "
+    "near-miss pair is a missed gold string and a false predicted string of the same record that "
+    "share a word, i.e. the same mention worded differently",
     "Unseen": "the same metrics on the test records whose input does not occur verbatim among "
     "the training inputs",
 }
@@ -986,6 +1021,35 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         f"the {len(leaks)} leaked e-mails left out)",
         "",
         _table(header[:-4], [row[:-4] for row in table_rows(report, "unseen")]),
+        "",
+        "### What the seed metric counts as wrong (all test records)",
+        "",
+        _table(
+            [
+                "System",
+                "Missed: in text",
+                "Missed: paraphrase (not in text)",
+                "False: in text",
+                "False: not in text",
+                "Near-miss pairs",
+            ],
+            [
+                [
+                    entry["name"],
+                    *(
+                        str(entry["metrics"]["all"]["errors"][key])
+                        for key in (
+                            "fn_in_text",
+                            "fn_not_in_text",
+                            "fp_in_text",
+                            "fp_not_in_text",
+                            "near_miss_pairs",
+                        )
+                    ),
+                ]
+                for entry in report["systems"]
+            ],
+        ),
         "",
         "Columns:",
         "",

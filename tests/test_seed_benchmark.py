@@ -530,3 +530,40 @@ def test_bertscore_identical_and_different_answers():
     assert sb.subset_metrics(results, sb.SEED_LABELS)["bertscore_f1"] == pytest.approx(
         (results[0].bertscore_f1 + results[1].bertscore_f1) / 2
     )
+
+
+def test_error_breakdown_separates_paraphrases_from_in_text_errors():
+    nlp = spacy.blank("en")
+    text = "Since Lipitor I have pain in my throat and a rash. Also dizziness."
+    test = [{"input": text, "output": answer("Lipitor", ["throat pain", "rash", "dizziness"])}]
+    predictions = [
+        {**test[0], "prediction": answer("Lipitor", ["pain in throat", "rash", "fever"])}
+    ]
+    results = sb.prediction_file_results(test, predictions, [], nlp, source="constructed")
+    errors = sb.error_breakdown(results)
+    # Missed: "throat pain" (not in the text), "dizziness" (in the text).
+    # False: "pain in throat" (not in the text: "my" is missing), "fever" (not in the text).
+    assert errors == {
+        "fn_in_text": 1,
+        "fn_not_in_text": 1,
+        "fp_in_text": 0,
+        "fp_not_in_text": 2,
+        "near_miss_pairs": 1,  # "throat pain" ~ "pain in throat"; "dizziness" matches nothing
+    }
+
+
+def test_markdown_report_has_the_error_table(seed_report):
+    report, _ = seed_report
+    text = sb.markdown_report(report)
+    assert "What the seed metric counts as wrong" in text
+    row = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("| llama2-adapter | ") and line.count("|") == 7
+    )
+    errors = next(s for s in report["systems"] if s["name"] == "llama2-adapter")["metrics"]["all"][
+        "errors"
+    ]
+    assert errors["fn_in_text"] + errors["fn_not_in_text"] == 19  # the published 155/20/19
+    assert errors["fp_in_text"] + errors["fp_not_in_text"] == 20
+    assert row.split("|")[2].strip() == str(errors["fn_in_text"])
