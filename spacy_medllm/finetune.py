@@ -722,6 +722,9 @@ def finetune(
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
 
+    from .models import quiet_optional_kernels
+
+    quiet_optional_kernels()
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
 

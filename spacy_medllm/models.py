@@ -287,3 +287,15 @@ def resolve_base_model(name_or_path: str, cache_dir: str | Path | None = None) -
             f"local folder or a packaged model: {_packaged_list()}"
         )
     return name
+
+
+def quiet_optional_kernels() -> None:
+    """Silence bitsandbytes' CPU notice about the optional `kernels` package.
+
+    peft imports bitsandbytes whenever it is installed; on a CPU, bitsandbytes then logs a warning
+    that its optional 4-bit CPU kernels are missing. 4-bit loading is offered on CUDA only, so the
+    notice says nothing about what this package does and is lowered to errors only.
+    """
+    import logging
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

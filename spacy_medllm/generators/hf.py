@@ -242,6 +242,9 @@ class HFGenerator:
         if not self.load_in_4bit:
             model = model.to(device)
         if adapter is not None:
+            from ..models import quiet_optional_kernels
+
+            quiet_optional_kernels()
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
