@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import textwrap
 import venv
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
 CHECK = textwrap.dedent(
     """
-    import importlib.util, sys
+    import importlib.util, json, sys
     import spacy
     from spacy.util import registry
+    # Every entry point of pyproject.toml resolves through spaCy's registry, without torch.
+    for group, names in json.loads(sys.argv[1]).items():
+        # spaCy reads the spacy_factories group through its entry-point catalogue.
+        table = (
+            registry._entry_point_factories
+            if group == "spacy_factories"
+            else getattr(registry, group.removeprefix("spacy_"))
+        )
+        for name in names:
+            assert callable(table.get(name)), (group, name)
     # Entry points alone (no import of spacy_medllm by us) make the factory and functions known.
     nlp = spacy.blank("en")
     ner = nlp.add_pipe("medllm_ner", config={"labels": ["DRUG", "ADVERSE_EVENT"]})
@@ -31,6 +43,25 @@ CHECK = textwrap.dedent(
 )
 
 
+def spacy_entry_points() -> dict[str, list[str]]:
+    """The spaCy registry entry points that pyproject.toml declares, by group."""
+    with open(REPO / "pyproject.toml", "rb") as file_:
+        groups = tomllib.load(file_)["project"]["entry-points"]
+    return {group: list(names) for group, names in groups.items() if group.startswith("spacy_")}
+
+
+def test_every_registered_function_has_an_entry_point():
+    from spacy.util import registry
+
+    import spacy_medllm.cli  # noqa: F401 - imports every module that registers something
+
+    declared = spacy_entry_points()
+    assert {"spacy_factories", "spacy_misc", "spacy_scorers"} <= set(declared)
+    for group, table in (("spacy_misc", registry.misc), ("spacy_scorers", registry.scorers)):
+        ours = {name for name in table.get_all() if name.startswith("medllm.")}
+        assert ours <= set(declared[group]), (group, ours - set(declared[group]))
+
+
 @pytest.mark.slow
 def test_pip_install_into_fresh_venv_registers_entry_points_without_torch(tmp_path):
     env_dir = tmp_path / "venv"
@@ -44,7 +75,11 @@ def test_pip_install_into_fresh_venv_registers_entry_points_without_torch(tmp_pa
     )
     assert install.returncode == 0, install.stderr[-3000:]
     result = subprocess.run(
-        [str(python), "-c", CHECK], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        [str(python), "-c", CHECK, json.dumps(spacy_entry_points())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "TORCH_INSTALLED False" in result.stdout
