@@ -18,33 +18,11 @@ import spacy
 
 from spacy_medllm.component import get_record
 from spacy_medllm.training_data import make_example
+from tests.gold_examples import GOLD, LABELS, VOCAB_TEXTS
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
 
-LABELS = ["DRUG", "ADVERSE_EVENT"]
-GOLD = [
-    (
-        "After starting aspirin I had a headache.",
-        [("aspirin", "DRUG"), ("headache", "ADVERSE_EVENT")],
-    ),
-    (
-        "Metformin gave me diarrhoea and nausea.",
-        [("Metformin", "DRUG"), ("diarrhoea", "ADVERSE_EVENT"), ("nausea", "ADVERSE_EVENT")],
-    ),
-    ("Ibuprofen caused a rash on my arm.", [("Ibuprofen", "DRUG"), ("rash", "ADVERSE_EVENT")]),
-    ("Abilify made me dizzy.", [("Abilify", "DRUG"), ("dizzy", "ADVERSE_EVENT")]),
-    ("Lisinopril gave her a dry cough.", [("Lisinopril", "DRUG"), ("dry cough", "ADVERSE_EVENT")]),
-    ("I felt tired after taking Zoloft.", [("tired", "ADVERSE_EVENT"), ("Zoloft", "DRUG")]),
-]
 GOLD_TEXTS = [text for text, _ in GOLD]
-VOCAB_TEXTS = [
-    *GOLD_TEXTS,
-    "Extract the medical entities from the user's text.",
-    "Labels: DRUG: a medicine or active substance, by brand or generic name",
-    "ADVERSE_EVENT: an unwanted effect or reaction that follows the use of a drug",
-    "Answer with a JSON list of objects in order of appearance, copying each entity's text "
-    "exactly as it is written. Answer [] if there is none.",
-]
 # 24 documents: the training texts, and unseen ones the model answers however it likes.
 DOCS = [
     *GOLD_TEXTS,

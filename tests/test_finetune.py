@@ -44,6 +44,7 @@ from spacy_medllm.training_data import (
     seed_answer_order,
     shared_inputs,
 )
+from tests.gold_examples import GOLD, LABELS, VOCAB_TEXTS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # peft reads the attribute that transformers 5 renamed; not ours to fix.
@@ -52,31 +53,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:Futu
 ROOT = Path(__file__).resolve().parent.parent
 SEED_TRAIN = ROOT / "corpus" / "seed_ae_emails" / "train.json"
 SEED_TEST = ROOT / "corpus" / "seed_ae_emails" / "test.json"
-LABELS = ["DRUG", "ADVERSE_EVENT"]
-
-# (text, [(entity string, label), ...]): every string occurs in its text.
-GOLD = [
-    (
-        "After starting aspirin I had a headache.",
-        [("aspirin", "DRUG"), ("headache", "ADVERSE_EVENT")],
-    ),
-    (
-        "Metformin gave me diarrhoea and nausea.",
-        [("Metformin", "DRUG"), ("diarrhoea", "ADVERSE_EVENT"), ("nausea", "ADVERSE_EVENT")],
-    ),
-    ("Ibuprofen caused a rash on my arm.", [("Ibuprofen", "DRUG"), ("rash", "ADVERSE_EVENT")]),
-    ("Abilify made me dizzy.", [("Abilify", "DRUG"), ("dizzy", "ADVERSE_EVENT")]),
-    ("Lisinopril gave her a dry cough.", [("Lisinopril", "DRUG"), ("dry cough", "ADVERSE_EVENT")]),
-    ("I felt tired after taking Zoloft.", [("tired", "ADVERSE_EVENT"), ("Zoloft", "DRUG")]),
-]
-VOCAB_TEXTS = [
-    *(text for text, _ in GOLD),
-    "Extract the medical entities from the user's text.",
-    "Labels: DRUG: a medicine or active substance, by brand or generic name",
-    "ADVERSE_EVENT: an unwanted effect or reaction that follows the use of a drug",
-    "Answer with a JSON list of objects in order of appearance, copying each entity's text "
-    "exactly as it is written. Answer [] if there is none.",
-]
 
 
 def gold_example(text: str, pairs, index: int = 0):
