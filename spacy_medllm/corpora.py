@@ -323,6 +323,11 @@ def read_pubtator(
     return examples
 
 
+def _first_dir(folder: Path, *subfolders: str) -> Path:
+    """The first of `folder`'s subfolders that exists, else `folder` itself (already the data)."""
+    return next((folder / s for s in subfolders if (folder / s).is_dir()), folder)
+
+
 BC5CDR_FILES = {
     "train": "CDR_TrainingSet.PubTator.txt",
     "dev": "CDR_DevelopmentSet.PubTator.txt",
@@ -333,10 +338,7 @@ BC5CDR_FILES = {
 def read_bc5cdr(folder: Path) -> RawCorpus:
     """BC5CDR abstracts with Chemical and Disease spans, official splits."""
     folder = _need(folder, "bc5cdr")
-    for candidate in (folder / "BC5-CDR" / "original-data", folder / "original-data"):
-        if candidate.is_dir():
-            folder = candidate
-            break
+    folder = _first_dir(folder, "BC5-CDR/original-data", "original-data")
     counts: Counter[str] = Counter()
     splits = {s: read_pubtator(folder / f, "bc5cdr", counts) for s, f in BC5CDR_FILES.items()}
     return RawCorpus(splits, {"reader": dict(counts)})
@@ -379,10 +381,7 @@ PHEE_ARGUMENTS: tuple[tuple[str | None, tuple[str, ...], str], ...] = (
 def read_phee(folder: Path) -> RawCorpus:
     """PHEE sentences (official splits) with DRUG, ADVERSE_EVENT, DOSAGE and DISEASE spans."""
     folder = _need(folder, "phee")
-    for candidate in (folder / "data" / "json", folder / "json"):
-        if candidate.is_dir():
-            folder = candidate
-            break
+    folder = _first_dir(folder, "data/json", "json")
     counts: Counter[str] = Counter()
     splits: dict[str, list[Example]] = {}
     for split in SPLIT_ORDER:
