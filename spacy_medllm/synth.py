@@ -237,7 +237,8 @@ def inflect_et(phrase: str, form: str) -> str:
     return re.sub(r"\{([^}]+)\}", lambda m: _synthesize(m.group(1), form), phrase)
 
 
-def _plain(phrase: str) -> str:
+def plain_phrase(phrase: str) -> str:
+    """A lexicon phrase in its dictionary form (braces removed)."""
     return re.sub(r"\{([^}]+)\}", r"\1", phrase)
 
 
@@ -528,7 +529,7 @@ class OfflineComposer:
             spans=out.spans,
             meta={
                 "generator": "offline",
-                "drug": _plain(profile.drug),
+                "drug": plain_phrase(profile.drug),
                 "template": index,
                 "content_key": out.content_key,
             },
@@ -536,7 +537,7 @@ class OfflineComposer:
 
     @staticmethod
     def _surface(value: str, lang: str, form: str) -> str:
-        return inflect_et(value, form) if lang == "et" else _plain(value)
+        return inflect_et(value, form) if lang == "et" else plain_phrase(value)
 
     def records(
         self, lang: str, n: int, kinds: Sequence[str] = KINDS, patience: int = 2000
@@ -737,9 +738,10 @@ def plan_llm_jobs(
                     id=f"llm-{lang}-{seed}-{i:06d}",
                     lang=lang,
                     kind=kinds[i % len(kinds)],
-                    drug=_plain(profile.drug),
-                    condition=_plain(condition) or ("its condition" if lang == "en" else "haigus"),
-                    effects=tuple(_plain(e) for e in effects),
+                    drug=plain_phrase(profile.drug),
+                    condition=plain_phrase(condition)
+                    or ("its condition" if lang == "en" else "haigus"),
+                    effects=tuple(plain_phrase(e) for e in effects),
                 )
             )
     return jobs
