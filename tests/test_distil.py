@@ -1,0 +1,426 @@
+"""Distillation: teacher labelling into silver DocBins (resumable, raw output kept), the silver
+filters, students trained for a few steps on silver labels, and the side-by-side report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import spacy
+from spacy.language import Language
+from spacy.tokens import DocBin
+from spacy.vocab import Vocab
+
+from spacy_medllm.baselines import build_dictionary_pipeline
+from spacy_medllm.component import get_record
+from spacy_medllm.distil import (
+    NOT_IN_TEXT,
+    SILVER_FILE,
+    TEACHER_KEY,
+    UNPARSEABLE,
+    distillation_report,
+    finished_ids,
+    label_texts,
+    read_texts,
+    select_silver,
+    train_transformer_student,
+    write_selection,
+)
+from spacy_medllm.training_data import make_example
+from tests.gold_examples import GOLD, LABELS
+from tests.scripted import ScriptedGenerator, lexicon_answer
+
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
+
+REPO = Path(__file__).resolve().parents[1]
+GOLD_EXAMPLES = [
+    make_example(
+        text, [(text.index(s), text.index(s) + len(s), lab) for s, lab in pairs], id=f"g{i}"
+    )
+    for i, (text, pairs) in enumerate(GOLD)
+]
+# Unlabelled texts the teachers read: the gold strings in new sentences, and one without any.
+TEXTS = [
+    "She took aspirin and got a headache.",
+    "Nausea came after the metformin dose.",
+    "Ibuprofen gave him a rash.",
+    "The weather was fine today.",
+    "Zoloft made me tired, then dizzy.",
+    "Lisinopril and a dry cough again.",
+    "Abilify, aspirin and nausea.",
+]
+RECORDS = [{"id": f"u{i}", "text": text} for i, text in enumerate(TEXTS)]
+
+
+def dictionary_teacher(lang: str = "en", examples=GOLD_EXAMPLES) -> Language:
+    return build_dictionary_pipeline(examples, lang)
+
+
+def ents(doc) -> list[tuple[int, int, str]]:
+    return [(e.start_char, e.end_char, e.label_) for e in doc.ents]
+
+
+def read_silver(path: Path) -> list:
+    return list(DocBin().from_disk(path).get_docs(Vocab()))
+
+
+# -- input ----------------------------------------------------------------------------------------
+
+
+def test_read_texts_from_jsonl_txt_and_docbin(tmp_path: Path) -> None:
+    jsonl = tmp_path / "texts.jsonl"
+    jsonl.write_text(
+        json.dumps({"id": "a", "text": "One.", "entities": []})
+        + "\n\n"
+        + json.dumps({"text": "Two."})
+    )
+    assert read_texts(jsonl) == [{"id": "a", "text": "One."}, {"id": "texts:3", "text": "Two."}]
+    txt = tmp_path / "lines.txt"
+    txt.write_text("First line.\n\nSecond line.\n")
+    assert [r["text"] for r in read_texts(txt)] == ["First line.", "Second line."]
+    assert read_texts(txt, limit=1) == [{"id": "lines:1", "text": "First line."}]
+    nlp = spacy.blank("en")
+    doc = nlp("From a DocBin.")
+    doc.user_data["id"] = "d1"
+    DocBin(store_user_data=True, docs=[doc]).to_disk(tmp_path / "docs.spacy")
+    assert read_texts(tmp_path / "docs.spacy") == [{"id": "d1", "text": "From a DocBin."}]
+    jsonl.write_text(
+        json.dumps({"id": "x", "text": "A"}) + "\n" + json.dumps({"id": "x", "text": "B"})
+    )
+    with pytest.raises(ValueError, match="unique"):
+        read_texts(jsonl)
+    jsonl.write_text('{"text": "ok"}\n{broken\n')
+    with pytest.raises(ValueError, match=r"texts.jsonl:2"):
+        read_texts(jsonl)
+
+
+# -- labelling ------------------------------------------------------------------------------------
+
+
+def test_dictionary_teacher_writes_silver_with_its_labels(tmp_path: Path) -> None:
+    teacher = dictionary_teacher()
+    stats = label_texts(
+        teacher, RECORDS, tmp_path / "silver", name="dict", shard_size=3, progress=False
+    )
+    assert stats["n_docs"] == len(TEXTS) and stats["n_labelled_now"] == len(TEXTS)
+    assert len(list((tmp_path / "silver" / "parts").glob("part-*.spacy"))) == 3  # 3 + 3 + 1
+    silver = read_silver(tmp_path / "silver" / SILVER_FILE)
+    assert [d.text for d in silver] == TEXTS
+    assert [d.user_data["id"] for d in silver] == [r["id"] for r in RECORDS]
+    direct = [ents(teacher(text)) for text in TEXTS]
+    assert [ents(d) for d in silver] == direct
+    assert [[tuple(s) for s in d.user_data[TEACHER_KEY]["spans"]] for d in silver] == direct
+    assert sum(map(len, direct)) == stats["n_spans"] > 5
+    saved = json.loads((tmp_path / "silver" / "labelling.json").read_text())
+    assert saved["labels"] == stats["labels"] and set(saved["labels"]) == set(LABELS)
+
+
+def test_an_interrupted_run_resumes_without_redoing_or_losing_documents(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    @Language.component("test_crash_on_zoloft")
+    def crash(doc):
+        seen.append(doc.text)
+        if "Zoloft" in doc.text:
+            raise RuntimeError("teacher died")
+        return doc
+
+    teacher = dictionary_teacher()
+    teacher.add_pipe("test_crash_on_zoloft")
+    with pytest.raises(RuntimeError, match="teacher died"):
+        label_texts(teacher, RECORDS, tmp_path / "silver", shard_size=2, progress=False)
+    # the shards finished before the crash are on disk: documents 0-3 (Zoloft is document 4)
+    assert finished_ids(tmp_path / "silver") == {"u0", "u1", "u2", "u3"}
+    assert not (tmp_path / "silver" / SILVER_FILE).exists()
+
+    teacher.remove_pipe("test_crash_on_zoloft")
+    counted: list[str] = []
+
+    @Language.component("test_count_docs")
+    def count(doc):
+        counted.append(doc.text)
+        return doc
+
+    teacher.add_pipe("test_count_docs")
+    stats = label_texts(teacher, RECORDS, tmp_path / "silver", shard_size=2, progress=False)
+    assert counted == TEXTS[4:]  # only what was missing
+    assert stats["n_resumed"] == 4 and stats["n_labelled_now"] == 3
+    silver = read_silver(tmp_path / "silver" / SILVER_FILE)
+    assert [d.text for d in silver] == TEXTS
+    assert [ents(d) for d in silver] == [ents(dictionary_teacher()(t)) for t in TEXTS]
+    # a third run finds everything done
+    counted.clear()
+    assert label_texts(teacher, RECORDS, tmp_path / "silver", progress=False)["n_labelled_now"] == 0
+    assert counted == []
+
+
+def scripted_medllm_teacher(answer) -> Language:
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe(
+        "medllm_ner",
+        config={
+            "labels": LABELS,
+            "generator": {"@misc": "test.ScriptedLexiconGenerator.v1", "lexicon": {}},
+        },
+    )
+    pipe.generator = ScriptedGenerator(answer)
+    return nlp
+
+
+def test_medllm_records_travel_with_the_silver_and_filters_read_them(tmp_path: Path) -> None:
+    lexicon = dict(pair for _, pairs in GOLD for pair in pairs)
+    answer_lexicon = lexicon_answer(lexicon)
+
+    def answer(text: str) -> str:
+        if "weather" in text:
+            return "I am not sure what you mean"  # no JSON at all
+        if "Ibuprofen" in text:  # an entity that is not in the text
+            return json.dumps(
+                [
+                    {"text": "Ibuprofen", "label": "DRUG"},
+                    {"text": "hives", "label": "ADVERSE_EVENT"},
+                ]
+            )
+        return answer_lexicon(text)
+
+    teacher = scripted_medllm_teacher(answer)
+    label_texts(teacher, RECORDS, tmp_path / "silver", progress=False)
+    silver = read_silver(tmp_path / "silver" / SILVER_FILE)
+    records = [get_record(doc) for doc in silver]
+    # the raw output is kept (save_io switched on by label_texts)
+    assert all(
+        r["chunks"][0]["response"] == answer(d.text) for r, d in zip(records, silver, strict=True)
+    )
+    assert records[3]["parse_errors"] and "weather" in silver[3].text
+    assert [r["text"] for r in records[2]["rejected"]] == ["hives"]
+
+    kept, stats = select_silver(silver)
+    assert [d.user_data["id"] for d in kept] == ["u0", "u1", "u4", "u5", "u6"]
+    assert stats["dropped"] == {NOT_IN_TEXT: 1, UNPARSEABLE: 1}
+    kept, stats = select_silver(silver, drop=[UNPARSEABLE])
+    assert "u2" in [d.user_data["id"] for d in kept] and stats["dropped"] == {UNPARSEABLE: 1}
+    with pytest.raises(ValueError, match="unknown problems"):
+        select_silver(silver, drop=["typo"])
+
+
+def test_agreement_between_two_teachers(tmp_path: Path) -> None:
+    label_texts(dictionary_teacher(), RECORDS, tmp_path / "a", progress=False)
+    # the second teacher knows no adverse events
+    drugs_only = [{**e, "spans": [s for s in e["spans"] if s[2] == "DRUG"]} for e in GOLD_EXAMPLES]
+    label_texts(dictionary_teacher(examples=drugs_only), RECORDS, tmp_path / "b", progress=False)
+    first = read_silver(tmp_path / "a" / SILVER_FILE)
+    second = read_silver(tmp_path / "b" / SILVER_FILE)
+    same = [
+        d.user_data["id"] for d in first if not any(e.label_ == "ADVERSE_EVENT" for e in d.ents)
+    ]
+    kept, stats = select_silver(first, other=second, agreement="doc")
+    assert [d.user_data["id"] for d in kept] == same and "u3" in same
+    assert stats["dropped"]["disagreement"] == len(TEXTS) - len(same)
+
+    first = read_silver(tmp_path / "a" / SILVER_FILE)
+    kept, stats = select_silver(first, other=second, agreement="intersection")
+    assert len(kept) == len(TEXTS)
+    assert [ents(d) for d in kept] == [ents(d) for d in second]
+    assert stats["n_spans_removed_by_intersection"] > 0
+
+
+def test_selection_writes_train_and_dev_without_losing_documents(tmp_path: Path) -> None:
+    label_texts(dictionary_teacher(), RECORDS, tmp_path / "silver", progress=False)
+    stats = write_selection(tmp_path / "silver" / SILVER_FILE, tmp_path / "sel", dev_fraction=0.3)
+    train = read_silver(tmp_path / "sel" / "train.spacy")
+    dev = read_silver(tmp_path / "sel" / "dev.spacy")
+    assert train and dev and stats["n_train"] == len(train) and stats["n_dev"] == len(dev)
+    assert sorted(d.user_data["id"] for d in train + dev) == sorted(r["id"] for r in RECORDS)
+    again = write_selection(tmp_path / "silver" / SILVER_FILE, tmp_path / "sel2", dev_fraction=0.3)
+    assert again["n_dev"] == stats["n_dev"]  # the split is a hash of the id, not random
+    assert json.loads((tmp_path / "sel" / "selection.json").read_text())["n_docs_kept"] == len(
+        TEXTS
+    )
+
+
+def test_tiny_lora_teacher_keeps_its_raw_responses(
+    tiny_model_dir, tiny_adapter_dir, tmp_path
+) -> None:
+    from spacy_medllm.cli import build_pipeline
+
+    teacher = build_pipeline(
+        model=str(tiny_model_dir), adapter=str(tiny_adapter_dir), labels=LABELS, max_new_tokens=12
+    )
+    stats = label_texts(teacher, RECORDS[:3], tmp_path / "silver", name="tiny-lora", progress=False)
+    silver = read_silver(tmp_path / "silver" / SILVER_FILE)
+    assert [d.text for d in silver] == TEXTS[:3]
+    for doc in silver:
+        record = get_record(doc)
+        assert isinstance(record["chunks"][0]["response"], str)
+        assert record["chunks"][0]["prompt"][-1]["content"] == doc.text
+        assert doc.user_data[TEACHER_KEY]["name"] == "tiny-lora"
+    assert stats["raw_io_components"] == ["medllm_ner"]
+
+
+# -- students -------------------------------------------------------------------------------------
+
+ET_GOLD = [
+    (
+        "Patsient võttis aspiriini ja tal tekkis peavalu.",
+        [("aspiriini", "DRUG"), ("peavalu", "ADVERSE_EVENT")],
+    ),
+    ("Metformiin põhjustas iiveldust.", [("Metformiin", "DRUG"), ("iiveldust", "ADVERSE_EVENT")]),
+    ("Ibuprofeen andis lööbe.", [("Ibuprofeen", "DRUG"), ("lööbe", "ADVERSE_EVENT")]),
+]
+ET_TEXTS = [
+    "Pärast aspiriini tekkis peavalu.",
+    "Metformiin ja iiveldust ei olnud.",
+    "Ibuprofeen, lööbe ja peavalu.",
+    "Täna oli ilus ilm.",
+    "Aspiriini järel iiveldust.",
+    "Lööbe põhjus oli ibuprofeen.",
+] * 3
+
+
+@pytest.fixture(scope="module")
+def estonian_silver(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Estonian silver labels of a dictionary teacher on spacy.blank("et"), split train/dev."""
+    root = tmp_path_factory.mktemp("et_silver")
+    examples = [
+        make_example(t, [(t.index(s), t.index(s) + len(s), lab) for s, lab in pairs], id=f"g{i}")
+        for i, (t, pairs) in enumerate(ET_GOLD)
+    ]
+    teacher = dictionary_teacher("et", examples)
+    records = [{"id": f"et{i}", "text": t} for i, t in enumerate(ET_TEXTS)]
+    label_texts(teacher, records, root / "silver", progress=False)
+    write_selection(root / "silver" / SILVER_FILE, root / "sel", dev_fraction=0.2)
+    return root / "sel"
+
+
+def test_cnn_student_trains_on_estonian_silver_with_spacy_train(estonian_silver, tmp_path) -> None:
+    output = tmp_path / "cnn"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spacy",
+            "train",
+            str(REPO / "configs" / "cnn_ner.cfg"),
+            "--output",
+            str(output),
+            "--nlp.lang",
+            "et",
+            "--paths.train",
+            str(estonian_silver / "train.spacy"),
+            "--paths.dev",
+            str(estonian_silver / "dev.spacy"),
+            "--training.max_steps",
+            "60",
+            "--training.eval_frequency",
+            "20",
+            "--training.max_epochs",
+            "0",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    nlp = spacy.load(output / "model-last")
+    assert nlp.lang == "et" and nlp.pipe_names == ["tok2vec", "ner"]
+    assert set(nlp.get_pipe("ner").labels) == set(LABELS)
+    docs = list(nlp.pipe(ET_TEXTS[:6]))
+    predicted = {e.label_ for d in docs for e in d.ents}
+    assert predicted and predicted <= set(LABELS)
+
+
+def build_tiny_xlmr(path: Path, texts: list[str]) -> Path:
+    """A random 2-layer XLM-R with a Unigram (SentencePiece-style) tokenizer built in code."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizer
+
+    words = sorted({w for t in texts for w in t.replace(",", " ,").replace(".", " .").split()})
+    chars = sorted({c for t in texts for c in t if not c.isspace()})
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(f"▁{w}", -5.0) for w in words] + [(c, -8.0) for c in chars] + [("<mask>", 0.0)]
+    tokenizer = XLMRobertaTokenizer(vocab=vocab, model_max_length=128)
+    config = XLMRobertaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=130,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    XLMRobertaModel(config, add_pooling_layer=False).save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+def test_transformer_student_on_a_tiny_xlm_roberta(estonian_silver, tmp_path) -> None:
+    pytest.importorskip("torch")
+    encoder = build_tiny_xlmr(tmp_path / "encoder", ET_TEXTS)
+    record = train_transformer_student(
+        estonian_silver / "train.spacy",
+        tmp_path / "student",
+        base_model=str(encoder),
+        lang="et",
+        max_steps=40,
+        batch_size=4,
+        learning_rate=5e-3,
+        max_length=64,
+        stride=16,
+        progress=False,
+    )
+    assert record["steps"] == 40 and record["loss_last_step"] < record["loss_first_step"]
+    assert record["labels"] == sorted(LABELS)
+    nlp = spacy.load(tmp_path / "student")
+    assert nlp.lang == "et"
+    clf = nlp.get_pipe("medllm_token_classifier")
+    assert type(clf.model).__name__ == "XLMRobertaForTokenClassification"
+    docs = list(nlp.pipe(ET_TEXTS[:6]))
+    predicted = {e.label_ for d in docs for e in d.ents}
+    assert predicted and predicted <= set(LABELS)
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def test_distillation_report_side_by_side(tmp_path: Path) -> None:
+    gold = tmp_path / "gold.jsonl"
+    with gold.open("w") as file_:
+        for i, (text, pairs) in enumerate([(t, p) for t, p in GOLD]):
+            entities = [
+                {"start": text.index(s), "end": text.index(s) + len(s), "label": lab}
+                for s, lab in pairs
+            ]
+            file_.write(json.dumps({"id": f"d{i}", "text": text, "entities": entities}) + "\n")
+    teacher = dictionary_teacher()
+    student = dictionary_teacher(examples=GOLD_EXAMPLES[:3])  # knows half the strings
+    summary = distillation_report(
+        ("teacher", teacher),
+        [("student", student)],
+        "et-dev",
+        "dev",
+        tmp_path / "report",
+        path=gold,
+        labels=LABELS,
+    )
+    evaluation = json.loads((tmp_path / "report" / "et-dev-dev.json").read_text())
+    by_name = {s["name"]: s for s in evaluation["systems"]}
+    rows = {row["name"]: row for row in summary["systems"]}
+    assert [row["role"] for row in summary["systems"]] == ["teacher", "student"]
+    for name, row in rows.items():
+        assert row["f1"] == by_name[name]["strict"]["micro"]["f1"]
+        for label in LABELS:
+            assert row["per_label_f1"][label] == by_name[name]["strict"]["per_label"][label]["f1"]
+    assert rows["teacher"]["f1"] == 1.0 and rows["student"]["f1"] < 1.0
+    assert rows["student"]["f1_minus_teacher"] == rows["student"]["f1"] - 1.0
+    speeds = {n: s["speed"]["words_per_s"] for n, s in by_name.items()}
+    assert rows["student"]["speedup"] == pytest.approx(speeds["student"] / speeds["teacher"])
+    assert rows["teacher"]["speedup"] == pytest.approx(1.0)
+    markdown = (tmp_path / "report" / "distillation-et-dev-dev.md").read_text()
+    assert "| student | student |" in markdown and "speed-up" in markdown
+    assert (tmp_path / "report" / "distillation-et-dev-dev.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "report" / "distillation-et-dev-dev.json").read_text())
+    assert saved["teacher"] == "teacher" and len(saved["systems"]) == 2
