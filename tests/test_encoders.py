@@ -209,3 +209,37 @@ def test_tokenizer_ids_match_the_package_tokenizer(converted_e5, tmp_path: Path)
     )
     engine_ids = [[int(x) for x in line.split()] for line in run.stdout.splitlines()]
     assert engine_ids == ours
+
+
+@pytest.mark.slow
+def test_token_classifier_student_on_the_converted_encoder(
+    converted_e5, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import spacy
+
+    from spacy_medllm.token_classifier import resolve_encoder, train_token_classifier
+
+    cache, converted = converted_e5
+    monkeypatch.setenv("SPACY_MEDLLM_CACHE", str(cache))
+    assert resolve_encoder(E5_ALIAS) == str(converted.path)  # the alias, no second conversion
+    text = "Patsiendil tekkis pärast metformiini võtmist iiveldus."
+    spans = [
+        (text.index(s), text.index(s) + len(s), label)
+        for s, label in (("metformiini", "DRUG"), ("iiveldus", "ADVERSE_EVENT"))
+    ]
+    nlp, record = train_token_classifier(
+        [{"text": text, "spans": spans}],
+        output=tmp_path / "student",
+        base_model=E5_ALIAS,
+        lang="et",
+        max_steps=2,
+        batch_size=1,
+        max_length=64,
+        stride=16,
+        progress=False,
+    )
+    assert record["steps"] == 2 and record["n_labelled_subwords"] == len(nlp.make_doc(text))
+    loaded = spacy.load(tmp_path / "student")
+    clf = loaded.get_pipe("medllm_token_classifier")
+    assert type(clf.model).__name__ == "XLMRobertaForTokenClassification"
+    assert {e.label_ for e in loaded(text).ents} <= {"DRUG", "ADVERSE_EVENT"}
