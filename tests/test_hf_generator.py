@@ -323,6 +323,9 @@ def test_describe(tiny_generator: HFGenerator, tiny_model_dir: Path) -> None:
         "dtype": "float32",
         "load_in_4bit": False,
         "decoding": "greedy",
+        "constrained": "off",
+        "labels": None,
+        "stop_at_json_end": True,
     }
     json.dumps(description)
 

@@ -21,6 +21,7 @@ from typing import Any
 from spacy.util import registry
 
 from ..chat import render_prompt
+from ..confidence import ScoredResponse
 from ..models import file_sha256, resolve_base_model
 from .base import GenerationError, Prompt
 
@@ -33,6 +34,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ADAPTER_EXTRA_FILES = ("prompt_template.json", "training_record.json")
 FACTORY_NAME = "medllm.HFGenerator.v1"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+CONSTRAINED_MODES = ("off", "schema", "grounded")  # as spacy_medllm.constrained.CONSTRAINED_MODES
 # End-of-turn markers of common chat templates; generation also stops at those the vocab has.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
 # Tokenizers without a real limit report a huge model_max_length; ignore values above this.
@@ -109,9 +111,21 @@ class HFGenerator:
     device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N".
     dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16", "float16".
     load_in_4bit: NF4 4-bit weights via bitsandbytes; CUDA only (checked in `initialize()`).
-    num_threads: if > 0, torch.set_num_threads(num_threads) when the model loads (process-wide).
+    num_threads: if > 0, torch.set_num_threads(num_threads) when the model loads (process-wide);
+        0 leaves torch's default (OMP_NUM_THREADS, else all cores).
     cache_dir: where packaged models are converted to (default: $SPACY_MEDLLM_CACHE, else
         $XDG_CACHE_HOME/spacy_medllm, else ~/.cache/spacy_medllm).
+    constrained: "off"; "schema" (every answer is the trained JSON list of {"text", "label"} with
+        configured labels only); "grounded" (schema, and each entity text is copied from the
+        document: the last user message of the prompt). See `spacy_medllm.constrained`.
+    labels: the labels constrained answers may use; `medllm_ner` sets them (`set_labels`).
+    stop_at_json_end: a row whose response starts with `[` stops as soon as that list closes,
+        instead of generating text that would be thrown away (other responses run as before).
+    torch_compile: wrap the model's forward in torch.compile (worth it on GPU for long runs; the
+        first batches are slow while it compiles).
+
+    Decoding is greedy with the KV cache on; batches are sorted by prompt length and left-padded;
+    on CUDA dtype "auto" means bfloat16.
     """
 
     def __init__(
@@ -125,6 +139,10 @@ class HFGenerator:
         load_in_4bit: bool = False,
         num_threads: int = 0,
         cache_dir: str | None = None,
+        constrained: str = "off",
+        labels: Sequence[str] | None = None,
+        stop_at_json_end: bool = True,
+        torch_compile: bool = False,
     ) -> None:
         if not model:
             raise ValueError("HFGenerator needs a model: a packaged alias, a folder or a hub id.")
@@ -140,6 +158,10 @@ class HFGenerator:
             )
         if load_in_4bit and device in ("cpu", "mps"):
             validate_quantization(load_in_4bit, cuda_available=False, device=device)
+        if constrained not in CONSTRAINED_MODES:
+            raise ValueError(f"constrained must be one of {CONSTRAINED_MODES}, got {constrained!r}")
+        if constrained != "off" and max_new_tokens < 2:
+            raise ValueError("constrained decoding needs max_new_tokens >= 2 (the answer `[]`)")
         self.model = str(model)
         self.adapter = str(adapter) if adapter else None
         self.batch_size = int(batch_size)
@@ -149,7 +171,15 @@ class HFGenerator:
         self.load_in_4bit = bool(load_in_4bit)
         self.num_threads = int(num_threads)
         self.cache_dir = str(cache_dir) if cache_dir else None
+        self.constrained = constrained
+        self.labels: list[str] = list(labels or [])
+        self.stop_at_json_end = bool(stop_at_json_end)
+        self.torch_compile = bool(torch_compile)
         self._reset()
+
+    def set_labels(self, labels: Sequence[str]) -> None:
+        """The labels constrained answers may use (`medllm_ner` calls this with its label set)."""
+        self.labels = list(labels)
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -161,6 +191,7 @@ class HFGenerator:
         self._model: Any = None
         self._torch_device: str | None = None
         self._stop_ids: list[int] = []
+        self._token_constraint: Any = None
         self._loaded_state: tuple[str, str | None, str | None] | None = None
 
     @property
@@ -249,6 +280,8 @@ class HFGenerator:
 
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
         model.eval()
+        if self.torch_compile:
+            model.forward = torch.compile(model.forward, dynamic=True)
         self._model = model
         self._torch_device = device
         self._stop_ids = self._find_stop_ids(tokenizer, model)
@@ -314,11 +347,52 @@ class HFGenerator:
     # -- generation ------------------------------------------------------------------------------
 
     def __call__(self, prompts: Sequence[Prompt]) -> list[str]:
+        return [scored.text for scored in self._generate(prompts, with_scores=False)]
+
+    def generate_scored(self, prompts: Sequence[Prompt]) -> list[ScoredResponse]:
+        """Responses with each answer token's log-probability and the characters it wrote.
+
+        The log-probabilities are the model's own (log-softmax of its logits, before constrained
+        decoding masks anything), so a token the constraint forced on an unwilling model scores low.
+        """
+        return self._generate(prompts, with_scores=True)
+
+    def token_constraint(self) -> Any:
+        """The vocabulary trie of `spacy_medllm.constrained`, built once per loaded tokenizer."""
+        if self._token_constraint is None:
+            from ..constrained import TokenConstraint
+
+            self.initialize()
+            self._token_constraint = TokenConstraint(self._tokenizer, self._stop_ids)
+        return self._token_constraint
+
+    def _automata(self, prompts: Sequence[Prompt]) -> list[Any]:
+        from ..constrained import AnswerAutomaton
+
+        if not self.labels:
+            raise GenerationError(
+                f"constrained = {self.constrained!r} needs the labels answers may use: "
+                "HFGenerator(labels=[...]) or generator.set_labels([...]) (medllm_ner does this)."
+            )
+        automata = []
+        for i, prompt in enumerate(prompts):
+            document = None
+            if self.constrained == "grounded":
+                if not prompt or prompt[-1].get("role") != "user":
+                    raise GenerationError(
+                        f'constrained = "grounded": prompt {i} does not end with a user message '
+                        "holding the document"
+                    )
+                document = prompt[-1]["content"]
+            automata.append(AnswerAutomaton(self.labels, document))
+        return automata
+
+    def _generate(self, prompts: Sequence[Prompt], with_scores: bool) -> list[ScoredResponse]:
         if not prompts:
             return []
         self.initialize()
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         tokenizer, model = self._tokenizer, self._model
         encoded = [self.encode_prompt(prompt) for prompt in prompts]
@@ -331,31 +405,88 @@ class HFGenerator:
                     'Split long texts (medllm_ner\'s long_documents = "split") or lower '
                     "max_new_tokens."
                 )
+        automata = self._automata(prompts) if self.constrained != "off" else None
+        constraint = self.token_constraint() if automata or self.stop_at_json_end else None
         pad_id = tokenizer.pad_token_id
         generation_config = GenerationConfig(
             max_new_tokens=self.max_new_tokens,
             do_sample=False,
             num_beams=1,
+            use_cache=True,
             pad_token_id=pad_id,
             eos_token_id=self._stop_ids or None,
+            return_dict_in_generate=True,
+            output_logits=with_scores,
         )
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        results: list[str | None] = [None] * len(encoded)
+        results: list[ScoredResponse | None] = [None] * len(encoded)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             width = max(len(encoded[i]) for i in batch)
             input_ids = [[pad_id] * (width - len(encoded[i])) + encoded[i] for i in batch]
             mask = [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch]
+            processors = LogitsProcessorList()
+            stopping = StoppingCriteriaList()
+            if automata is not None:
+                from ..constrained import JsonAnswerLogitsProcessor
+
+                processors.append(
+                    JsonAnswerLogitsProcessor(
+                        constraint, [automata[i] for i in batch], width, self.max_new_tokens
+                    )
+                )
+            elif self.stop_at_json_end:
+                from ..constrained import JsonEndStopping
+
+                stopping.append(JsonEndStopping(constraint.token_bytes, len(batch), width))
             with torch.inference_mode():
                 output = model.generate(
                     input_ids=torch.tensor(input_ids, device=self._torch_device),
                     attention_mask=torch.tensor(mask, device=self._torch_device),
                     generation_config=generation_config,
+                    logits_processor=processors,
+                    stopping_criteria=stopping,
                 )
+                logprobs = None
+                if with_scores:
+                    steps = torch.stack(output.logits, dim=1).float()  # batch x new x vocab
+                    new = output.sequences[:, width : width + steps.shape[1]]
+                    logprobs = (
+                        torch.log_softmax(steps, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+                    )
             for row, i in enumerate(batch):
-                new_tokens = output[row, width:].tolist()
-                results[i] = tokenizer.decode(new_tokens, skip_special_tokens=True)
-        return [text if text is not None else "" for text in results]
+                new_tokens = self._answer_tokens(output.sequences[row, width:].tolist())
+                if logprobs is None:
+                    text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+                    results[i] = ScoredResponse(text=text)
+                else:
+                    results[i] = self._scored(new_tokens, logprobs[row, : len(new_tokens)].tolist())
+        return [r if r is not None else ScoredResponse(text="") for r in results]
+
+    def _answer_tokens(self, tokens: list[int]) -> list[int]:
+        """The generated tokens up to the first stop or padding token (rows that finished early)."""
+        stops = {*self._stop_ids, self._tokenizer.pad_token_id}
+        for k, token in enumerate(tokens):
+            if token in stops:
+                return tokens[:k]
+        return tokens
+
+    def _scored(self, tokens: list[int], logprobs: list[float]) -> ScoredResponse:
+        """The decoded text with each token's characters: prefixes decoded one token longer each."""
+        tokenizer = self._tokenizer
+        prefixes = tokenizer.batch_decode(
+            [tokens[: k + 1] for k in range(len(tokens))], skip_special_tokens=True
+        )
+        text = prefixes[-1] if prefixes else ""
+        offsets = []
+        previous = 0
+        for prefix in prefixes:
+            # A token ending inside a UTF-8 character decodes to a replacement character that the
+            # next prefix replaces: it owns no characters of its own.
+            end = len(prefix) if text.startswith(prefix) else previous
+            offsets.append((previous, max(previous, end)))
+            previous = max(previous, end)
+        return ScoredResponse(text=text, logprobs=logprobs, offsets=offsets)
 
     # -- identity and serialisation --------------------------------------------------------------
 
@@ -383,6 +514,9 @@ class HFGenerator:
             "dtype": dtype,
             "load_in_4bit": self.load_in_4bit,
             "decoding": "greedy",
+            "constrained": self.constrained,
+            "labels": self.labels if self.constrained != "off" else None,
+            "stop_at_json_end": self.stop_at_json_end,
         }
 
     def config(self) -> dict[str, Any]:
@@ -397,6 +531,10 @@ class HFGenerator:
             "dtype": self.dtype,
             "load_in_4bit": self.load_in_4bit,
             "num_threads": self.num_threads,
+            "constrained": self.constrained,
+            "labels": self.labels or None,
+            "stop_at_json_end": self.stop_at_json_end,
+            "torch_compile": self.torch_compile,
         }
 
     def to_disk(self, path: Path) -> None:
@@ -475,6 +613,10 @@ def make_hf_generator(
     load_in_4bit: bool = False,
     num_threads: int = 0,
     cache_dir: str | None = None,
+    constrained: str = "off",
+    labels: list[str] | None = None,
+    stop_at_json_end: bool = True,
+    torch_compile: bool = False,
 ) -> HFGenerator:
     """A generator backed by transformers (+ peft); the model loads on first use."""
     return HFGenerator(
@@ -487,4 +629,8 @@ def make_hf_generator(
         load_in_4bit=load_in_4bit,
         num_threads=num_threads,
         cache_dir=cache_dir,
+        constrained=constrained,
+        labels=labels,
+        stop_at_json_end=stop_at_json_end,
+        torch_compile=torch_compile,
     )

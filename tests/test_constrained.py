@@ -1,0 +1,296 @@
+"""Constrained decoding: the answer automaton, the token trie, and a tiny random model that must
+always answer in the schema (and, grounded, copy entity texts from the document)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from spacy_medllm.constrained import (
+    DONE,
+    AnswerAutomaton,
+    JsonEndStopping,
+    JsonScanner,
+    TokenConstraint,
+    json_string_bytes,
+    token_bytes,
+)
+from spacy_medllm.labels import LabelSet
+from spacy_medllm.parsing import parse_response
+
+LABELS = ["DRUG", "ADVERSE_EVENT"]
+DOCUMENTS = [
+    "aspirin",
+    "After starting aspirin I had a headache and nausea.",
+    'He said "Metformin 500 mg" gave him diarrhoea.',
+    "Path C:\\drugs\\abilify; tab\there, new\nline",
+    "Ibuprofen → rash (ça va), naïve dose 10 µg",
+    "   No side effects.   ",
+    "Lisinopril 10 mg gave her a dry cough, so the doctor switched to losartan.",
+    "vomiting and insomnia followed the dose increase",
+]
+SYSTEM = "Extract the medical entities. Answer with a JSON list."
+
+
+def run(automaton: AnswerAutomaton, text: str):
+    state = automaton.start()
+    for byte in text.encode("utf8"):
+        state = automaton.step(state, byte)
+        if state is None:
+            return None
+    return state
+
+
+def answer(*entities: tuple[str, str]) -> str:
+    return json.dumps([{"text": t, "label": lab} for t, lab in entities], ensure_ascii=False)
+
+
+# -- the automaton -------------------------------------------------------------------------------
+
+
+def test_schema_accepts_canonical_answers() -> None:
+    automaton = AnswerAutomaton(LABELS)
+    assert run(automaton, "[]") == DONE
+    assert run(automaton, answer(("aspirin", "DRUG"))) == DONE
+    tricky = answer(
+        ('say "hi"\\ ok', "DRUG"), ("naïve → µg 😀", "ADVERSE_EVENT"), ("a\nb\tc", "DRUG")
+    )
+    assert run(automaton, tricky) == DONE
+    # escapes json.dumps does not write are valid JSON too
+    assert run(automaton, '[{"text": "\\u00e9\\/x", "label": "DRUG"}]') == DONE
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",  # nothing is not an answer
+        "[",  # not finished
+        "[] ",  # nothing after the list
+        '[{"text": "", "label": "DRUG"}]',  # empty text
+        '[{"text": "   ", "label": "DRUG"}]',  # whitespace only
+        '[{"text": "a", "label": "DISEASE"}]',  # not a configured label
+        '[{"text": "a", "label": "DRU"}]',
+        '[{"text": "a\nb", "label": "DRUG"}]',  # raw newline inside a JSON string
+        '[{"text": "a\\x", "label": "DRUG"}]',  # unknown escape
+        '[{"text": "\\ud83d", "label": "DRUG"}]',  # lone surrogate
+        '[{"text": "a" , "label": "DRUG"}]',  # not the trained layout
+        '{"DRUG": ["a"]}',
+    ],
+)
+def test_schema_rejects(text: str) -> None:
+    state = run(AnswerAutomaton(LABELS), text)
+    assert state != DONE
+
+
+def test_invalid_utf8_is_rejected() -> None:
+    automaton = AnswerAutomaton(LABELS)
+    state = run(automaton, '[{"text": "')
+    for byte in (0xC3, 0x28):  # a lead byte and no continuation
+        state = automaton.step(state, byte) if state is not None else None
+    assert state is None
+    assert automaton.step(run(automaton, '[{"text": "'), 0xFF) is None
+
+
+def test_grounded_only_copies_the_document() -> None:
+    document = 'He took "Aspirin" and felt naïve\nnausea \\ 10 µg.'
+    automaton = AnswerAutomaton(LABELS, document)
+    for entity in ['"Aspirin"', "Aspirin", "naïve\nnausea", "\\ 10 µg.", "H", document]:
+        assert run(automaton, answer((entity, "DRUG"))) == DONE, entity
+    for entity in ["aspirin", "Aspirin and", "xyz", " took", "nausea  "]:
+        assert run(automaton, answer((entity, "DRUG"))) != DONE, entity
+    # only the canonical escapes of the document's characters
+    assert run(automaton, '[{"text": "\\u0048e", "label": "DRUG"}]') is None
+    assert run(automaton, "[]") == DONE
+
+
+def test_grounded_blank_document_allows_only_the_empty_list() -> None:
+    automaton = AnswerAutomaton(LABELS, " \n ")
+    assert run(automaton, "[]") == DONE
+    assert run(automaton, '[{"') is None
+
+
+def test_distance_is_the_shortest_completion() -> None:
+    automaton = AnswerAutomaton(LABELS)
+    assert automaton.distance(automaton.start()) == len("[]")
+    state = run(automaton, '[{"text": "a')
+    assert automaton.distance(state) == len('", "label": "DRUG"}]')
+    state = run(automaton, '[{"text": "a", "label": "ADV')
+    assert automaton.distance(state) == len('ERSE_EVENT"}]')
+
+
+def test_json_string_bytes() -> None:
+    assert json_string_bytes('a"b\\c\n') == b'a\\"b\\\\c\\n'
+    assert json_string_bytes("é") == "é".encode()
+
+
+# -- tokens ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+def test_token_bytes_concatenate_to_the_decoded_text(tokenizer) -> None:
+    table = token_bytes(tokenizer)
+    assert table[tokenizer.eos_token_id] is None  # special tokens never appear in answers
+    for text in DOCUMENTS:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert b"".join(table[i] for i in ids).decode("utf8") == tokenizer.decode(ids)
+
+
+def test_allowed_tokens_are_exactly_the_valid_ones(tokenizer) -> None:
+    """The trie walk returns the same set as testing every token against the automaton."""
+    constraint = TokenConstraint(tokenizer, [tokenizer.eos_token_id])
+    for automaton in (AnswerAutomaton(LABELS), AnswerAutomaton(LABELS, DOCUMENTS[2])):
+        for prefix in ("", "[", '[{"text": "', '[{"text": "He', '[{"text": "a", "label": "'):
+            state = run(automaton, prefix)
+            if state is None:
+                continue
+            ids, _ = constraint.allowed(automaton, state)
+            brute = {
+                i
+                for i in range(len(tokenizer))
+                if constraint.token_bytes[i] and constraint.advance(automaton, state, i)
+            }
+            assert set(ids) == brute, prefix
+    done_ids, _ = constraint.allowed(AnswerAutomaton(LABELS), DONE)
+    assert done_ids == [tokenizer.eos_token_id]
+
+
+def test_budget_only_allows_tokens_that_can_still_close(tokenizer) -> None:
+    constraint = TokenConstraint(tokenizer, [tokenizer.eos_token_id])
+    automaton = AnswerAutomaton(LABELS)
+    state = run(automaton, '[{"text": "a')
+    ids = constraint.allowed_ids(automaton, state, left=len('", "label": "DRUG"}]'))
+    assert ids.numel() > 0
+    for token_id in ids.tolist():
+        after = constraint.advance(automaton, state, token_id)
+        assert automaton.distance(after) <= len('", "label": "DRUG"}]') - 1
+
+
+# -- stopping at the end of the answer ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "response, closes_after",
+    [
+        ('[{"text": "a]", "label": "X"}] and more', '[{"text": "a]", "label": "X"}]'),
+        ('  [[1], {"a": "\\"]"}]tail', '  [[1], {"a": "\\"]"}]'),
+        ("[]", "[]"),
+        ("Sure! [1] is the answer", None),  # prose first: never cut
+        ('{"DRUG": ["a"]} {"x": 1}', None),
+    ],
+)
+def test_json_scanner(response: str, closes_after: str | None) -> None:
+    scanner = JsonScanner()
+    closed_at = None
+    for k in range(len(response)):
+        if scanner.feed(response[k].encode()):
+            closed_at = k + 1
+            break
+    assert (response[:closed_at] if closed_at else None) == closes_after
+
+
+def test_json_end_stopping_is_per_row(tokenizer) -> None:
+    import torch
+
+    table = token_bytes(tokenizer)
+    rows = ['[{"text": "a", "label": "DRUG"}] and then', 'Prose [x] "more"', "[[]] x"]
+    encoded = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in rows]
+    width = max(len(e) for e in encoded)
+    encoded = [e + [tokenizer.pad_token_id] * (width - len(e)) for e in encoded]
+    stopping = JsonEndStopping(table, len(rows), prompt_length=1)
+    prompt = torch.zeros((len(rows), 1), dtype=torch.long)
+    first_stop: list[int | None] = [None] * len(rows)
+    for step in range(1, width + 1):
+        ids = torch.cat([prompt, torch.tensor([e[:step] for e in encoded])], dim=1)
+        flags = stopping(ids, None).tolist()
+        for row, flag in enumerate(flags):
+            if flag and first_stop[row] is None:
+                first_stop[row] = step
+    assert tokenizer.decode(encoded[0][: first_stop[0]]).endswith('"DRUG"}]')
+    assert first_stop[1] is None
+    assert tokenizer.decode(encoded[2][: first_stop[2]]) == "[[]]"
+
+
+# -- a tiny random model must answer validly -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir: Path):
+    from spacy_medllm.generators.hf import HFGenerator
+
+    gen = HFGenerator(
+        model=str(tiny_model_dir), batch_size=4, max_new_tokens=48, labels=LABELS, num_threads=1
+    )
+    gen.initialize()
+    return gen
+
+
+def _randomise(generator, seed: int) -> None:
+    """New random weights (a different random model) in the loaded generator."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in generator._model.parameters():
+            param.normal_(0.0, 0.3)
+
+
+def _prompts():
+    return [
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": d}] for d in DOCUMENTS
+    ]
+
+
+def test_unconstrained_random_model_emits_garbage(generator) -> None:
+    """Without the constraint the tiny random model does not answer in the schema: the test below
+    is not passing by luck."""
+    generator.constrained = "off"
+    _randomise(generator, 0)
+    responses = generator(_prompts())
+    assert sum(parse_response(r, LabelSet(LABELS)).ok for r in responses) < len(responses)
+
+
+@pytest.mark.parametrize("mode", ["schema", "grounded"])
+def test_constrained_random_model_always_answers_validly(generator, mode: str) -> None:
+    labels = LabelSet(LABELS)
+    n_entities = 0
+    generator.constrained = mode
+    for seed in (1, 2, 3, 4):
+        _randomise(generator, seed)
+        for max_new_tokens in (48, 13):  # 13 forces closing early, often inside an entity
+            generator.max_new_tokens = max_new_tokens
+            responses = generator(_prompts())
+            for document, response in zip(DOCUMENTS, responses, strict=True):
+                items = json.loads(response)  # strict JSON
+                assert isinstance(items, list)
+                parsed = parse_response(response, labels)
+                assert parsed.ok and not parsed.rejections and not parsed.repairs, response
+                assert len(parsed.entities) == len(items)
+                for item in items:
+                    assert list(item) == ["text", "label"]
+                    assert item["label"] in LABELS
+                    assert item["text"].strip()
+                    if mode == "grounded":
+                        assert item["text"] in document, (item, document)
+                n_entities += len(items)
+    generator.max_new_tokens = 48
+    generator.constrained = "off"
+    assert n_entities > 0  # the random models did emit entities, not only []
+
+
+def test_constrained_without_labels_is_a_clear_error(tiny_model_dir: Path) -> None:
+    from spacy_medllm.generators.base import GenerationError
+    from spacy_medllm.generators.hf import HFGenerator
+
+    gen = HFGenerator(model=str(tiny_model_dir), constrained="schema", max_new_tokens=8)
+    with pytest.raises(GenerationError, match="needs the labels"):
+        gen(_prompts()[:1])
+    with pytest.raises(ValueError, match="constrained must be one of"):
+        HFGenerator(model=str(tiny_model_dir), constrained="json")
