@@ -28,6 +28,7 @@ labels:
    words per second and speed-up; Markdown, JSON and PNG.
 
     python -m spacy_medllm.distil label --teacher PIPELINE --input texts.jsonl --output DIR
+    python -m spacy_medllm.distil label --teacher PIPELINE --input corpus:ade-corpus-v2:train ...
     python -m spacy_medllm.distil select --silver DIR/silver.spacy --output DIR2 [--agree-with X]
     python -m spacy_medllm.distil train-transformer --train DIR2/train.spacy --output OUT
     python -m spacy_medllm.distil report --teacher T=PATH --student S=PATH --corpus ade-corpus-v2
@@ -520,16 +521,24 @@ def distillation_report(
 # -- command line ---------------------------------------------------------------------------------
 
 
-def _load_records(args: argparse.Namespace) -> list[Record]:
-    if args.input is not None:
-        return read_texts(args.input, args.limit)
+def load_records(
+    spec: str, limit: int | None = None, path: str | Path | None = None
+) -> list[Record]:
+    """Texts to label from a file (`read_texts`) or from a registered corpus, given as
+    "corpus:NAME" or "corpus:NAME:SPLIT" (default split train; gold labels are ignored)."""
+    if not spec.startswith("corpus:"):
+        return read_texts(spec, limit)
     from .corpora import load_corpus
 
-    examples = load_corpus(args.corpus, args.split, args.path, limit=args.limit)
-    return [
-        {"id": str(e.get("id") or f"{args.corpus}:{i}"), "text": e["text"]}
+    _, name, *rest = spec.split(":")
+    split = rest[0] if rest else "train"
+    examples = load_corpus(name, split, path, limit=limit)
+    records = [
+        {"id": str(e.get("id") or f"{name}:{split}:{i}"), "text": e["text"]}
         for i, e in enumerate(examples)
     ]
+    _check_unique(records)
+    return records
 
 
 def _pair(value: str) -> tuple[str, str]:
@@ -548,10 +557,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = sub.add_parser("label", help="label unlabelled texts with a teacher pipeline (resumable)")
     p.add_argument("--teacher", required=True, help="a spaCy pipeline folder or package")
     p.add_argument("--output", required=True, type=Path)
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", type=Path, help=".jsonl, .spacy or .txt (one text per line)")
-    source.add_argument("--corpus", help="a registered corpus: its texts, gold ignored")
-    p.add_argument("--split", default="train")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="a .jsonl, .spacy or .txt file (one text per line), or corpus:NAME[:SPLIT] for a "
+        "registered corpus's texts (gold ignored)",
+    )
     p.add_argument("--path", type=Path, default=None, help="the corpus folder (or file)")
     p.add_argument("--limit", type=int, default=0, help="the first N texts only (0 = all)")
     p.add_argument("--name", default="teacher", help="the teacher's name in the records")
@@ -564,10 +575,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--output", required=True, type=Path)
     p.add_argument(
         "--keep",
-        action="append",
-        default=[],
-        choices=PROBLEMS,
-        help="keep documents with this record problem (default: drop all problems)",
+        default="",
+        help=f"comma-separated record problems that do not drop a document ({', '.join(PROBLEMS)}"
+        "; default none: every problem drops it)",
     )
     p.add_argument("--agree-with", type=Path, default=None, help="a second teacher's silver")
     p.add_argument("--agreement", choices=AGREEMENT_MODES, default="doc")
@@ -610,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         initialize_generators(teacher)
         result: Any = label_texts(
             teacher,
-            _load_records(args),
+            load_records(args.input, args.limit or None, args.path),
             args.output,
             name=args.name,
             spans_key=args.spans_key,
@@ -618,10 +628,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             shard_size=args.shard_size,
         )
     elif args.command == "select":
+        keep = [name for name in args.keep.split(",") if name]
+        if set(keep) - set(PROBLEMS):
+            raise SystemExit(f"--keep takes {', '.join(PROBLEMS)}; got {args.keep!r}")
         result = write_selection(
             args.silver,
             args.output,
-            drop=[p for p in PROBLEMS if p not in args.keep],
+            drop=[p for p in PROBLEMS if p not in keep],
             agree_with=args.agree_with,
             agreement=args.agreement,
             dev_fraction=args.dev_fraction,

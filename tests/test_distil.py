@@ -424,3 +424,49 @@ def test_distillation_report_side_by_side(tmp_path: Path) -> None:
     assert (tmp_path / "report" / "distillation-et-dev-dev.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "report" / "distillation-et-dev-dev.json").read_text())
     assert saved["teacher"] == "teacher" and len(saved["systems"]) == 2
+
+
+def test_command_line_label_then_select(tmp_path: Path) -> None:
+    from spacy_medllm.distil import load_records, main
+
+    dictionary_teacher().to_disk(tmp_path / "teacher")
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    silver = tmp_path / "silver"
+    argv = ["label", "--teacher", str(tmp_path / "teacher"), "--input", str(texts)]
+    assert main([*argv, "--output", str(silver), "--limit", "4"]) == 0
+    assert [d.text for d in read_silver(silver / SILVER_FILE)] == TEXTS[:4]
+    assert main([*argv, "--output", str(silver)]) == 0  # resumes: the first 4 are not redone
+    assert json.loads((silver / "labelling.json").read_text())["n_resumed"] == 4
+    assert (
+        main(
+            [
+                "select",
+                "--silver",
+                str(silver / SILVER_FILE),
+                "--output",
+                str(tmp_path / "sel"),
+                "--keep",
+                "not_in_text",
+            ]
+        )
+        == 0
+    )
+    selection = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert selection["drop"] == ["error", "unparseable"] and selection["n_docs_kept"] == len(TEXTS)
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "select",
+                "--silver",
+                str(silver / SILVER_FILE),
+                "--output",
+                str(tmp_path / "x"),
+                "--keep",
+                "typo",
+            ]
+        )
+    # a registered corpus's texts (here the Estonian dev format, read from a file of ours)
+    gold = tmp_path / "et.jsonl"
+    gold.write_text(json.dumps({"id": "e1", "text": "Aspiriin.", "entities": []}) + "\n")
+    assert load_records("corpus:et-dev:dev", path=gold) == [{"id": "e1", "text": "Aspiriin."}]
