@@ -74,10 +74,11 @@ Record = dict[str, Any]  # {"id": str, "text": str}
 # -- unlabelled input -----------------------------------------------------------------------------
 
 
-def read_texts(path: str | Path, limit: int | None = None) -> list[Record]:
+def read_texts(path: str | Path, limit: int | None = None, lang: str | None = None) -> list[Record]:
     """Texts to label, with ids: JSONL lines with "text" (and "id"; gold entities are ignored),
     a `.spacy` DocBin (ids from `user_data["id"]`), or plain text, one document per line.
-    A missing id becomes "<file stem>:<line or doc number>"; ids must be unique."""
+    A missing id becomes "<file stem>:<line or doc number>"; ids must be unique. With `lang`,
+    JSONL lines whose "lang" is another language are skipped (mixed files of synth.py)."""
     path = Path(path)
     records: list[Record] = []
     if path.suffix == ".spacy":
@@ -99,6 +100,8 @@ def read_texts(path: str | Path, limit: int | None = None) -> list[Record]:
                         raise ValueError(f"{path}:{line_no}: not valid JSON ({error})") from None
                     if not isinstance(data, dict) or not isinstance(data.get("text"), str):
                         raise ValueError(f"{path}:{line_no}: each line needs a 'text' string")
+                    if lang and data.get("lang", lang) != lang:
+                        continue
                     records.append(
                         {
                             "id": str(data.get("id") or f"{path.stem}:{line_no}"),
@@ -266,6 +269,14 @@ def record_problems(doc: Doc) -> list[str]:
     return sorted(set(problems))
 
 
+def doc_id(doc: Doc) -> str:
+    """A silver doc's id: `user_data["id"]`, else a hash of its text."""
+    import hashlib
+
+    found = doc.user_data.get("id")
+    return str(found) if found else "sha1:" + hashlib.sha1(doc.text.encode("utf8")).hexdigest()
+
+
 def _span_set(doc: Doc) -> set[tuple[int, int, str]]:
     return {(e.start_char, e.end_char, e.label_) for e in doc.ents}
 
@@ -291,7 +302,7 @@ def select_silver(
         raise ValueError(f"agreement must be one of {AGREEMENT_MODES}, got {agreement!r}")
     others: dict[str, Doc] = {}
     if other is not None:
-        others = {str(d.user_data.get("id")): d for d in other}
+        others = {doc_id(d): d for d in other}
     dropped: Counter[str] = Counter()
     n_spans_removed = 0
     kept: list[Doc] = []
@@ -301,7 +312,7 @@ def select_silver(
             dropped.update(problems)
             continue
         if other is not None:
-            partner = others.get(str(doc.user_data.get("id")))
+            partner = others.get(doc_id(doc))
             if partner is None or partner.text != doc.text:
                 dropped["no_second_teacher"] += 1
                 continue
@@ -333,7 +344,7 @@ def split_silver(docs: Sequence[Doc], dev_fraction: float = 0.1) -> tuple[list[D
         raise ValueError(f"dev_fraction must lie in (0, 1), got {dev_fraction}")
     train, dev = [], []
     for doc in docs:
-        split = hash_split(str(doc.user_data.get("id")), (1 - dev_fraction, dev_fraction, 0.0))
+        split = hash_split(doc_id(doc), (1 - dev_fraction, dev_fraction, 0.0))
         (dev if split == "dev" else train).append(doc)
     if not train or not dev:  # too few documents for the fraction: one goes to dev
         train, dev = list(docs[:-1]), list(docs[-1:])
@@ -522,12 +533,12 @@ def distillation_report(
 
 
 def load_records(
-    spec: str, limit: int | None = None, path: str | Path | None = None
+    spec: str, limit: int | None = None, path: str | Path | None = None, lang: str | None = None
 ) -> list[Record]:
     """Texts to label from a file (`read_texts`) or from a registered corpus, given as
     "corpus:NAME" or "corpus:NAME:SPLIT" (default split train; gold labels are ignored)."""
     if not spec.startswith("corpus:"):
-        return read_texts(spec, limit)
+        return read_texts(spec, limit, lang)
     from .corpora import load_corpus
 
     _, name, *rest = spec.split(":")
@@ -564,6 +575,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "registered corpus's texts (gold ignored)",
     )
     p.add_argument("--path", type=Path, default=None, help="the corpus folder (or file)")
+    p.add_argument("--lang", default=None, help="only JSONL lines of this language ('lang')")
     p.add_argument("--limit", type=int, default=0, help="the first N texts only (0 = all)")
     p.add_argument("--name", default="teacher", help="the teacher's name in the records")
     p.add_argument("--spans-key", default=None, help="read doc.spans[KEY] instead of doc.ents")
@@ -620,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         initialize_generators(teacher)
         result: Any = label_texts(
             teacher,
-            load_records(args.input, args.limit or None, args.path),
+            load_records(args.input, args.limit or None, args.path, args.lang),
             args.output,
             name=args.name,
             spans_key=args.spans_key,

@@ -92,6 +92,15 @@ def test_read_texts_from_jsonl_txt_and_docbin(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="unique"):
         read_texts(jsonl)
+    mixed = tmp_path / "synthetic.jsonl"
+    mixed.write_text(
+        "".join(
+            json.dumps({"id": f"m{i}", "text": text, "lang": lang}) + "\n"
+            for i, (text, lang) in enumerate([("One.", "en"), ("Üks.", "et"), ("Kaks.", "et")])
+        )
+    )
+    assert [r["text"] for r in read_texts(mixed, lang="et")] == ["Üks.", "Kaks."]
+    assert len(read_texts(mixed)) == 3
     jsonl.write_text('{"text": "ok"}\n{broken\n')
     with pytest.raises(ValueError, match=r"texts.jsonl:2"):
         read_texts(jsonl)
@@ -236,9 +245,15 @@ def test_selection_writes_train_and_dev_without_losing_documents(tmp_path: Path)
     assert sorted(d.user_data["id"] for d in train + dev) == sorted(r["id"] for r in RECORDS)
     again = write_selection(tmp_path / "silver" / SILVER_FILE, tmp_path / "sel2", dev_fraction=0.3)
     assert again["n_dev"] == stats["n_dev"]  # the split is a hash of the id, not random
-    assert json.loads((tmp_path / "sel" / "selection.json").read_text())["n_docs_kept"] == len(
-        TEXTS
-    )
+    selection = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert selection["n_docs_kept"] == len(TEXTS)
+    # docs without ids (another labeller's DocBin) are split by a hash of their text
+    from spacy_medllm.distil import split_silver
+
+    nlp = spacy.blank("en")
+    train, dev = split_silver([nlp(text) for text in TEXTS * 3], dev_fraction=0.3)
+    assert 0 < len(dev) < len(TEXTS) * 3 and len(train) + len(dev) == len(TEXTS) * 3
+    assert {d.text for d in train}.isdisjoint({d.text for d in dev})
 
 
 def test_tiny_lora_teacher_keeps_its_raw_responses(
