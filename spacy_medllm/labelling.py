@@ -35,11 +35,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spacy.language import Language
+
 from .synth import CONDITION_ET, DRUG_ET, EFFECT_ET, PROCEDURES, plain_phrase, read_records
 
 if TYPE_CHECKING:
-    from spacy.language import Language
-
     from .scrape import DrugFacts
 
 logger = logging.getLogger("spacy_medllm")
@@ -132,6 +132,41 @@ def dictionary_labeller(lang: str, facts: Sequence[DrugFacts]) -> Language:
     component = nlp.add_pipe("medllm_dictionary", config={"attr": "LOWER"})
     component.add_patterns(dictionary_patterns_for(facts, lang))
     return nlp
+
+
+class LoggedEntities:
+    """`medllm_logged_ents`: sets the entities a finished labelling run logged for each text.
+
+    Scores an annotator's silver labels (`annotator_report`) without running its model again.
+    A text the log does not hold raises a ValueError naming the log.
+    """
+
+    def __init__(self, log_path: str, lang: str) -> None:
+        self.log_path = log_path
+        lines = [line for line in read_log(log_path) if line.get("lang") == lang]
+        self.by_text = {line["text"]: line["ents"] for line in lines}
+        self.ids = {line["id"] for line in lines}
+
+    def __call__(self, doc: Any) -> Any:
+        if doc.text not in self.by_text:
+            raise ValueError(f"{self.log_path} holds no labels for the text {doc.text[:60]!r}")
+        doc.ents = [doc.char_span(s, e, label=label) for s, e, label in self.by_text[doc.text]]
+        return doc
+
+
+@Language.factory("medllm_logged_ents", default_config={"log_path": "", "lang": "en"})
+def make_logged_ents(nlp: Language, name: str, log_path: str, lang: str) -> LoggedEntities:
+    """The entities of a labelling log (see LoggedEntities)."""
+    return LoggedEntities(log_path, lang)
+
+
+def replay_labeller(lang: str, log_path: str | Path) -> tuple[Language, set[str]]:
+    """A blank `lang` pipeline replaying a labelling log, and the ids the log covers."""
+    import spacy
+
+    nlp = spacy.blank(lang)
+    pipe = nlp.add_pipe("medllm_logged_ents", config={"log_path": str(log_path), "lang": lang})
+    return nlp, set(pipe.ids)
 
 
 # -- labelling -------------------------------------------------------------------------------------
@@ -340,7 +375,10 @@ def annotator_report(
 ) -> dict[str, Any]:
     """Score each annotator ({name: {lang: nlp}}) on the same sample of offline gold per language.
 
-    One system per (annotator, language). Scores come from `evaluate.evaluate_pipeline`:
+    One system per (annotator, language). A pipeline that replays a labelling log
+    (`replay_labeller`) is scored on the sample's documents the log holds, and its words/s
+    column means nothing (see the run's summary.json for the labelling speed).
+    Scores come from `evaluate.evaluate_pipeline`:
     strict (seqeval IOB2) and overlap (partial) P/R/F1, per label. Writes
     `<stem>.json/.md/.png` to `output`.
     """
@@ -352,10 +390,16 @@ def annotator_report(
     for name, by_lang in annotators.items():
         for lang, nlp in by_lang.items():
             examples = gold_examples(samples.get(lang, []))
+            label = f"{name} ({lang})"
+            if "medllm_logged_ents" in nlp.pipe_names:
+                # Silver labels from a log: the sample's documents that the run labelled.
+                covered = nlp.get_pipe("medllm_logged_ents").ids
+                examples = [e for e in examples if e["id"] in covered]
+                label = f"{name} ({lang}, n={len(examples)})"
             if not examples:
                 continue
             result = evaluate_pipeline(
-                nlp, examples, name=f"{name} ({lang})", labels=list(labels), include_docs=False
+                nlp, examples, name=label, labels=list(labels), include_docs=False
             )
             result["lang"] = lang
             result["annotator"] = name
@@ -422,7 +466,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--max-new-tokens", type=int, default=192)
     sub.choices["label"].add_argument("--annotator", choices=ANNOTATORS, default="llm")
-    sub.choices["report"].add_argument("--stem", default="annotators")
+    report = sub.choices["report"]
+    report.add_argument("--stem", default="annotators")
+    report.add_argument(
+        "--silver",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="Score the labels a finished `label` run logged in DIR (no model is run).",
+    )
     return parser.parse_args(argv)
 
 
@@ -453,8 +505,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.annotator = "llm"
         name = "spacy-llm " + (Path(args.adapter).parent.name if args.adapter else args.model)
         annotators[name] = _labellers(args, langs)
+    for spec in args.silver:
+        name, _, folder = spec.partition("=")
+        if not folder:
+            raise SystemExit(f"--silver takes NAME=DIR, got {spec!r}")
+        log_path = Path(folder) / LOG_FILE
+        if not log_path.is_file():
+            raise SystemExit(f"--silver {spec}: {log_path} does not exist; run `label` first")
+        annotators[name] = {lang: replay_labeller(lang, log_path)[0] for lang in langs}
     if not annotators:
-        raise SystemExit("Give --facts (dictionary) and/or --adapter / --base-url (LLM).")
+        raise SystemExit("Give --facts (dictionary), --silver NAME=DIR or --adapter (LLM).")
     report = annotator_report(records, annotators, args.output, limit=limit, stem=args.stem)
     for system in report["systems"]:
         print(

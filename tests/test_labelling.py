@@ -279,3 +279,29 @@ def test_annotator_report_scores_per_label_strict_and_partial(composed, tmp_path
     assert en_drug == 1.0 and et_drug < 0.8
     markdown = (tmp_path / "annotators.md").read_text()
     assert "dictionary (en)" in markdown and "dictionary (et)" in markdown
+
+
+def test_a_labelling_log_is_scored_like_the_live_annotator(composed, tmp_path):
+    from spacy_medllm.labelling import replay_labeller
+
+    facts, records = composed
+    live = {lang: dictionary_labeller(lang, facts) for lang in ("en", "et")}
+    en_only = [r for r in records if r["lang"] == "en"][:10]
+    label_records(en_only, {"en": live["en"]}, tmp_path / "silver", "dictionary", progress=False)
+    replayed, ids = replay_labeller("en", tmp_path / "silver" / "log.jsonl")
+    assert ids == {r["id"] for r in en_only}
+    report = annotator_report(
+        records,
+        {"live": {"en": live["en"]}, "logged": {"en": replayed}},
+        tmp_path / "report",
+        limit=30,
+    )
+    live_scores, logged_scores = report["systems"]
+    # The log covers 10 of the 30 sampled texts: it is scored on those, and says so.
+    assert logged_scores["name"] == "logged (en, n=10)" and logged_scores["n_docs"] == 10
+    assert live_scores["n_docs"] == 30
+    first_ten = annotator_report(records, {"live": {"en": live["en"]}}, tmp_path / "r2", limit=10)
+    assert logged_scores["strict"] == first_ten["systems"][0]["strict"]
+    assert logged_scores["overlap"] == first_ten["systems"][0]["overlap"]
+    with pytest.raises(ValueError, match="holds no labels"):
+        replayed("A text that was never labelled.")
