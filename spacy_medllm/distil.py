@@ -484,7 +484,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             f"{row['f1_minus_teacher']:+.3f}",
             *(fmt_score(row["per_label_f1"][x]) for x in labels),
             fmt_rate(row["words_per_s"]),
-            "n/a" if row["speedup"] is None else f"{row['speedup']:,.1f}x",
+            "n/a" if row["speedup"] is None else f"{fmt_rate(row['speedup'])}x",
         ]
         for row in summary["systems"]
     ]
@@ -619,6 +619,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--labels", default=None)
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--stem", default=None)
+    p.add_argument(
+        "--trained-on",
+        action="append",
+        default=[],
+        metavar="CORPUS[:SPLIT]",
+        help="what teacher and students learned from (refuses a contaminated test split)",
+    )
     return parser.parse_args(argv)
 
 
@@ -677,6 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path=args.path,
             limit=args.limit or None,
             labels=args.labels.split(",") if args.labels else None,
+            trained_on=args.trained_on,
         )
     sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False, default=json_default) + "\n")
     return 0
