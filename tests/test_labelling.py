@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -305,3 +306,50 @@ def test_a_labelling_log_is_scored_like_the_live_annotator(composed, tmp_path):
     assert logged_scores["overlap"] == first_ten["systems"][0]["overlap"]
     with pytest.raises(ValueError, match="holds no labels"):
         replayed("A text that was never labelled.")
+
+
+def test_data_commands_of_the_project_run_offline_and_a_rerun_skips(tmp_path):
+    """scrape -> synthesize -> label-dictionary through `spacy project run`, on small sizes."""
+    pytest.importorskip("estnltk")
+    import shutil
+
+    project = tmp_path / "project"
+    (project / "corpus").mkdir(parents=True)
+    shutil.copy(REPO / "project.yml", project / "project.yml")
+    shutil.copytree(REPO / "corpus" / "drug_pages", project / "corpus" / "drug_pages")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    steps = ["scrape", "synthesize", "label-dictionary"]
+
+    def run(step: str) -> str:
+        command = [
+            sys.executable,
+            "-m",
+            "spacy",
+            "project",
+            "run",
+            step,
+            str(project),
+            "--vars.synth_n_en",
+            "30",
+            "--vars.synth_n_et",
+            "20",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return done.stdout
+
+    for step in steps:
+        run(step)
+    generated = project / "corpus" / "generated"
+    texts = read_records(generated / "synthetic.jsonl")
+    assert Counter(r["lang"] for r in texts) == {"en": 30, "et": 20}
+    nlp = spacy.blank("xx")
+    for lang, n in (("en", 30), ("et", 20)):
+        docs = list(
+            DocBin()
+            .from_disk(generated / "silver/dictionary" / f"{lang}.spacy")
+            .get_docs(nlp.vocab)
+        )
+        assert len(docs) == n and sum(len(d.ents) for d in docs) > n
+    for step in steps:
+        assert f"Skipping '{step}': nothing changed" in run(step)
