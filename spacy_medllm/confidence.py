@@ -19,7 +19,8 @@ LOW_CONFIDENCE = "low_confidence"
 
 @dataclass
 class ScoredResponse:
-    """A response with the log-probability and the response characters [start, end) of each token.
+    """A response with, for each generated token, its id, log-probability and the characters
+    [start, end) of the response it wrote.
 
     Tokens that wrote no visible characters (special tokens) have start == end.
     """
@@ -27,6 +28,7 @@ class ScoredResponse:
     text: str
     logprobs: list[float] = field(default_factory=list)
     offsets: list[tuple[int, int]] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
 
     def mean_logprob(self, start: int, end: int) -> float | None:
         """Mean log-probability of the tokens overlapping characters [start, end), None if none."""

@@ -602,3 +602,35 @@ class JsonEndStopping:
         return torch.tensor(
             [s.closed for s in self.scanners], dtype=torch.bool, device=input_ids.device
         )
+
+
+class TokenLogprobRecorder:
+    """A pass-through logits processor that keeps the log-probability of each chosen token.
+
+    Put first in the list so it sees the model's raw logits. It holds one step's log-softmax at a
+    time and reads off the chosen token at the next step, so memory stays batch x vocab (unlike
+    generate's output_logits, which keeps every step).
+    """
+
+    def __init__(self) -> None:
+        self._previous: Any = None
+        self._steps: list[Any] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if self._previous is not None:
+            self._steps.append(self._previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self._previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def logprobs(self, sequences: Any) -> Any:
+        """A (batch, generated tokens) tensor, given generate's output sequences."""
+        import torch
+
+        steps = list(self._steps)
+        if self._previous is not None:
+            steps.append(self._previous.gather(1, sequences[:, -1:]).squeeze(1))
+        if not steps:
+            return torch.zeros((sequences.shape[0], 0))
+        return torch.stack(steps, dim=1)

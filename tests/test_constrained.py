@@ -294,3 +294,122 @@ def test_constrained_without_labels_is_a_clear_error(tiny_model_dir: Path) -> No
         gen(_prompts()[:1])
     with pytest.raises(ValueError, match="constrained must be one of"):
         HFGenerator(model=str(tiny_model_dir), constrained="json")
+
+
+# -- confidence -----------------------------------------------------------------------------------
+
+
+def test_scored_generation_matches_a_forward_pass(generator) -> None:
+    """Each logprob is the model's own log-softmax at that step; offsets tile the response."""
+    import torch
+
+    _randomise(generator, 2)
+    generator.constrained = "grounded"
+    prompts = _prompts()
+    scored = generator.generate_scored(prompts)
+    assert [s.text for s in scored] == generator(prompts)
+    for response in scored:
+        assert len(response.logprobs) == len(response.offsets) == len(response.token_ids) > 0
+        assert all(lp <= 0.0 for lp in response.logprobs)
+        assert response.offsets[0][0] == 0 and response.offsets[-1][1] == len(response.text)
+        for (_, end), (start, _) in zip(response.offsets, response.offsets[1:], strict=False):
+            assert end == start
+    # Recompute one answer's token log-probabilities with a single forward pass.
+    prompt_ids = generator.encode_prompt(prompts[1])
+    answer_ids = scored[1].token_ids
+    with torch.no_grad():
+        logits = generator._model(torch.tensor([prompt_ids + answer_ids])).logits[0]
+    positions = torch.arange(len(prompt_ids) - 1, len(prompt_ids) + len(answer_ids) - 1)
+    expected = torch.log_softmax(logits.float(), dim=-1)[positions, torch.tensor(answer_ids)]
+    assert torch.allclose(expected, torch.tensor(scored[1].logprobs), atol=1e-3)
+    generator.constrained = "off"
+
+
+def _ner(tiny_model_dir: Path, **config):
+    import spacy
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe(
+        "medllm_ner",
+        config={
+            "labels": LABELS,
+            "generator": {
+                "@misc": "medllm.HFGenerator.v1",
+                "model": str(tiny_model_dir),
+                "max_new_tokens": 40,
+                "constrained": "grounded",
+                "num_threads": 1,
+            },
+            **config,
+        },
+    )
+    return nlp
+
+
+def test_confidence_on_spans_and_threshold(tiny_model_dir: Path) -> None:
+    from spacy_medllm.component import get_record
+
+    texts = [d for d in DOCUMENTS if d.strip()]
+    nlp = _ner(tiny_model_dir, confidence=True)
+    pipe = nlp.get_pipe("medllm_ner")
+    pipe.generator.initialize()
+    scores: list[float] = []
+    for seed in range(1, 7):  # a random model that emits entities
+        _randomise(pipe.generator, seed)
+        docs = list(nlp.pipe(texts))
+        scores = [e._.medllm_confidence for doc in docs for e in doc.ents]
+        if len(set(scores)) >= 2:
+            break
+    assert len(set(scores)) >= 2
+    assert all(s is not None and s <= 0.0 for s in scores)
+    for doc in docs:
+        record = get_record(doc)
+        listed = [c["confidence"] for chunk in record["chunks"] for c in chunk["confidence"]]
+        assert all(c <= 0.0 for c in listed)
+        assert {e._.medllm_confidence for e in doc.ents} <= set(listed)
+
+    threshold = sorted(scores)[len(scores) // 2]
+    strict_nlp = _ner(tiny_model_dir, confidence_threshold=threshold)
+    strict_pipe = strict_nlp.get_pipe("medllm_ner")
+    strict_pipe.generator = pipe.generator  # the same random weights
+    strict_docs = list(strict_nlp.pipe(texts))
+    for doc, strict_doc in zip(docs, strict_docs, strict=True):
+        expected = [
+            (e.start_char, e.end_char, e.label_)
+            for e in doc.ents
+            if e._.medllm_confidence >= threshold
+        ]
+        kept = [(e.start_char, e.end_char, e.label_) for e in strict_doc.ents]
+        assert kept == expected
+        assert all(e._.medllm_confidence >= threshold for e in strict_doc.ents)
+        record = get_record(strict_doc)
+        low = [r for r in record["rejected"] if r["reason"] == "low_confidence"]
+        below = [
+            c
+            for chunk in record["chunks"]
+            for c in chunk["confidence"]
+            if c["confidence"] < threshold
+        ]
+        assert [(r["text"], r["label"]) for r in low] == [(c["text"], c["label"]) for c in below]
+    assert any(get_record(d)["rejected"] for d in strict_docs)
+
+
+def test_confidence_needs_a_scoring_generator() -> None:
+    import spacy
+
+    from spacy_medllm.generators.openai_compat import OpenAIGenerator
+
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError, match="confidence needs a generator"):
+        nlp.add_pipe(
+            "medllm_ner",
+            config={
+                "generator": {
+                    "@misc": "medllm.OpenAIGenerator.v1",
+                    "model": "m",
+                    "base_url": "http://127.0.0.1:9/v1",
+                },
+                "confidence_threshold": -1.0,
+            },
+        )
+    assert not hasattr(OpenAIGenerator, "generate_scored")

@@ -121,6 +121,8 @@ class HFGenerator:
     labels: the labels constrained answers may use; `medllm_ner` sets them (`set_labels`).
     stop_at_json_end: a row whose response starts with `[` stops as soon as that list closes,
         instead of generating text that would be thrown away (other responses run as before).
+    merge_adapter: merge the LoRA weights into the base model after loading (same answers up to
+        float rounding, faster; not with load_in_4bit).
     torch_compile: wrap the model's forward in torch.compile (worth it on GPU for long runs; the
         first batches are slow while it compiles).
 
@@ -143,6 +145,7 @@ class HFGenerator:
         labels: Sequence[str] | None = None,
         stop_at_json_end: bool = True,
         torch_compile: bool = False,
+        merge_adapter: bool = True,
     ) -> None:
         if not model:
             raise ValueError("HFGenerator needs a model: a packaged alias, a folder or a hub id.")
@@ -175,6 +178,9 @@ class HFGenerator:
         self.labels: list[str] = list(labels or [])
         self.stop_at_json_end = bool(stop_at_json_end)
         self.torch_compile = bool(torch_compile)
+        self.merge_adapter = bool(merge_adapter)
+        # Running totals for benchmarks: answer tokens kept, decoding steps run, batches.
+        self.stats = {"generated_tokens": 0, "decode_steps": 0, "batches": 0}
         self._reset()
 
     def set_labels(self, labels: Sequence[str]) -> None:
@@ -279,6 +285,10 @@ class HFGenerator:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+            if self.merge_adapter and not self.load_in_4bit:
+                # Folding the LoRA product into the weights once saves two small matmuls per
+                # adapted layer and token (about a quarter of CPU decoding time for SmolLM2).
+                model = model.merge_and_unload()
         model.eval()
         if self.torch_compile:
             model.forward = torch.compile(model.forward, dynamic=True)
@@ -416,7 +426,6 @@ class HFGenerator:
             pad_token_id=pad_id,
             eos_token_id=self._stop_ids or None,
             return_dict_in_generate=True,
-            output_logits=with_scores,
         )
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[ScoredResponse | None] = [None] * len(encoded)
@@ -427,6 +436,12 @@ class HFGenerator:
             mask = [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch]
             processors = LogitsProcessorList()
             stopping = StoppingCriteriaList()
+            recorder = None
+            if with_scores:
+                from ..constrained import TokenLogprobRecorder
+
+                recorder = TokenLogprobRecorder()
+                processors.append(recorder)  # first: it must see the model's own logits
             if automata is not None:
                 from ..constrained import JsonAnswerLogitsProcessor
 
@@ -447,15 +462,12 @@ class HFGenerator:
                     logits_processor=processors,
                     stopping_criteria=stopping,
                 )
-                logprobs = None
-                if with_scores:
-                    steps = torch.stack(output.logits, dim=1).float()  # batch x new x vocab
-                    new = output.sequences[:, width : width + steps.shape[1]]
-                    logprobs = (
-                        torch.log_softmax(steps, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-                    )
+                logprobs = recorder.logprobs(output.sequences) if recorder is not None else None
+            self.stats["decode_steps"] += output.sequences.shape[1] - width
+            self.stats["batches"] += 1
             for row, i in enumerate(batch):
                 new_tokens = self._answer_tokens(output.sequences[row, width:].tolist())
+                self.stats["generated_tokens"] += len(new_tokens)
                 if logprobs is None:
                     text = tokenizer.decode(new_tokens, skip_special_tokens=True)
                     results[i] = ScoredResponse(text=text)
@@ -486,7 +498,7 @@ class HFGenerator:
             end = len(prefix) if text.startswith(prefix) else previous
             offsets.append((previous, max(previous, end)))
             previous = max(previous, end)
-        return ScoredResponse(text=text, logprobs=logprobs, offsets=offsets)
+        return ScoredResponse(text=text, logprobs=logprobs, offsets=offsets, token_ids=tokens)
 
     # -- identity and serialisation --------------------------------------------------------------
 
@@ -535,6 +547,7 @@ class HFGenerator:
             "labels": self.labels or None,
             "stop_at_json_end": self.stop_at_json_end,
             "torch_compile": self.torch_compile,
+            "merge_adapter": self.merge_adapter,
         }
 
     def to_disk(self, path: Path) -> None:
@@ -617,6 +630,7 @@ def make_hf_generator(
     labels: list[str] | None = None,
     stop_at_json_end: bool = True,
     torch_compile: bool = False,
+    merge_adapter: bool = True,
 ) -> HFGenerator:
     """A generator backed by transformers (+ peft); the model loads on first use."""
     return HFGenerator(
@@ -633,4 +647,5 @@ def make_hf_generator(
         labels=labels,
         stop_at_json_end=stop_at_json_end,
         torch_compile=torch_compile,
+        merge_adapter=merge_adapter,
     )

@@ -1,0 +1,166 @@
+"""Benchmark generation settings of medllm_ner on the seed test e-mails: stopping at the end of the
+JSON answer, and constrained decoding ("off" / "schema" / "grounded").
+
+For each setting: strict F1 (spaCy's exact-span scorer), parseable answers, emitted entities found
+in the text, answer tokens kept, decoding steps run, documents/s. Writes
+training/reports/constrained.json and .md.
+
+    nice -n 19 .venv/bin/python scripts/bench_constrained.py --limit 15      # a few minutes
+    nice -n 19 .venv/bin/python scripts/bench_constrained.py                 # all 59 e-mails
+
+`--settings` runs some of the settings; results of earlier calls with the same setup are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from spacy_medllm.cli import build_pipeline  # noqa: E402
+from spacy_medllm.corpora import gold_doc, load_corpus  # noqa: E402
+from spacy_medllm.evaluate import spacy_scores  # noqa: E402
+from spacy_medllm.records import NOT_IN_TEXT  # noqa: E402
+from spacy_medllm.reporting import fmt_pct, fmt_rate, fmt_score, machine_info  # noqa: E402
+
+# (name, constrained, stop_at_json_end)
+SETTINGS = {
+    "off, no early stop": ("off", False),
+    "off": ("off", True),
+    "schema": ("schema", True),
+    "grounded": ("grounded", True),
+}
+
+
+def run_setting(nlp, examples, constrained: str, stop: bool) -> dict:
+    component = nlp.get_pipe("medllm_ner")
+    generator = component.generator
+    generator.constrained = constrained
+    generator.stop_at_json_end = stop
+    generator.initialize()
+    if constrained != "off":
+        generator.token_constraint()  # the vocabulary trie is built once, outside the clock
+    stats_before = dict(generator.stats)
+    start = time.perf_counter()
+    docs = list(nlp.pipe([e["text"] for e in examples]))
+    seconds = time.perf_counter() - start
+    stats = {k: generator.stats[k] - stats_before[k] for k in stats_before}
+    gold = [gold_doc(nlp.make_doc, e) for e in examples]
+    scores = spacy_scores(gold, docs)
+    chunks = parse_errors = emitted = not_in_text = 0
+    for doc in docs:
+        record = doc._.medllm["medllm_ner"]
+        chunks += len(record["chunks"])
+        parse_errors += len(record["parse_errors"])
+        emitted += record["n_emitted"]
+        not_in_text += sum(r["reason"] == NOT_IN_TEXT for r in record["rejected"])
+    return {
+        "constrained": constrained,
+        "stop_at_json_end": stop,
+        "f1": scores["ents_f"],
+        "precision": scores["ents_p"],
+        "recall": scores["ents_r"],
+        "parseable": 1 - parse_errors / chunks if chunks else None,
+        "emitted": emitted,
+        "in_text": 1 - not_in_text / emitted if emitted else None,
+        "answer_tokens": stats["generated_tokens"],
+        "decode_steps": stats["decode_steps"],
+        "seconds": seconds,
+        "docs_per_s": len(docs) / seconds,
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Constrained decoding and early stopping on the seed test e-mails",
+        "",
+        f"{report['n_docs']} documents, model {report['model']} + adapter {report['adapter']}, "
+        f"batch size {report['batch_size']}, max_new_tokens {report['max_new_tokens']}, "
+        f"{report['machine']['cpus_available']} CPU(s), torch threads "
+        f"{report['machine']['torch_threads']}.",
+        "",
+        "| setting | F1 | P | R | parseable | entities in text | answer tokens | decode steps "
+        "| docs/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in report["settings"].items():
+        lines.append(
+            f"| {name} | {fmt_score(r['f1'])} | {fmt_score(r['precision'])} | "
+            f"{fmt_score(r['recall'])} | {fmt_pct(r['parseable'])} | {fmt_pct(r['in_text'])} "
+            f"({r['emitted']}) | {r['answer_tokens']} | {r['decode_steps']} | "
+            f"{fmt_rate(r['docs_per_s'])} |"
+        )
+    lines += [
+        "",
+        "F1/P/R: exact character spans (spaCy scorer). parseable: answers with a readable JSON "
+        "answer. entities in text: emitted entities found in the document (of how many). "
+        "answer tokens: tokens kept in the responses; decode steps: forward passes summed over "
+        "batches.",
+        "",
+        f"Reproduce: `{report['command']}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--adapter", default=str(REPO / "training/seed_lora/adapter"))
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--corpus-path", default=str(REPO / "corpus/seed_ae_emails"))
+    parser.add_argument("--limit", type=int, default=None, help="the first N test e-mails")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--output", default=str(REPO / "training/reports/constrained"))
+    args = parser.parse_args(argv)
+
+    nlp = build_pipeline(
+        model=args.model,
+        adapter=args.adapter,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+    )
+    labels = list(nlp.get_pipe("medllm_ner").labels)
+    examples = load_corpus("seed-ae-emails", "test", args.corpus_path, labels=labels)
+    examples = examples[: args.limit] if args.limit else examples
+    report = {
+        "n_docs": len(examples),
+        "model": args.model,
+        "adapter": Path(args.adapter).name,
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "labels": labels,
+        "machine": machine_info(),
+        "command": "nice -n 19 .venv/bin/python scripts/bench_constrained.py"
+        + (f" --limit {args.limit}" if args.limit else ""),
+        "settings": {},
+    }
+    out = Path(args.output)
+    # Settings can be run one call at a time: results of the same run setup are kept.
+    same_setup = ("n_docs", "model", "adapter", "batch_size", "max_new_tokens", "labels")
+    if out.with_suffix(".json").is_file():
+        earlier = json.loads(out.with_suffix(".json").read_text(encoding="utf8"))
+        if all(earlier.get(k) == report[k] for k in same_setup):
+            report["settings"] = {
+                k: v for k, v in earlier.get("settings", {}).items() if k not in args.settings
+            }
+    for name in args.settings:
+        constrained, stop = SETTINGS[name]
+        report["settings"][name] = run_setting(nlp, examples, constrained, stop)
+        print(name, json.dumps(report["settings"][name]), flush=True)
+    report["settings"] = {k: report["settings"][k] for k in SETTINGS if k in report["settings"]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
+    out.with_suffix(".md").write_text(markdown(report), encoding="utf8")
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
