@@ -183,7 +183,9 @@ def label_texts(
     raw_io = keep_raw_output(teacher)
     done = finished_ids(output)
     todo = [r for r in records if r["id"] not in done]
-    next_part = len(list(parts_dir.glob("part-*.spacy")))
+    # after the highest shard number, so that no existing shard is ever overwritten
+    numbers = [int(part.stem.split("-")[1]) for part in parts_dir.glob("part-*.spacy")]
+    next_part = max(numbers, default=-1) + 1
     seconds, n_words = 0.0, 0
     kwargs = {} if batch_size is None else {"batch_size": batch_size}
     bar = tqdm(
