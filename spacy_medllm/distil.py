@@ -153,12 +153,16 @@ def _read_docbin(path: Path, vocab: Any) -> list[Doc]:
     return list(DocBin().from_disk(path).get_docs(vocab))
 
 
-def finished_ids(output: str | Path) -> set[str]:
-    """Ids of the documents already labelled into `output`'s shards."""
+def finished_ids(output: str | Path) -> dict[str, str]:
+    """Id -> teacher name of the documents already labelled into `output`'s shards."""
     from spacy.vocab import Vocab
 
     parts = sorted((Path(output) / PARTS_DIR).glob("part-*.spacy"))
-    return {str(doc.user_data.get("id")) for part in parts for doc in _read_docbin(part, Vocab())}
+    return {
+        str(doc.user_data.get("id")): str((doc.user_data.get(TEACHER_KEY) or {}).get("name"))
+        for part in parts
+        for doc in _read_docbin(part, Vocab())
+    }
 
 
 def label_texts(
@@ -182,6 +186,12 @@ def label_texts(
     parts_dir.mkdir(parents=True, exist_ok=True)
     raw_io = keep_raw_output(teacher)
     done = finished_ids(output)
+    others = sorted(set(done.values()) - {name})
+    if others:
+        raise ValueError(
+            f"{output} holds labels of another teacher ({', '.join(others)}), not {name!r}: "
+            "label into a new folder, or delete the old one"
+        )
     todo = [r for r in records if r["id"] not in done]
     # after the highest shard number, so that no existing shard is ever overwritten
     numbers = [int(part.stem.split("-")[1]) for part in parts_dir.glob("part-*.spacy")]

@@ -142,7 +142,7 @@ def test_an_interrupted_run_resumes_without_redoing_or_losing_documents(tmp_path
     with pytest.raises(RuntimeError, match="teacher died"):
         label_texts(teacher, RECORDS, tmp_path / "silver", shard_size=2, progress=False)
     # the shards finished before the crash are on disk: documents 0-3 (Zoloft is document 4)
-    assert finished_ids(tmp_path / "silver") == {"u0", "u1", "u2", "u3"}
+    assert set(finished_ids(tmp_path / "silver")) == {"u0", "u1", "u2", "u3"}
     assert not (tmp_path / "silver" / SILVER_FILE).exists()
 
     teacher.remove_pipe("test_crash_on_zoloft")
@@ -157,6 +157,8 @@ def test_an_interrupted_run_resumes_without_redoing_or_losing_documents(tmp_path
     stats = label_texts(teacher, RECORDS, tmp_path / "silver", shard_size=2, progress=False)
     assert counted == TEXTS[4:]  # only what was missing
     assert stats["n_resumed"] == 4 and stats["n_labelled_now"] == 3
+    parts = sorted(p.name for p in (tmp_path / "silver" / "parts").iterdir())
+    assert parts == [f"part-{i:05d}.spacy" for i in range(4)]  # 2 before the crash, 2 after
     silver = read_silver(tmp_path / "silver" / SILVER_FILE)
     assert [d.text for d in silver] == TEXTS
     assert [ents(d) for d in silver] == [ents(dictionary_teacher()(t)) for t in TEXTS]
@@ -164,6 +166,9 @@ def test_an_interrupted_run_resumes_without_redoing_or_losing_documents(tmp_path
     counted.clear()
     assert label_texts(teacher, RECORDS, tmp_path / "silver", progress=False)["n_labelled_now"] == 0
     assert counted == []
+    # shards of another teacher are never mixed in
+    with pytest.raises(ValueError, match="another teacher"):
+        label_texts(teacher, RECORDS, tmp_path / "silver", name="other", progress=False)
 
 
 def scripted_medllm_teacher(answer) -> Language:
