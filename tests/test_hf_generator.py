@@ -205,6 +205,25 @@ def test_adapter_changes_output(
     assert with_adapter != tiny_base_outputs
 
 
+def test_merged_adapter_gives_the_unmerged_answers(
+    tiny_adapter_generator: HFGenerator, tiny_model_dir: Path, tiny_adapter_dir: Path
+) -> None:
+    from peft import PeftModel
+
+    unmerged = HFGenerator(
+        model=str(tiny_model_dir),
+        adapter=str(tiny_adapter_dir),
+        batch_size=4,
+        max_new_tokens=24,
+        merge_adapter=False,
+    )
+    unmerged.initialize()
+    tiny_adapter_generator.initialize()
+    assert isinstance(unmerged._model, PeftModel)
+    assert not isinstance(tiny_adapter_generator._model, PeftModel)  # merged by default
+    assert unmerged(PROMPTS) == tiny_adapter_generator(PROMPTS)
+
+
 def test_to_disk_from_disk_restores_outputs(
     tiny_adapter_generator: HFGenerator, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
