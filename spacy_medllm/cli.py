@@ -261,6 +261,22 @@ def seed_benchmark(ctx: typer.Context) -> None:
     raise typer.Exit(benchmark_main(ctx.args))
 
 
+@app.command("evaluate", context_settings=_PASS_THROUGH, add_help_option=False)
+def evaluate(ctx: typer.Context) -> None:
+    """Score spaCy pipelines on a corpus: seqeval, spaCy scorer, overlap F1 (`--help`: options)."""
+    from .evaluate import main as evaluate_main
+
+    raise typer.Exit(evaluate_main(ctx.args))
+
+
+@app.command("report", context_settings=_PASS_THROUGH, add_help_option=False)
+def report(ctx: typer.Context) -> None:
+    """Gather a run's results into report.html and report.md (`--help` for options)."""
+    from .report import main as report_main
+
+    raise typer.Exit(report_main(ctx.args))
+
+
 def main() -> None:
     app()
 
