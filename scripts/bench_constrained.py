@@ -22,26 +22,32 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tqdm import tqdm  # noqa: E402
+
 from spacy_medllm.cli import build_pipeline  # noqa: E402
 from spacy_medllm.corpora import gold_doc, load_corpus  # noqa: E402
 from spacy_medllm.evaluate import spacy_scores  # noqa: E402
 from spacy_medllm.records import NOT_IN_TEXT  # noqa: E402
 from spacy_medllm.reporting import fmt_pct, fmt_rate, fmt_score, machine_info  # noqa: E402
 
-# (name, constrained, stop_at_json_end)
+# name: (constrained, stop_at_json_end, merge_adapter)
 SETTINGS = {
-    "off, no early stop": ("off", False),
-    "off": ("off", True),
-    "schema": ("schema", True),
-    "grounded": ("grounded", True),
+    "off, LoRA not merged": ("off", True, False),
+    "off, no early stop": ("off", False, True),
+    "off": ("off", True, True),
+    "schema": ("schema", True, True),
+    "grounded": ("grounded", True, True),
 }
 
 
-def run_setting(nlp, examples, constrained: str, stop: bool) -> dict:
+def run_setting(nlp, examples, constrained: str, stop: bool, merge: bool = True) -> dict:
     component = nlp.get_pipe("medllm_ner")
     generator = component.generator
     generator.constrained = constrained
     generator.stop_at_json_end = stop
+    if generator.merge_adapter != merge:
+        generator.merge_adapter = merge
+        generator._reset()  # the adapter is merged (or not) when the model loads
     generator.initialize()
     if constrained != "off":
         generator.token_constraint()  # the vocabulary trie is built once, outside the clock
@@ -62,6 +68,7 @@ def run_setting(nlp, examples, constrained: str, stop: bool) -> dict:
     return {
         "constrained": constrained,
         "stop_at_json_end": stop,
+        "merge_adapter": merge,
         "f1": scores["ents_f"],
         "precision": scores["ents_p"],
         "recall": scores["ents_r"],
@@ -150,14 +157,15 @@ def main(argv: list[str] | None = None) -> int:
             report["settings"] = {
                 k: v for k, v in earlier.get("settings", {}).items() if k not in args.settings
             }
-    for name in args.settings:
-        constrained, stop = SETTINGS[name]
-        report["settings"][name] = run_setting(nlp, examples, constrained, stop)
-        print(name, json.dumps(report["settings"][name]), flush=True)
-    report["settings"] = {k: report["settings"][k] for k in SETTINGS if k in report["settings"]}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
-    out.with_suffix(".md").write_text(markdown(report), encoding="utf8")
+    for name in tqdm(args.settings, desc="settings"):
+        constrained, stop, merge = SETTINGS[name]
+        report["settings"][name] = run_setting(nlp, examples, constrained, stop, merge)
+        print(name, json.dumps(report["settings"][name]), flush=True)
+        # Written after each setting, so an interrupted run keeps what it measured.
+        report["settings"] = {k: report["settings"][k] for k in SETTINGS if k in report["settings"]}
+        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
+        out.with_suffix(".md").write_text(markdown(report), encoding="utf8")
     print(markdown(report))
     return 0
 
