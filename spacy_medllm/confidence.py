@@ -9,7 +9,6 @@ that wrote its text and its label in the answer: 0 is certain, more negative is 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -81,7 +80,3 @@ def entity_confidences(
         result.append(sum(values) / len(values) if values else None)
     return result
 
-
-def is_confidence(value: float) -> bool:
-    """A log-probability mean: finite or -inf, never above 0."""
-    return value <= 0.0 and not math.isnan(value)
