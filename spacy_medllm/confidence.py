@@ -79,4 +79,3 @@ def entity_confidences(
         ]
         result.append(sum(values) / len(values) if values else None)
     return result
-
