@@ -20,7 +20,12 @@ CHECK = textwrap.dedent(
     from spacy.util import registry
     # Every entry point of pyproject.toml resolves through spaCy's registry, without torch.
     for group, names in json.loads(sys.argv[1]).items():
-        # spaCy reads the spacy_factories group through its entry-point catalogue.
+        if group.startswith("spacy_llm_"):
+            # spacy-llm's registries (the `data` extra) exist once spacy-llm is imported; a
+            # plain install has no spacy-llm, and then nothing may need them.
+            if importlib.util.find_spec("spacy_llm") is None:
+                continue
+            import spacy_llm  # noqa: F401 - creates registry.llm_models / llm_tasks
         table = (
             registry._entry_point_factories
             if group == "spacy_factories"
@@ -53,11 +58,14 @@ def spacy_entry_points() -> dict[str, list[str]]:
 def test_every_registered_function_has_an_entry_point():
     from spacy.util import registry
 
-    import spacy_medllm.cli  # noqa: F401 - imports every module that registers something
+    # cli imports every module that registers something; spacy_llm_models fills spacy-llm's.
+    from spacy_medllm import cli, spacy_llm_models  # noqa: F401
 
     declared = spacy_entry_points()
     assert {"spacy_factories", "spacy_misc", "spacy_scorers"} <= set(declared)
-    for group, table in (("spacy_misc", registry.misc), ("spacy_scorers", registry.scorers)):
+    tables = [("spacy_misc", registry.misc), ("spacy_scorers", registry.scorers)]
+    tables += [("spacy_llm_models", registry.llm_models), ("spacy_llm_tasks", registry.llm_tasks)]
+    for group, table in tables:
         ours = {name for name in table.get_all() if name.startswith("medllm.")}
         assert ours <= set(declared[group]), (group, ours - set(declared[group]))
 

@@ -19,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE_STEPS = ["smoke-finetune", "smoke-assemble", "smoke-benchmark"]
+SMOKE_STEPS = ["smoke-finetune", "smoke-assemble", "smoke-benchmark", "smoke-report"]
 
 
 def run_smoke(project: Path) -> subprocess.CompletedProcess:
@@ -63,6 +63,11 @@ def test_smoke_workflow_runs_and_a_rerun_skips_everything(tmp_path: Path) -> Non
     assert any(p.name == "adapter_model.safetensors" for p in pipeline_files)
     pickles = (".bin", ".pt", ".pth", ".pkl")
     assert not [p for p in [*pipeline_files, *adapter.iterdir()] if p.suffix in pickles]
+
+    # The report gathers the benchmark: its table row for the smoke pipeline, and a plot.
+    page = (project / "training/smoke/reports/report.html").read_text("utf8")
+    assert "Seed adverse-event e-mail benchmark" in page
+    assert "<td>smoke</td>" in page and "data:image/png;base64," in page
 
     second = run_smoke(project)
     assert second.returncode == 0, second.stdout[-3000:]
