@@ -20,6 +20,7 @@ from spacy.util import ensure_path, filter_spans, minibatch, registry
 from . import records
 from .alignment import find_entities, snap_to_tokens
 from .chunking import ChunkingError, plan_chunks
+from .confidence import LOW_CONFIDENCE, ScoredResponse, entity_confidences
 from .generators import Generator
 from .labels import DEFAULT_LABELS, LabelSet
 from .parsing import parse_response
@@ -31,6 +32,10 @@ RECORD_ATTR = "medllm"
 if not Doc.has_extension(RECORD_ATTR):
     # {component name: record}. Plain JSON-like data, so it survives DocBin and Doc.to_bytes.
     Doc.set_extension(RECORD_ATTR, default=None)
+CONFIDENCE_ATTR = "medllm_confidence"
+if not Span.has_extension(CONFIDENCE_ATTR):
+    # Mean log-probability of the answer tokens of the span's entity (confidence = true only).
+    Span.set_extension(CONFIDENCE_ATTR, default=None)
 
 OUTPUT_MODES = ("ents", "spans")
 ALIGNMENT_MODES = ("strict", "contract", "expand")
@@ -52,6 +57,8 @@ repeated_mentions = "all"
 long_documents = "split"
 save_io = false
 strict = false
+confidence = false
+confidence_threshold = null
 
 [medllm_ner.generator]
 @misc = "medllm.HFGenerator.v1"
@@ -109,6 +116,8 @@ def make_medllm_ner(
     save_io: bool,
     strict: bool,
     scorer: Callable | None,
+    confidence: bool = False,
+    confidence_threshold: float | None = None,
 ) -> MedLLMNER:
     """Build a `medllm_ner` component; see MedLLMNER for what each setting does."""
     return MedLLMNER(
@@ -130,6 +139,8 @@ def make_medllm_ner(
         save_io=save_io,
         strict=strict,
         scorer=scorer,
+        confidence=confidence,
+        confidence_threshold=confidence_threshold,
     )
 
 
@@ -159,6 +170,11 @@ class MedLLMNER(Pipe):
         boundaries and merges the spans back; "error" raises a clear error instead.
     save_io: keep each prompt and raw response in the record.
     strict: raise MedLLMParseError when a response cannot be parsed, instead of recording it.
+    confidence: score each entity by the mean log-probability of its answer tokens (needs a
+        generator with `generate_scored`, such as medllm.HFGenerator.v1): `span._.medllm_confidence`
+        and the record's chunks[i]["confidence"].
+    confidence_threshold: drop entities scored below it (implies confidence); they are recorded
+        as rejected with reason "low_confidence".
     """
 
     def __init__(
@@ -182,6 +198,8 @@ class MedLLMNER(Pipe):
         save_io: bool = False,
         strict: bool = False,
         scorer: Callable | None = None,
+        confidence: bool = False,
+        confidence_threshold: float | None = None,
     ) -> None:
         self.vocab = vocab
         self.name = name
@@ -197,6 +215,13 @@ class MedLLMNER(Pipe):
         self.save_io = save_io
         self.strict = strict
         self.scorer = scorer
+        self.confidence_threshold = confidence_threshold
+        self.confidence = bool(confidence) or confidence_threshold is not None
+        if self.confidence and not callable(getattr(generator, "generate_scored", None)):
+            raise ValueError(
+                f"medllm_ner: confidence needs a generator that scores tokens (generate_scored), "
+                f"such as medllm.HFGenerator.v1; {type(generator).__name__} does not."
+            )
         self._label_definitions = dict(label_definitions or {})
         self._label_aliases = dict(label_aliases or {})
         self._template = prompt or PromptTemplate()
@@ -210,6 +235,9 @@ class MedLLMNER(Pipe):
         definitions = {k: v for k, v in self._label_definitions.items() if k in labels}
         self.label_set = LabelSet(labels, definitions, self._label_aliases)
         self.prompt_builder = PromptBuilder(self.label_set, self._template)
+        set_labels = getattr(self.generator, "set_labels", None)
+        if callable(set_labels):  # constrained decoding may answer with these labels only
+            set_labels(list(self.label_set.labels))
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -288,15 +316,22 @@ class MedLLMNER(Pipe):
             for start, end in self._chunks(doc):
                 jobs.append((i, start, end))
         prompts = [self.prompt_builder.messages(docs[i].text[s:e]) for i, s, e in jobs]
-        responses = self.generator(prompts) if prompts else []
+        scored: list[ScoredResponse | None] = [None] * len(prompts)
+        if self.confidence and prompts:
+            scored = list(self.generator.generate_scored(prompts))
+            responses = [s.text for s in scored]
+        else:
+            responses = self.generator(prompts) if prompts else []
         if len(responses) != len(prompts):
             raise RuntimeError(
                 f"{type(self.generator).__name__} returned {len(responses)} responses "
                 f"for {len(prompts)} prompts"
             )
         found: dict[int, list[Span]] = {i: [] for i in range(len(docs))}
-        for (i, start, end), prompt, response in zip(jobs, prompts, responses, strict=True):
-            found[i].extend(self._read_response(docs[i], start, end, prompt, response))
+        for (i, start, end), prompt, response, scores in zip(
+            jobs, prompts, responses, scored, strict=True
+        ):
+            found[i].extend(self._read_response(docs[i], start, end, prompt, response, scores))
         for i, doc in enumerate(docs):
             if doc.text.strip():
                 self._assign(doc, found[i])
@@ -319,7 +354,13 @@ class MedLLMNER(Pipe):
             raise ChunkingError(f"medllm_ner ({self.name}): {error}") from error
 
     def _read_response(
-        self, doc: Doc, start: int, end: int, prompt: list[dict[str, str]], response: str
+        self,
+        doc: Doc,
+        start: int,
+        end: int,
+        prompt: list[dict[str, str]],
+        response: str,
+        scores: ScoredResponse | None = None,
     ) -> list[Span]:
         record = self._record(doc)
         chunk: dict[str, Any] = {"start": start, "end": end}
@@ -339,16 +380,69 @@ class MedLLMNER(Pipe):
             record["parse_errors"].append(
                 {"start": start, "end": end, "error": parsed.error, "response": response}
             )
+        entities, confidences, low = parsed.entities, {}, []
+        if scores is not None:
+            entities, confidences, low = self._score_entities(chunk, parsed.entities, scores)
         aligned, not_found = find_entities(
             doc.text[start:end],
-            parsed.entities,
+            entities,
             case_sensitive=self.case_sensitive,
             fuzzy=self.fuzzy_match,
             repeated=self.repeated_mentions,
         )
         spans, misaligned = snap_to_tokens(doc, aligned, mode=self.alignment_mode, offset=start)
-        self._reject(record, [*parsed.rejections, *not_found, *misaligned])
+        self._reject(record, [*parsed.rejections, *low, *not_found, *misaligned])
+        if scores is not None:
+            by_span: dict[tuple[int, int, str], float] = {}
+            for entity in aligned:
+                value = confidences.get((entity.text, entity.label))
+                span = doc.char_span(
+                    entity.start + start,
+                    entity.end + start,
+                    label=entity.label,
+                    alignment_mode=self.alignment_mode,
+                )
+                if value is not None and span is not None:
+                    key = (span.start, span.end, entity.label)
+                    by_span[key] = min(value, by_span.get(key, value))
+            for span in spans:
+                span._.set(CONFIDENCE_ATTR, by_span.get((span.start, span.end, span.label_)))
         return spans
+
+    def _score_entities(
+        self, chunk: dict[str, Any], entities: list[Any], scores: ScoredResponse
+    ) -> tuple[list[Any], dict[tuple[str, str], float], list[Rejection]]:
+        """Each parsed entity's confidence (into the chunk record); those under the threshold out.
+
+        A string emitted twice with one label keeps its lower score.
+        """
+        values = entity_confidences(scores, [(e.text, e.raw_label or e.label) for e in entities])
+        chunk["confidence"] = [
+            {"text": e.text, "label": e.label, "confidence": v}
+            for e, v in zip(entities, values, strict=True)
+        ]
+        confidences: dict[tuple[str, str], float] = {}
+        for entity, value in zip(entities, values, strict=True):
+            if value is not None:
+                key = (entity.text, entity.label)
+                confidences[key] = min(value, confidences.get(key, value))
+        threshold = self.confidence_threshold
+        if threshold is None:
+            return list(entities), confidences, []
+        kept, low = [], []
+        for entity, value in zip(entities, values, strict=True):
+            if value is not None and value < threshold:
+                low.append(
+                    Rejection(
+                        entity.text,
+                        entity.label,
+                        LOW_CONFIDENCE,
+                        f"confidence {value:.3f} is below the threshold {threshold}",
+                    )
+                )
+            else:
+                kept.append(entity)
+        return kept, confidences, low
 
     def _reject(self, record: dict[str, Any], rejections: Iterable[Rejection]) -> None:
         record["rejected"].extend(r.to_dict() for r in rejections)
@@ -375,7 +469,7 @@ class MedLLMNER(Pipe):
             ),
         )
         if self.overwrite_ents:
-            doc.ents = kept
+            doc.set_ents(kept, outside=self._outside_runs(doc, kept, record), default="missing")
         else:
             taken = set()
             for ent in doc.ents:
@@ -390,8 +484,45 @@ class MedLLMNER(Pipe):
                 ),
             )
             kept = fresh
-            doc.set_ents(kept, default="unmodified")
+            outside = self._outside_runs(doc, kept, record, only_missing=True)
+            doc.set_ents(kept, outside=outside, default="unmodified")
         record["n_spans"] = len(kept)
+
+    @staticmethod
+    def _outside_runs(
+        doc: Doc, kept: Sequence[Span], record: dict[str, Any], only_missing: bool = False
+    ) -> list[Span]:
+        """Runs of tokens the model read in a chunk it answered and did not mark: they become "O".
+
+        That is the model's decision about them, and what a model trained on these Docs (a
+        distilled student) must learn. Tokens of a chunk whose answer could not be parsed, or that
+        no chunk covered, stay missing ("" in `ent_iob_`); with `only_missing`, tokens another
+        component already decided keep its decision.
+        """
+        failed = {(e["start"], e["end"]) for e in record["parse_errors"]}
+        answered = sorted(
+            (c["start"], c["end"]) for c in record["chunks"] if (c["start"], c["end"]) not in failed
+        )
+        covered = {i for span in kept for i in range(span.start, span.end)}
+        runs: list[Span] = []
+        run_start = None
+        position = 0  # index into the sorted chunks: tokens come in order of their offsets
+        for token in doc:
+            end = token.idx + len(token)
+            while position < len(answered) and answered[position][1] < end:
+                position += 1
+            decided = position < len(answered) and answered[position][0] <= token.idx
+            if only_missing and token.ent_iob != 0:
+                decided = False
+            if decided and token.i not in covered:
+                if run_start is None:
+                    run_start = token.i
+            elif run_start is not None:
+                runs.append(doc[run_start : token.i])
+                run_start = None
+        if run_start is not None:
+            runs.append(doc[run_start:])
+        return runs
 
     # -- scoring -------------------------------------------------------------------------------
 

@@ -281,6 +281,22 @@ def record_problems(doc: Doc) -> list[str]:
     return sorted(set(problems))
 
 
+def mark_read_tokens_outside(doc: Doc) -> None:
+    """Set to "O" the tokens a `medllm_ner` teacher read in an answered chunk and left unmarked.
+
+    `medllm_ner` does this itself (`MedLLMNER._outside_runs`); silver written before it did has
+    those tokens missing, which spaCy's NER student reads as "unknown", so it never learns "O"
+    and marks entities everywhere. Tokens of unanswered chunks stay missing.
+    """
+    from .component import RECORD_ATTR, MedLLMNER
+
+    for record in (doc._.get(RECORD_ATTR) or {}).values():
+        if isinstance(record, dict) and record.get("chunks"):
+            ents = list(doc.ents)
+            outside = MedLLMNER._outside_runs(doc, ents, record, only_missing=True)
+            doc.set_ents(ents, outside=outside, default="unmodified")
+
+
 def doc_id(doc: Doc) -> str:
     """A silver doc's id: `user_data["id"]`, else a hash of its text."""
     import hashlib
@@ -336,6 +352,7 @@ def select_silver(
                 common = [e for e in doc.ents if (e.start_char, e.end_char, e.label_) in theirs]
                 n_spans_removed += len(doc.ents) - len(common)
                 doc.ents = common
+        mark_read_tokens_outside(doc)
         kept.append(doc)
     stats = {
         "n_docs_in": len(docs),

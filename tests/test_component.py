@@ -305,3 +305,39 @@ def test_building_and_loading_a_pipeline_never_imports_torch(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "ATTEMPTS []" in result.stdout
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_tokens_the_model_read_are_outside_and_unanswered_chunks_stay_missing(overwrite):
+    # Two sentences, one prompt each; the answer to the second cannot be parsed. A student trained
+    # on these Docs must learn "O" for what the model read and left unmarked, and nothing about the
+    # sentence whose answer was lost.
+    def answer(text: str) -> str:
+        return "not json at all" if "second" in text else lexicon_answer(LEXICON)(text)
+
+    nlp, component = make_nlp(answer, overwrite_ents=overwrite)
+    component.generator.budget = 20  # one sentence per prompt
+    text = "After starting Abilify I have nausea today. The second sentence mentions vomiting."
+    doc = nlp(text)
+    record = get_record(doc)
+    assert len(record["chunks"]) == 2 and len(record["parse_errors"]) == 1
+    first_end = record["chunks"][0]["end"]
+    first = [t.ent_iob_ for t in doc if t.idx + len(t) <= first_end]
+    second = [t.ent_iob_ for t in doc if t.idx >= first_end]
+    assert first == ["O", "O", "B", "O", "O", "B", "O", "O"]
+    assert second and set(second) == {""}
+    # The DocBin round trip keeps the distinction (what distillation writes and trains on).
+    from spacy.tokens import DocBin
+
+    restored = next(DocBin(docs=[doc]).get_docs(nlp.vocab))
+    assert [t.ent_iob_ for t in restored] == [t.ent_iob_ for t in doc]
+
+
+def test_outside_tokens_never_override_another_components_entities():
+    nlp, _ = make_nlp(answer=lambda text: "[]")
+    nlp.add_pipe("entity_ruler", before="medllm_ner").add_patterns(
+        [{"label": "DRUG", "pattern": "Abilify"}]
+    )
+    doc = nlp("After starting Abilify I have nausea.")
+    assert [(t.text, t.ent_iob_) for t in doc][2] == ("Abilify", "B")
+    assert {t.ent_iob_ for t in doc if t.text != "Abilify"} == {"O"}

@@ -24,6 +24,7 @@ from spacy_medllm.distil import (
     distillation_report,
     finished_ids,
     label_texts,
+    mark_read_tokens_outside,
     read_texts,
     select_silver,
     train_transformer_student,
@@ -490,3 +491,26 @@ def test_command_line_label_then_select(tmp_path: Path) -> None:
     gold = tmp_path / "et.jsonl"
     gold.write_text(json.dumps({"id": "e1", "text": "Aspiriin.", "entities": []}) + "\n")
     assert load_records("corpus:et-dev:dev", path=gold) == [{"id": "e1", "text": "Aspiriin."}]
+
+
+def test_selected_silver_teaches_outside_for_what_the_teacher_read(tmp_path: Path) -> None:
+    lexicon = dict(pair for _, pairs in GOLD for pair in pairs)
+    teacher = scripted_medllm_teacher(lexicon_answer(lexicon))
+    label_texts(teacher, RECORDS[:2], tmp_path / "silver", progress=False)
+    silver = read_silver(tmp_path / "silver" / SILVER_FILE)
+    assert all(t.ent_iob_ in ("B", "I", "O") for doc in silver for t in doc)
+    # Silver from before the component marked "O" itself: every unmarked token missing.
+    old = []
+    for doc in silver:
+        doc.set_ents(list(doc.ents), default="missing")
+        assert "" in {t.ent_iob_ for t in doc}
+        old.append(doc)
+    kept, _ = select_silver(old)
+    assert kept and all(t.ent_iob_ in ("B", "I", "O") for doc in kept for t in doc)
+    assert [ents(d) for d in kept] == [
+        ents(d) for d in read_silver(tmp_path / "silver" / SILVER_FILE)
+    ]
+    # A doc without a medllm record (another kind of teacher) is left as it is.
+    plain = spacy.blank("en")("Nothing decided here.")
+    mark_read_tokens_outside(plain)
+    assert {t.ent_iob_ for t in plain} == {""}
