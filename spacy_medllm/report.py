@@ -41,6 +41,8 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("estonian", "Estonian"),
 )
 EVALUATION_FOLDERS = ("baselines", "evaluation", "medllm")
+# Where section files are looked for: the reports folder itself, and the distillation reports.
+SECTION_FOLDERS = (".", "distil")
 DEFAULT_SAMPLES = 4
 MAX_SAMPLE_CHARS = 1200
 
@@ -269,7 +271,12 @@ def build_report(
         )
     for stem, title in SECTIONS:
         # `<stem>.md`, and variants such as distillation-ade-corpus-v2.md (one per run).
-        for path in sorted(reports_dir.glob(f"{stem}*.md")):
+        paths = [
+            p
+            for folder in SECTION_FOLDERS
+            for p in sorted((reports_dir / folder).glob(f"{stem}*.md"))
+        ]
+        for path in paths:
             variant = path.stem[len(stem) :].strip("-_")
             text = path.read_text("utf8")
             # The section files start with their own top heading; the report gives its own.

@@ -61,7 +61,8 @@ def reports_dir(tmp_path_factory) -> Path:
     # Two result files on the same documents, as the baselines and the LLM steps write them.
     ev.evaluate_corpus(pipelines[:1], "et-dev", "dev", root / "baselines", path=corpus)
     ev.evaluate_corpus(pipelines[1:], "et-dev", "dev", root / "medllm", path=corpus)
-    (root / "distillation-et.md").write_text(
+    (root / "distil").mkdir()
+    (root / "distil" / "distillation-et.md").write_text(
         "# Distillation\n\n| System | F1 |\n|---|---|\n| student | 0.5 |\n", "utf8"
     )
     (root / "not-a-report.json").write_text("{broken", "utf8")
