@@ -19,6 +19,7 @@ from spacy.util import ensure_path, filter_spans, minibatch, registry
 
 from . import records
 from .alignment import find_entities, snap_to_tokens
+from .cache import ResponseCache, cached_generate, resolve_cache_dir
 from .chunking import ChunkingError, plan_chunks
 from .confidence import LOW_CONFIDENCE, ScoredResponse, entity_confidences
 from .generators import Generator
@@ -59,6 +60,7 @@ save_io = false
 strict = false
 confidence = false
 confidence_threshold = null
+cache_dir = null
 
 [medllm_ner.generator]
 @misc = "medllm.HFGenerator.v1"
@@ -118,6 +120,7 @@ def make_medllm_ner(
     scorer: Callable | None,
     confidence: bool = False,
     confidence_threshold: float | None = None,
+    cache_dir: str | None = None,
 ) -> MedLLMNER:
     """Build a `medllm_ner` component; see MedLLMNER for what each setting does."""
     return MedLLMNER(
@@ -141,6 +144,7 @@ def make_medllm_ner(
         scorer=scorer,
         confidence=confidence,
         confidence_threshold=confidence_threshold,
+        cache_dir=cache_dir,
     )
 
 
@@ -175,6 +179,9 @@ class MedLLMNER(Pipe):
         and the record's chunks[i]["confidence"].
     confidence_threshold: drop entities scored below it (implies confidence); they are recorded
         as rejected with reason "low_confidence".
+    cache_dir: a folder for the response cache (`spacy_medllm.cache`), shared between runs and
+        pipelines; None uses $SPACY_MEDLLM_RESPONSE_CACHE if set, else no cache. Each chunk's
+        record says "cache": "hit", "miss" or "corrupt"; the record's "cache" counts them.
     """
 
     def __init__(
@@ -200,6 +207,7 @@ class MedLLMNER(Pipe):
         scorer: Callable | None = None,
         confidence: bool = False,
         confidence_threshold: float | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         self.vocab = vocab
         self.name = name
@@ -222,6 +230,9 @@ class MedLLMNER(Pipe):
                 f"medllm_ner: confidence needs a generator that scores tokens (generate_scored), "
                 f"such as medllm.HFGenerator.v1; {type(generator).__name__} does not."
             )
+        self.cache_dir = cache_dir
+        resolved_cache = resolve_cache_dir(cache_dir)
+        self.response_cache = ResponseCache(resolved_cache) if resolved_cache else None
         self._label_definitions = dict(label_definitions or {})
         self._label_aliases = dict(label_aliases or {})
         self._template = prompt or PromptTemplate()
@@ -302,6 +313,7 @@ class MedLLMNER(Pipe):
                 "rejected": [],
                 "skipped": None,
                 "error": None,
+                "cache": None,
             }
         )
         return record
@@ -316,26 +328,35 @@ class MedLLMNER(Pipe):
             for start, end in self._chunks(doc):
                 jobs.append((i, start, end))
         prompts = [self.prompt_builder.messages(docs[i].text[s:e]) for i, s, e in jobs]
-        scored: list[ScoredResponse | None] = [None] * len(prompts)
-        if self.confidence and prompts:
-            scored = list(self.generator.generate_scored(prompts))
-            responses = [s.text for s in scored]
-        else:
-            responses = self.generator(prompts) if prompts else []
-        if len(responses) != len(prompts):
-            raise RuntimeError(
-                f"{type(self.generator).__name__} returned {len(responses)} responses "
-                f"for {len(prompts)} prompts"
-            )
+        answers, lookups = cached_generate(
+            self.generator, prompts, self.response_cache, scored=self.confidence
+        )
+        responses = [answer.text for answer in answers]
+        scored: list[ScoredResponse | None] = (
+            list(answers) if self.confidence else [None] * len(prompts)
+        )
         found: dict[int, list[Span]] = {i: [] for i in range(len(docs))}
-        for (i, start, end), prompt, response, scores in zip(
-            jobs, prompts, responses, scored, strict=True
+        for (i, start, end), prompt, response, scores, lookup in zip(
+            jobs, prompts, responses, scored, lookups, strict=True
         ):
             found[i].extend(self._read_response(docs[i], start, end, prompt, response, scores))
+            if lookup is not None:
+                self._count_cache(self._record(docs[i]), lookup)
         for i, doc in enumerate(docs):
             if doc.text.strip():
                 self._assign(doc, found[i])
         return list(docs)
+
+    @staticmethod
+    def _count_cache(record: dict[str, Any], lookup: Any) -> None:
+        """Note the last chunk's cache lookup in the chunk and in the record's counts."""
+        chunk = record["chunks"][-1]
+        chunk["cache"] = lookup.status
+        counts = record["cache"] or {"hit": 0, "miss": 0, "corrupt": 0, "problems": []}
+        counts[lookup.status] += 1
+        if lookup.detail and lookup.status != "hit":
+            counts["problems"].append({"start": chunk["start"], "detail": lookup.detail})
+        record["cache"] = counts
 
     def _chunks(self, doc: Doc) -> list[tuple[int, int]]:
         budget = self.generator.prompt_token_budget()
@@ -475,12 +496,13 @@ class MedLLMNER(Pipe):
             for ent in doc.ents:
                 taken.update(range(ent.start, ent.end))
             fresh = [s for s in kept if not taken.intersection(range(s.start, s.end))]
+            fresh_set = set(fresh)
             self._reject(
                 record,
                 (
                     Rejection(s.text, s.label_, records.EXISTING_ENTITY, "kept the Doc's entity")
                     for s in kept
-                    if s not in set(fresh)
+                    if s not in fresh_set
                 ),
             )
             kept = fresh
