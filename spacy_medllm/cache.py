@@ -236,7 +236,8 @@ def cached_generate(
     """The generator's responses to `prompts`, in order, read from `cache` where it has them.
 
     Only the prompts the cache does not have go to the generator, in one call (so it still
-    batches them). `scored` asks for token log-probabilities (`generator.generate_scored`).
+    batches them), each distinct prompt once. `scored` asks for token log-probabilities
+    (`generator.generate_scored`).
     Returns the responses and, per prompt, the cache lookup (None when there is no cache).
     """
     lookups: list[Lookup | None] = [None] * len(prompts)
@@ -253,22 +254,29 @@ def cached_generate(
             lookups[i] = lookup
             responses[i] = lookup.response if lookup.status == HIT else None
     todo = [i for i, response in enumerate(responses) if response is None]
-    if todo:
-        asked = [prompts[i] for i in todo]
-        fresh: list[Any] = (
-            list(generator.generate_scored(asked)) if scored else list(generator(asked))
+    if not todo:
+        return [r for r in responses if r is not None], lookups
+    # With a cache, prompts with the same key (a repeated paragraph, a signature) are asked once.
+    first: dict[str, int] = {}
+    if cache is not None:
+        for i in todo:
+            first.setdefault(keys[i], i)
+    ask = list(first.values()) if cache is not None else todo
+    asked = [prompts[i] for i in ask]
+    fresh: list[Any] = list(generator.generate_scored(asked)) if scored else list(generator(asked))
+    if len(fresh) != len(asked):
+        raise RuntimeError(
+            f"{type(generator).__name__} returned {len(fresh)} responses for {len(asked)} prompts"
         )
-        if len(fresh) != len(asked):
-            raise RuntimeError(
-                f"{type(generator).__name__} returned {len(fresh)} responses for "
-                f"{len(asked)} prompts"
-            )
-        for i, answer in zip(todo, fresh, strict=True):
-            response = answer if isinstance(answer, ScoredResponse) else ScoredResponse(text=answer)
-            responses[i] = response
-            if cache is not None:
-                problem = cache.put(keys[i], response, scored=scored, identity=identity)
-                lookup = lookups[i]
-                if problem and lookup is not None:
-                    lookup.detail = "; ".join(d for d in (lookup.detail, problem) if d)
+    for i, answer in zip(ask, fresh, strict=True):
+        response = answer if isinstance(answer, ScoredResponse) else ScoredResponse(text=answer)
+        responses[i] = response
+        if cache is not None:
+            problem = cache.put(keys[i], response, scored=scored, identity=identity)
+            lookup = lookups[i]
+            if problem and lookup is not None:
+                lookup.detail = "; ".join(d for d in (lookup.detail, problem) if d)
+    for i in todo:
+        if responses[i] is None:
+            responses[i] = responses[first[keys[i]]]
     return [r for r in responses if r is not None], lookups

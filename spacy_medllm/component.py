@@ -320,14 +320,17 @@ class MedLLMNER(Pipe):
 
     def _process_batch(self, docs: Sequence[Doc]) -> list[Doc]:
         jobs: list[tuple[int, int, int]] = []  # (doc index, chunk start, chunk end)
+        # Doc.text joins all tokens on each access: read it once per doc, not once per chunk (a
+        # 20,000-word document has thousands of chunks).
+        texts = [doc.text for doc in docs]
         for i, doc in enumerate(docs):
             record = self._new_record(doc)
-            if not doc.text.strip():
+            if not texts[i].strip():
                 record["skipped"] = "empty document"
                 continue
             for start, end in self._chunks(doc):
                 jobs.append((i, start, end))
-        prompts = [self.prompt_builder.messages(docs[i].text[s:e]) for i, s, e in jobs]
+        prompts = [self.prompt_builder.messages(texts[i][s:e]) for i, s, e in jobs]
         answers, lookups = cached_generate(
             self.generator, prompts, self.response_cache, scored=self.confidence
         )
@@ -339,11 +342,15 @@ class MedLLMNER(Pipe):
         for (i, start, end), prompt, response, scores, lookup in zip(
             jobs, prompts, responses, scored, lookups, strict=True
         ):
-            found[i].extend(self._read_response(docs[i], start, end, prompt, response, scores))
+            found[i].extend(
+                self._read_response(
+                    docs[i], start, end, prompt, response, scores, text=texts[i][start:end]
+                )
+            )
             if lookup is not None:
                 self._count_cache(self._record(docs[i]), lookup)
         for i, doc in enumerate(docs):
-            if doc.text.strip():
+            if texts[i].strip():
                 self._assign(doc, found[i])
         return list(docs)
 
@@ -382,7 +389,10 @@ class MedLLMNER(Pipe):
         prompt: list[dict[str, str]],
         response: str,
         scores: ScoredResponse | None = None,
+        *,
+        text: str | None = None,
     ) -> list[Span]:
+        """Parse one chunk's response and align it; `text` is doc.text[start:end] if known."""
         record = self._record(doc)
         chunk: dict[str, Any] = {"start": start, "end": end}
         if self.save_io:
@@ -405,7 +415,7 @@ class MedLLMNER(Pipe):
         if scores is not None:
             entities, confidences, low = self._score_entities(chunk, parsed.entities, scores)
         aligned, not_found = find_entities(
-            doc.text[start:end],
+            doc.text[start:end] if text is None else text,
             entities,
             case_sensitive=self.case_sensitive,
             fuzzy=self.fuzzy_match,
