@@ -1,0 +1,413 @@
+"""Speed benchmark: `medllm_ner` against spacy-llm's NER task, same model and adapter, one machine.
+
+Systems (all run the base model and LoRA adapter given, greedy, with the same max_new_tokens):
+
+- `medllm_ner`: our component, batched (generator batch size `--batch-size`).
+- `medllm_ner (batch 1)`: the same, one prompt at a time: our unbatched path.
+- `spacy-llm NER.v3`: spacy-llm's `llm` component with its `spacy.NER.v3` task, the model through
+  the registered spacy-llm model `medllm.HF.v1` (`spacy_medllm.spacy_llm_models`), with the same
+  batch size. NER.v3 writes its own chain-of-thought prompt, which the adapter was not trained on.
+- `spacy-llm NER.v3 (batch 1)`: the same, one prompt per `generate` call, as spacy-llm's own
+  Hugging Face models run.
+- `spacy-llm JSONNER.v1` (optional): spacy-llm with `medllm.JSONNER.v1`, the task that prompts as
+  the adapter was trained: separates what the framework costs from what the prompt costs.
+
+Each system is scored with `spacy_medllm.evaluate.evaluate_pipeline` (strict seqeval F1 and
+spaCy's scorer; words = non-space tokens; wall time of `nlp.pipe` over the texts, the model loaded
+and one warm-up document run before the clock starts) on the seed test e-mails and the
+ADE-Corpus-V2 test split. Writes `<output>.json`, `.md` and `.png`; results of earlier calls with
+the same setup are kept, so systems and corpora can be run one call at a time.
+
+    nice -n 19 .venv/bin/python scripts/bench_speed.py --limit 10
+    nice -n 19 .venv/bin/python scripts/bench_speed.py                # everything (hours on CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .reporting import fmt_rate, fmt_score, json_default, machine_info, markdown_table
+
+logger = logging.getLogger("spacy_medllm")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ADAPTER = "training/seed_lora/adapter"
+DEFAULT_OUTPUT = "training/reports/speed"
+CORPORA = ("seed-ae-emails", "ade-corpus-v2")
+SPLIT = "test"
+OURS = "medllm_ner"
+UNBATCHED = "medllm_ner (batch 1)"
+SPACY_LLM_NER = "spacy-llm NER.v3"
+SPACY_LLM_NER_1 = "spacy-llm NER.v3 (batch 1)"
+SPACY_LLM_JSON = "spacy-llm JSONNER.v1"
+SYSTEMS = (OURS, UNBATCHED, SPACY_LLM_NER, SPACY_LLM_NER_1, SPACY_LLM_JSON)
+DEFAULT_SYSTEMS = (OURS, UNBATCHED, SPACY_LLM_NER, SPACY_LLM_NER_1)
+GOAL_SPEEDUP = 5.0
+WARM_UP_TEXT = "After starting aspirin I had a headache."
+# What must match for results of an earlier call to be kept next to new ones.
+SETUP_KEYS = ("model", "adapter_sha256", "batch_size", "max_new_tokens", "limit", "labels")
+
+
+def adapter_settings(adapter: str | Path) -> dict[str, Any]:
+    """The adapter's trained labels, definitions and prompt (its prompt_template.json)."""
+    from .finetune import load_prompt_settings
+
+    return load_prompt_settings(Path(adapter))
+
+
+def build_system(name: str, model: str, adapter: str, batch_size: int, max_new_tokens: int) -> Any:
+    """A spaCy pipeline for one of SYSTEMS, nothing loaded yet."""
+    import spacy
+
+    if name in (OURS, UNBATCHED):
+        from .cli import build_pipeline
+
+        return build_pipeline(
+            model=model,
+            adapter=adapter,
+            batch_size=1 if name == UNBATCHED else batch_size,
+            max_new_tokens=max_new_tokens,
+        )
+    if name not in (SPACY_LLM_NER, SPACY_LLM_NER_1, SPACY_LLM_JSON):
+        raise ValueError(f"unknown system {name!r}; known: {list(SYSTEMS)}")
+    try:
+        import spacy_llm  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            "the spacy-llm systems need spacy-llm: pip install 'spacy-medllm[data]'"
+        ) from error
+    from .spacy_llm_models import HF_MODEL_NAME, JSON_NER_TASK_NAME
+
+    settings = adapter_settings(adapter)
+    if name in (SPACY_LLM_NER, SPACY_LLM_NER_1):
+        task = {
+            "@llm_tasks": "spacy.NER.v3",
+            "labels": list(settings["labels"]),
+            "label_definitions": dict(settings["label_definitions"]),
+        }
+    else:
+        task = {"@llm_tasks": JSON_NER_TASK_NAME, "adapter": str(adapter)}
+    nlp = spacy.blank("en")
+    nlp.add_pipe(
+        "llm",
+        config={
+            "task": task,
+            "model": {
+                "@llm_models": HF_MODEL_NAME,
+                "model": model,
+                "adapter": str(adapter),
+                "batch_size": 1 if name == SPACY_LLM_NER_1 else batch_size,
+                "max_new_tokens": max_new_tokens,
+            },
+        },
+    )
+    return nlp
+
+
+def pipeline_generator(nlp: Any) -> Any:
+    """The HFGenerator inside a pipeline: medllm_ner's, or the one in a spacy-llm model."""
+    for _, pipe in nlp.pipeline:
+        generator = getattr(pipe, "generator", None)
+        if generator is None:
+            generator = getattr(getattr(pipe, "_model", None), "generator", None)
+        if generator is not None:
+            return generator
+    raise ValueError(f"no generator in the pipeline {nlp.pipe_names}")
+
+
+def run_system(
+    name: str, nlp: Any, examples: Sequence[dict[str, Any]], labels: Sequence[str]
+) -> dict[str, Any]:
+    """Load the model, run one warm-up document, then time and score the pipeline."""
+    from .evaluate import evaluate_pipeline
+
+    generator = pipeline_generator(nlp)
+    generator.initialize()
+    nlp(WARM_UP_TEXT)
+    before = dict(generator.stats)
+    result = evaluate_pipeline(nlp, examples, name=name, labels=labels, include_docs=False)
+    stats = {key: generator.stats[key] - before[key] for key in before}
+    speed = result["speed"]
+    return {
+        "name": name,
+        "seconds": speed["seconds"],
+        "n_docs": speed["n_docs"],
+        "n_words": speed["n_words"],
+        "docs_per_s": speed["docs_per_s"],
+        "words_per_s": speed["words_per_s"],
+        "generator_batch_size": generator.batch_size,
+        "answer_tokens": stats["generated_tokens"],
+        "decode_steps": stats["decode_steps"],
+        "generate_calls": stats["batches"],
+        "f1": result["strict"]["micro"]["f1"],
+        "precision": result["strict"]["micro"]["precision"],
+        "recall": result["strict"]["micro"]["recall"],
+        "spacy_f": result["spacy"]["ents_f"],
+        "n_predicted": result["predicted"]["n_spans"],
+        "n_gold": result["gold"]["n_spans"],
+    }
+
+
+def comparisons(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per other system: how many times medllm_ner's docs/s, and the F1 difference."""
+    ours = results.get(OURS)
+    if not ours:
+        return {}
+    out = {}
+    for name, other in results.items():
+        if name == OURS or not other.get("docs_per_s"):
+            continue
+        speedup = ours["docs_per_s"] / other["docs_per_s"]
+        f1_delta = (ours["f1"] or 0.0) - (other["f1"] or 0.0)
+        out[name] = {
+            "speedup": speedup,
+            "f1_delta": f1_delta,
+            "goal_met": speedup >= GOAL_SPEEDUP and f1_delta >= 0,
+        }
+    return out
+
+
+def _load_examples(corpus: str, path: str | None, labels: Sequence[str], limit: int | None):
+    from .corpora import load_corpus
+
+    return load_corpus(corpus, SPLIT, path, labels=labels, limit=limit)
+
+
+def run_speed_benchmark(
+    *,
+    model: str = "smollm2-135m-instruct",
+    adapter: str | Path = DEFAULT_ADAPTER,
+    systems: Sequence[str] = DEFAULT_SYSTEMS,
+    corpora: Sequence[str] = CORPORA,
+    corpus_paths: dict[str, str] | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    output: str | Path | None = DEFAULT_OUTPUT,
+    command: str = "",
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run `systems` on the test split of `corpora`; write the report after each run."""
+    from .generators.hf import check_adapter_dir
+    from .models import file_sha256
+
+    adapter_dir = check_adapter_dir(adapter)
+    labels = list(adapter_settings(adapter_dir)["labels"])
+    report: dict[str, Any] = {
+        "model": model,
+        "adapter": str(adapter),
+        "adapter_sha256": file_sha256(adapter_dir / "adapter_model.safetensors"),
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "limit": limit,
+        "labels": labels,
+        "split": SPLIT,
+        "goal_speedup": GOAL_SPEEDUP,
+        "machine": machine_info(),
+        "command": command,
+        "corpora": {},
+    }
+    out = Path(output) if output is not None else None
+    if out is not None and out.with_suffix(".json").is_file():
+        earlier = json.loads(out.with_suffix(".json").read_text(encoding="utf8"))
+        if all(earlier.get(key) == report[key] for key in SETUP_KEYS):
+            report["corpora"] = earlier.get("corpora", {})
+    for corpus in corpora:
+        path = (corpus_paths or {}).get(corpus)
+        examples = _load_examples(corpus, path, labels, limit)
+        entry = report["corpora"].setdefault(corpus, {"results": {}})
+        entry["n_docs"] = len(examples)
+        for name in systems:
+            progress(f"{name} on {corpus}:{SPLIT} ({len(examples)} documents)")
+            nlp = build_system(name, model, str(adapter_dir), batch_size, max_new_tokens)
+            result = run_system(name, nlp, examples, labels)
+            result["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            entry["results"][name] = result
+            del nlp
+            gc.collect()  # one model in memory at a time
+            entry["results"] = {k: entry["results"][k] for k in SYSTEMS if k in entry["results"]}
+            entry["comparisons"] = comparisons(entry["results"])
+            progress(
+                f"  {fmt_rate(result['docs_per_s'])} docs/s, {fmt_rate(result['words_per_s'])} "
+                f"words/s, F1 {fmt_score(result['f1'])}"
+            )
+            if out is not None:
+                write_speed_report(report, out)
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    sample = f"the first {report['limit']} documents of " if report["limit"] else ""
+    lines = [
+        "# Speed: medllm_ner against spacy-llm, same model and adapter",
+        "",
+        f"Model {report['model']} + LoRA adapter `{report['adapter']}` (sha256 "
+        f"{report['adapter_sha256'][:12]}), greedy, max_new_tokens {report['max_new_tokens']}, "
+        f"batch size {report['batch_size']}; {sample}each corpus's {report['split']} split. "
+        f"Machine: {machine.get('cpus_available', machine.get('cpu_count'))} CPU(s), torch "
+        f"{machine.get('torch')} with {machine.get('torch_threads')} thread(s), "
+        f"transformers {machine.get('transformers')}, spaCy {machine.get('spacy')}, "
+        f"{machine.get('platform')}.",
+        "",
+    ]
+    header = [
+        "corpus",
+        "system",
+        "docs",
+        "docs/s",
+        "words/s",
+        "answer tokens",
+        "generate calls",
+        "F1 (strict)",
+        "P",
+        "R",
+        "x medllm_ner is faster",
+    ]
+    rows = []
+    for corpus, entry in report["corpora"].items():
+        for name, r in entry["results"].items():
+            comparison = entry.get("comparisons", {}).get(name)
+            rows.append(
+                [
+                    corpus,
+                    name,
+                    str(r["n_docs"]),
+                    fmt_rate(r["docs_per_s"]),
+                    fmt_rate(r["words_per_s"]),
+                    str(r["answer_tokens"]),
+                    str(r["generate_calls"]),
+                    fmt_score(r["f1"]),
+                    fmt_score(r["precision"]),
+                    fmt_score(r["recall"]),
+                    f"{comparison['speedup']:.2f}" if comparison else "",
+                ]
+            )
+    lines.append(markdown_table(header, rows))
+    lines += [
+        "",
+        f"Goal (issue 7): medllm_ner at least {report['goal_speedup']:g} times spacy-llm's "
+        "documents/s with an F1 no lower.",
+        "",
+    ]
+    for corpus, entry in report["corpora"].items():
+        for name, c in entry.get("comparisons", {}).items():
+            if name.startswith("spacy-llm"):
+                verdict = "met" if c["goal_met"] else "not met"
+                lines.append(
+                    f"- {corpus}: {c['speedup']:.2f} x {name}'s docs/s, F1 difference "
+                    f"{c['f1_delta']:+.3f}: goal {verdict}."
+                )
+    lines += [
+        "",
+        "docs/s and words/s: wall time of `nlp.pipe` over the texts, the model loaded and one "
+        "warm-up document run before the clock starts; words are non-space spaCy tokens. "
+        "F1/P/R: strict exact spans (seqeval IOB2, micro) from `spacy_medllm.evaluate`. "
+        "answer tokens: tokens kept in the responses; generate calls: `model.generate` batches.",
+        "spacy-llm NER.v3 prompts with its own chain-of-thought template, which the adapter was "
+        "not trained on (it answers in JSON, which NER.v3 cannot read); (batch 1): one prompt per "
+        "`generate` call, as spacy-llm's own Hugging Face models run; spacy-llm JSONNER.v1 (if "
+        "shown) runs the trained prompt through spacy-llm.",
+        "",
+        f"Reproduce: `{report['command']}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_speed(report: dict[str, Any], path: str | Path) -> Path:
+    """Bars: documents/s per system for each corpus (log scale), F1 written on each bar."""
+    from .evaluate import _pyplot
+
+    plt = _pyplot()
+    corpora = list(report["corpora"])
+    systems = [s for s in SYSTEMS if any(s in e["results"] for e in report["corpora"].values())]
+    width = 0.8 / max(len(systems), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.5 * len(corpora) + 2), 4.2))
+    for k, name in enumerate(systems):
+        xs, values, f1s = [], [], []
+        for i, corpus in enumerate(corpora):
+            result = report["corpora"][corpus]["results"].get(name)
+            if result and result["docs_per_s"]:
+                xs.append(i + (k - (len(systems) - 1) / 2) * width)
+                values.append(result["docs_per_s"])
+                f1s.append(result["f1"])
+        bars = ax.bar(xs, values, width, label=name)
+        ax.bar_label(bars, labels=[f"F1 {fmt_score(f)}" for f in f1s], fontsize=7, padding=1)
+    ax.set_xticks(range(len(corpora)))
+    ax.set_xticklabels([f"{c} (n={report['corpora'][c]['n_docs']})" for c in corpora])
+    ax.set_yscale("log")
+    ax.set_ylabel("documents per second (log)")
+    ax.set_title(f"{report['model']} + LoRA, batch size {report['batch_size']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_speed_report(report: dict[str, Any], output: str | Path) -> dict[str, Path]:
+    """`<output>.json`, `.md` and `.png`."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": output.with_suffix(".json"),
+        "md": output.with_suffix(".md"),
+        "png": output.with_suffix(".png"),
+    }
+    paths["json"].write_text(
+        json.dumps(report, indent=2, ensure_ascii=False, default=json_default) + "\n", "utf8"
+    )
+    paths["md"].write_text(markdown(report), "utf8")
+    plot_speed(report, paths["png"])
+    return paths
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--adapter", default=DEFAULT_ADAPTER)
+    parser.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=CORPORA)
+    parser.add_argument("--seed-path", default=None, help="folder of the seed e-mails")
+    parser.add_argument("--ade-path", default=None, help="folder of ADE-Corpus-V2")
+    parser.add_argument("--limit", type=int, default=None, help="the first N documents")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="path without suffix")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    given = list(sys.argv[1:] if argv is None else argv)
+    command = "nice -n 19 .venv/bin/python scripts/bench_speed.py " + shlex.join(given)
+    report = run_speed_benchmark(
+        model=args.model,
+        adapter=args.adapter,
+        systems=args.systems,
+        corpora=args.corpora,
+        corpus_paths={"seed-ae-emails": args.seed_path, "ade-corpus-v2": args.ade_path},
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        output=args.output,
+        command=command.strip(),
+    )
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
