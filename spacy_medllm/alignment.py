@@ -246,10 +246,12 @@ def snap_to_tokens(
     spans: list[Span] = []
     rejections: list[Rejection] = []
     seen: dict[tuple[int, int, str], AlignedEntity] = {}
+    # len(doc.text) without Doc.text, which joins every token (costly per chunk of a long doc).
+    n_chars = doc[-1].idx + len(doc[-1].text_with_ws) if len(doc) else 0
     for entity in aligned:
         start, end = entity.start + offset, entity.end + offset
         span = None
-        if 0 <= start < end <= len(doc.text):
+        if 0 <= start < end <= n_chars:
             span = doc.char_span(start, end, label=entity.label, alignment_mode=mode)
         if span is None or len(span) == 0:
             rejections.append(
