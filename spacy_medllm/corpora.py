@@ -579,10 +579,10 @@ for _info in (
         ("DRUG", "ADVERSE_EVENT", "DISEASE", "PROCEDURE"),
         ("DRUG", "ADVERSE_EVENT", "DISEASE", "PROCEDURE"),
         "et",
-        "written for this project (shared/eval)",
+        "written for this project (corpus/et_dev, MIT)",
         "dev only (30 sentences)",
         read_et_dev,
-        lambda: corpora_root().parent / "eval" / "et-dev.jsonl",
+        lambda: REPO_ROOT / "corpus" / "et_dev" / "et-dev.jsonl",
     ),
 ):
     register_corpus(_info)

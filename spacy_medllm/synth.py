@@ -799,6 +799,59 @@ def generate_with_llm(
     return {"output": str(output), "jobs": len(jobs), "written_now": written, "rejected": rejected}
 
 
+# -- splitting ------------------------------------------------------------------------------------
+
+
+def split_texts(
+    input_path: str | Path,
+    first: str | Path,
+    second: str | Path,
+    *,
+    fraction: float = 0.5,
+    lang: str | None = None,
+) -> dict[str, Any]:
+    """Split a texts JSONL into two files by a hash of each record's id (no random state).
+
+    `fraction` of the records (of `lang` only, when given) go to `first`, the rest to `second`;
+    the same id always lands on the same side, so adding texts never moves the old ones. The
+    workflow uses it to keep the texts a teacher is trained on (with their gold) apart from the
+    texts it labels for the students.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+    records = [
+        json.loads(line) for line in Path(input_path).read_text("utf8").splitlines() if line.strip()
+    ]
+    if lang:
+        records = [r for r in records if r.get("lang") == lang]
+    if not records:
+        raise ValueError(
+            f"{input_path} holds no texts" + (f" in language {lang!r}" if lang else "")
+        )
+    sides: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+    seen: set[str] = set()
+    for record in records:
+        key = str(record.get("id", record["text"]))
+        if key in seen:
+            raise ValueError(f"{input_path}: id {key!r} occurs twice")
+        seen.add(key)
+        bucket = int(hashlib.sha256(key.encode("utf8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+        sides[0 if bucket < fraction else 1].append(record)
+    for path, side in zip((first, second), sides, strict=True):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in side)
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(text, "utf8")
+        tmp.replace(path)
+    return {
+        "input": str(input_path),
+        "lang": lang,
+        "fraction": fraction,
+        "first": {"path": str(first), "n": len(sides[0])},
+        "second": {"path": str(second), "n": len(sides[1])},
+    }
+
+
 # -- command line ----------------------------------------------------------------------------------
 
 
@@ -818,6 +871,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--kinds", default=",".join(KINDS))
         p.add_argument("--summary", help="JSON file for the run's summary.")
+    split = sub.add_parser("split", help="split a texts JSONL in two by a hash of the ids")
+    split.add_argument("--input", required=True)
+    split.add_argument("--first", required=True, help="JSONL for the FRACTION side")
+    split.add_argument("--second", required=True, help="JSONL for the rest")
+    split.add_argument("--fraction", type=float, default=0.5)
+    split.add_argument("--lang", default=None, help="only the texts of this language")
     llm = sub.choices["llm"]
     llm.add_argument("--model", default="smollm2-135m-instruct")
     llm.add_argument("--adapter", default=None)
@@ -831,6 +890,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
+    if args.command == "split":
+        try:
+            result = split_texts(
+                args.input, args.first, args.second, fraction=args.fraction, lang=args.lang
+            )
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"synth split: {error}") from error
+        print(json.dumps(result, ensure_ascii=False))
+        return 0
     facts = read_facts(args.facts)
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = set(kinds) - set(KINDS)

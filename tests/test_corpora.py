@@ -682,7 +682,8 @@ def test_default_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MEDLLM_CORPORA", str(tmp_path))
     assert corpora.corpora_root() == tmp_path
     assert corpora.corpus_path("phee") == tmp_path / "phee"
-    assert corpora.corpus_path("et-dev") == tmp_path.parent / "eval" / "et-dev.jsonl"
+    # Shipped in the repo (written for this project, MIT), so it does not follow the variable.
+    assert corpora.corpus_path("et-dev") == corpora.REPO_ROOT / "corpus/et_dev/et-dev.jsonl"
     assert corpora.corpus_path("phee", "/x") == Path("/x")
 
 

@@ -245,3 +245,35 @@ def test_llm_generation_writes_records_and_resumes(facts, tiny_generator, tmp_pa
     assert asked == {job.prompt()[-1]["content"] for job in todo}
     ids = [r["id"] for r in read_records(output)]
     assert len(ids) == len(set(ids))
+
+
+def test_split_is_by_id_hash_stable_and_filters_language(tmp_path: Path) -> None:
+    from spacy_medllm.synth import split_texts
+
+    records = [
+        {"id": f"t{i}", "text": f"Text {i}.", "lang": "et" if i % 3 else "en"} for i in range(90)
+    ]
+    source = tmp_path / "texts.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    result = split_texts(source, first, second, fraction=0.5, lang="et")
+    a = [json.loads(line) for line in first.read_text().splitlines()]
+    b = [json.loads(line) for line in second.read_text().splitlines()]
+    assert result["first"]["n"] == len(a) and result["second"]["n"] == len(b)
+    assert len(a) + len(b) == 60 and 15 < len(a) < 45
+    assert {r["lang"] for r in a + b} == {"et"}
+    assert not {r["id"] for r in a} & {r["id"] for r in b}
+    assert a[0] == next(r for r in records if r["id"] == a[0]["id"])  # whole records kept
+
+    # More texts never move the old ones to the other side.
+    more = records + [{"id": f"new{i}", "text": f"New {i}.", "lang": "et"} for i in range(30)]
+    source.write_text("".join(json.dumps(r) + "\n" for r in more))
+    split_texts(source, first, second, fraction=0.5, lang="et")
+    again = {json.loads(line)["id"] for line in first.read_text().splitlines()}
+    assert {r["id"] for r in a} <= again
+
+    with pytest.raises(ValueError, match="no texts in language 'fi'"):
+        split_texts(source, first, second, lang="fi")
+    source.write_text(json.dumps(records[1]) + "\n" + json.dumps(records[1]) + "\n")
+    with pytest.raises(ValueError, match="occurs twice"):
+        split_texts(source, first, second)
