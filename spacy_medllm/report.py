@@ -39,6 +39,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("annotators", "LLM annotators against known gold"),
     ("distillation", "Distillation: teacher and students"),
     ("estonian", "Estonian"),
+    ("workflow_times", "How long each step took"),
 )
 EVALUATION_FOLDERS = ("baselines", "evaluation", "medllm")
 # Where section files are looked for: the reports folder itself, and the distillation reports.

@@ -854,9 +854,12 @@ def run_seed_benchmark(
     bertscore_model: str | Path | None = None,
     plot: bool = True,
     include_records: bool = True,
+    limits: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Score every system on the seed test set; write seed_benchmark.json/.md (and .png).
 
+    `limits`: {name: N} scores that system on the first N test records only (0 = all), for
+    slow reference systems in a quick run; its rows say how many records they cover.
     `systems`: {name: prediction file | pipeline path | nlp object} (or a list of pairs, to keep
     an order). `lang`: the blank tokenizer for prediction files. `component`: the medllm_ner
     component to read (default: all of them). `batch_size`: passed to nlp.pipe (default: the
@@ -885,20 +888,27 @@ def run_seed_benchmark(
             bert_info.update(model=model.name if model.name != "model" else BERTSCORE_PACKAGE)
             bert_info.update(num_layers=scorer.num_layers, rescale_with_baseline=False, idf=False)
 
+    limits = dict(limits or {})
+    unknown = set(limits) - {name for name, _ in items}
+    if unknown:
+        raise ValueError(f"limits for systems that are not scored: {sorted(unknown)}")
     entries = []
     for name, spec in items:
-        logger.info("seed benchmark: scoring %s", name)
+        n = limits.get(name) or len(test)
+        logger.info("seed benchmark: scoring %s%s", name, f" (first {n} records)" * (n < len(test)))
         entry, _ = evaluate_system(
             name,
             spec,
-            test,
-            leaks,
+            test[:n],
+            [i for i in leaks if i < n],
             labels=labels,
             tokenizer=tokenizer,
             component=component,
             batch_size=batch_size,
             bertscore=scorer,
         )
+        if n < len(test):
+            entry["limited_to"] = n
         if not include_records:
             entry.pop("records")
         entries.append(entry)
@@ -973,6 +983,21 @@ def _minutes(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+def _adapter_lines(report: Mapping[str, Any]) -> list[str]:
+    """How each fine-tuned pipeline was trained (epochs, steps, records), from its records."""
+    lines = []
+    for entry in report["systems"]:
+        training = entry.get("training")
+        if not isinstance(training, Mapping) or training.get("epochs") is None:
+            continue
+        lines.append(
+            f"Adapter of {entry['name']}: {training['epochs']:g} epoch(s), "
+            f"{training.get('global_step')} steps over {training.get('n_records')} training "
+            "records."
+        )
+    return lines
+
+
 def markdown_report(report: Mapping[str, Any]) -> str:
     """The README tables: all test records, then the unseen ones, and what the columns mean."""
     labels = report["labels"]
@@ -1012,6 +1037,12 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         f"{gold['n_strings']} ({_pct(gold['share_found'])}; {gold['found_case_insensitive']} only "
         f"ignoring case), so span recall cannot exceed what those spans allow; "
         f"{gold['n_gold_spans']} gold spans.",
+        *_adapter_lines(report),
+        *(
+            f"{e['name']}: scored on the first {e['limited_to']} test records only (a quick run)."
+            for e in report["systems"]
+            if e.get("limited_to")
+        ),
         "",
         f"### All test records (n={report['n_test']})",
         "",
@@ -1126,6 +1157,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-bertscore", action="store_true")
     parser.add_argument("--bertscore-model", type=Path, default=None)
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="score system NAME on the first N test records only (0 = all); repeatable",
+    )
     return parser.parse_args(argv)
 
 
@@ -1145,6 +1183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         systems.append((name, Path(path)))
     if not systems:
         raise SystemExit("nothing to score: give --pipeline NAME=PATH and/or --predictions DIR")
+    limits = {}
+    for value in args.limit:
+        name, sep, n = value.partition("=")
+        if not sep or not n.isdigit():
+            raise SystemExit(f"--limit takes NAME=N, got {value!r}")
+        limits[name] = int(n)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     report = run_seed_benchmark(
         systems,
@@ -1157,6 +1201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bertscore=not args.no_bertscore,
         bertscore_model=args.bertscore_model,
         plot=not args.no_plot,
+        limits=limits,
     )
     sys.stdout.write(markdown_report(report))
     sys.stdout.write(f"\nWrote {args.output / 'seed_benchmark.json'} and .md\n")

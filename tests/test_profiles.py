@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_shipped_profiles_set_the_same_sizes_and_fast_is_smaller() -> None:
     profiles = load_profiles()
-    assert set(profiles) == {"fast", "full"}
+    assert set(profiles) == {"fast", "full", "smoke"}
     fast, full = profiles["fast"], profiles["full"]
     assert fast["seed_epochs"] < full["seed_epochs"]
     # 0 means "all": the full profile labels every text, the fast one a sample.
@@ -58,7 +58,7 @@ def test_substitute_and_errors(tmp_path: Path) -> None:
     ]
     with pytest.raises(ProfileError, match="does not set; it sets epochs, limit"):
         substitute(["{nope}"], values)
-    with pytest.raises(ProfileError, match="Unknown profile 'huge'; known: fast, full"):
+    with pytest.raises(ProfileError, match="Unknown profile 'huge'; known: fast, full, smoke"):
         get_profile("huge", load_profiles())
     odd = tmp_path / "profiles.cfg"
     odd.write_text("[a]\nx = 1\n\n[b]\ny = 2\n")

@@ -503,6 +503,29 @@ def test_command_line(tmp_path, capsys):
         )
 
 
+def test_limit_scores_a_system_on_the_first_records_only(tmp_path, capsys):
+    out = tmp_path / "reports"
+    args = ["--predictions", str(PREDICTIONS / "llama2-adapter.json"),
+            "--predictions", str(PREDICTIONS / "llama2-lora.json"),
+            "--test", str(TEST), "--train", str(TRAIN), "--output", str(out),
+            "--no-bertscore", "--no-plot"]  # fmt: skip
+    assert sb.main([*args, "--limit", "llama2-lora=20"]) == 0
+    report = json.loads((out / "seed_benchmark.json").read_text())
+    full, limited = report["systems"]
+    assert "limited_to" not in full and limited["limited_to"] == 20
+    assert full["metrics"]["all"]["n_records"] == 59
+    assert limited["metrics"]["all"]["n_records"] == 20 and len(limited["records"]) == 20
+    # The unseen subset of the first 20 records leaves out the leaks among them (record 19).
+    assert limited["metrics"]["unseen"]["n_records"] == 20 - sum(
+        i < 20 for i in report["leaked_test_indices"]
+    )
+    assert "llama2-lora: scored on the first 20 test records only" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not scored"):
+        sb.main([*args, "--limit", "nobody=3"])
+    with pytest.raises(SystemExit, match="NAME=N"):
+        sb.main([*args, "--limit", "llama2-lora=x"])
+
+
 # -- BERTScore (loads torch, transformers and the packaged MiniLM: about 10 s) ------------------
 
 

@@ -1,8 +1,12 @@
-"""Slow: `spacy project run smoke` end to end in a copy of the project, then again (all skipped).
+"""Slow: the project's workflows end to end in a copy of the project, then again (all skipped).
 
-The smoke workflow is the `all` path on tiny sizes: a few LoRA steps on the packaged SmolLM2,
-the adapter wrapped as a `medllm_ner` pipeline, the seed benchmark on the test e-mails. A second
-run must skip every step, because each command's deps and outputs are unchanged.
+- `spacy project run smoke`: a few LoRA steps on the packaged SmolLM2, the adapter wrapped as a
+  `medllm_ner` pipeline, the seed benchmark on the test e-mails, the report.
+- `spacy project run all --vars.profile smoke`: every step of the main workflow (drug pages ->
+  synthetic texts -> labels -> LoRA -> benchmark -> baselines -> English and Estonian
+  distillation -> report) on the tiny sizes of the `smoke` profile.
+
+A second run must skip every step, because each command's deps and outputs are unchanged.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE_STEPS = ["smoke-finetune", "smoke-assemble", "smoke-benchmark", "smoke-report"]
 
 
-def run_smoke(project: Path) -> subprocess.CompletedProcess:
+def run_smoke(
+    project: Path, workflow: str = "smoke", *overrides: str
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "spacy", "project", "run", "smoke", str(project)],
+        [sys.executable, "-m", "spacy", "project", "run", workflow, str(project), *overrides],
         capture_output=True,
         text=True,
         env=env,
@@ -33,7 +39,7 @@ def run_smoke(project: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_smoke_workflow_runs_and_a_rerun_skips_everything(tmp_path: Path) -> None:
+def copy_project(tmp_path: Path) -> Path:
     pytest.importorskip("peft")
     from spacy_medllm.models import ModelNotAvailableError, resolve_base_model
 
@@ -46,8 +52,12 @@ def test_smoke_workflow_runs_and_a_rerun_skips_everything(tmp_path: Path) -> Non
     shutil.copy(ROOT / "project.yml", project / "project.yml")
     shutil.copy(ROOT / "README.md", project / "README.md")
     for folder in ("corpus", "configs", "scripts"):
-        shutil.copytree(ROOT / folder, project / folder)
+        shutil.copytree(ROOT / folder, project / folder, ignore=shutil.ignore_patterns("generated"))
+    return project
 
+
+def test_smoke_workflow_runs_and_a_rerun_skips_everything(tmp_path: Path) -> None:
+    project = copy_project(tmp_path)
     first = run_smoke(project)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     report = json.loads((project / "training/smoke/reports/seed_benchmark.json").read_text())
@@ -73,3 +83,56 @@ def test_smoke_workflow_runs_and_a_rerun_skips_everything(tmp_path: Path) -> Non
     assert second.returncode == 0, second.stdout[-3000:]
     for step in SMOKE_STEPS:
         assert f"Skipping '{step}': nothing changed" in second.stdout, second.stdout
+
+
+# Sizes that the profile does not cover, made tiny as well (a smoke run's figures mean nothing).
+TINY = [
+    "--vars.profile", "smoke",
+    "--vars.max_new_tokens", "32",
+    "--vars.synth_n_en", "40",
+    "--vars.synth_n_et", "40",
+    "--vars.cnn_max_epochs", "2",
+    "--vars.few_shot", "1",
+    "--vars.annotator_limit", "4",
+]  # fmt: skip
+
+
+def test_all_workflow_on_the_smoke_profile_runs_every_step_and_a_rerun_skips(
+    tmp_path: Path,
+) -> None:
+    from spacy.cli.project.run import load_project_config
+
+    project = copy_project(tmp_path)
+    steps = load_project_config(project)["workflows"]["all"]
+    first = run_smoke(project, "all", *TINY)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    # Each step's outputs exist: the workflow really went from drug pages to the report.
+    commands = {c["name"]: c for c in load_project_config(project)["commands"]}
+    for step in steps:
+        for output in commands[step]["outputs"]:
+            assert (project / output).exists(), (step, output)
+    # The profile's sizes reached the commands.
+    record = json.loads((project / "training/seed_lora/adapter/training_record.json").read_text())
+    assert record["settings"]["num_train_epochs"] == 0.05
+    labelled = json.loads((project / "training/distil/et/silver/labelling.json").read_text())
+    assert labelled["n_docs"] == 12
+    # English and Estonian distillation: teacher and both students scored on their gold sets.
+    for stem, corpus in (("seed-ae-emails", "seed-ae-emails"), ("et", "et-dev")):
+        report = json.loads(
+            (project / f"training/reports/distil/distillation-{stem}.json").read_text()
+        )
+        assert report["corpus"] == corpus
+        assert [s["name"] for s in report["systems"]] == [
+            "teacher",
+            "cnn-student",
+            "transformer-student",
+        ]
+    page = (project / "training/reports/report.html").read_text("utf8")
+    assert "Distillation: teacher and students: et<" in page
+    assert "Distillation: teacher and students: seed-ae-emails<" in page
+
+    second = run_smoke(project, "all", *TINY)
+    assert second.returncode == 0, second.stdout[-3000:]
+    for step in steps:
+        if not commands[step].get("no_skip"):
+            assert f"Skipping '{step}': nothing changed" in second.stdout, (step, second.stdout)
