@@ -1,7 +1,7 @@
 """Profiles of the project workflow: the sizes that decide how long `spacy project run all` takes.
 
 spaCy project files cannot choose a value by another variable's value, so the sizes that differ
-between the `fast` profile (the default: the whole path on 2 CPU cores in well under an hour) and
+between the `fast` profile (the default: the whole path on 2 CPU cores in under an hour) and
 the `full` profile (every text, every epoch) live in `configs/profiles.cfg`, and project.yml runs
 the commands that use them through this module:
 
