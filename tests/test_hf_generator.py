@@ -187,6 +187,74 @@ def test_generation_respects_max_new_tokens(
     assert sum(map(len, short)) < sum(map(len, tiny_base_outputs))
 
 
+def test_prefix_cache_gives_the_uncached_answers_and_reads_fewer_tokens(
+    tiny_model_dir: Path, tiny_base_outputs: list
+) -> None:
+    uncached = HFGenerator(
+        model=str(tiny_model_dir), batch_size=4, max_new_tokens=24, prefix_cache=False
+    )
+    assert uncached(PROMPTS) == tiny_base_outputs
+    assert uncached.stats["prefix_cached_tokens"] == 0
+    cached = HFGenerator(model=str(tiny_model_dir), batch_size=4, max_new_tokens=24)
+    assert cached(PROMPTS) == tiny_base_outputs
+    # The head every prompt shares is the system turn and the user turn's opening: every row of
+    # the three batches starts from the cache instead of reading it.
+    head = cached._shared_head(PROMPTS[0])
+    rendered_head = cached.tokenizer.decode(head)
+    assert SYSTEM in rendered_head and TEXTS[0] not in rendered_head
+    assert cached.render(PROMPTS[0]).startswith(rendered_head)
+    assert cached.stats["prefix_cached_tokens"] == len(head) * len(PROMPTS)
+    assert len(cached._prefix_kv) == 1  # computed once, reused by every batch
+    # Scores (log-probabilities per answer token) agree too.
+    for a, b in zip(
+        cached.generate_scored(PROMPTS[:5]), uncached.generate_scored(PROMPTS[:5]), strict=True
+    ):
+        assert a.text == b.text
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_prefix_cache_follows_weights_changed_in_place(tiny_model_dir: Path) -> None:
+    import torch
+
+    kwargs = {"model": str(tiny_model_dir), "batch_size": 4, "max_new_tokens": 12}
+    cached, uncached = HFGenerator(**kwargs), HFGenerator(**kwargs, prefix_cache=False)
+    before = cached(PROMPTS[:4])
+    for generator in (cached, uncached):
+        generator.initialize()
+        torch.manual_seed(7)
+        with torch.no_grad():
+            for param in generator._model.parameters():
+                param.normal_(0.0, 0.3)
+    after = cached(PROMPTS[:4])
+    assert after == uncached(PROMPTS[:4])
+    assert after != before  # the new weights answer differently: a stale cache would show
+
+
+def test_prefix_cache_with_few_shot_heads_and_mixed_prompts(tiny_model_dir: Path) -> None:
+    """Prompts with different heads (few-shot turns, another system text) in one call: each batch
+    uses only what all its rows share, and answers equal the uncached ones."""
+    shots = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Aspirin gave me a rash."},
+        {"role": "assistant", "content": '[{"text": "Aspirin", "label": "DRUG"}]'},
+    ]
+    prompts = [[*shots, {"role": "user", "content": t}] for t in TEXTS[:6]]
+    prompts += [
+        [{"role": "system", "content": "Another instruction."}, {"role": "user", "content": t}]
+        for t in TEXTS[6:9]
+    ]
+    prompts += PROMPTS[9:]
+    kwargs = {"model": str(tiny_model_dir), "batch_size": 4, "max_new_tokens": 16}
+    cached = HFGenerator(**kwargs)
+    expected = HFGenerator(**kwargs, prefix_cache=False)(prompts)
+    assert cached(prompts) == expected
+    assert cached.stats["prefix_cached_tokens"] > 0
+    few_shot_head = cached._shared_head(prompts[0])
+    assert len(few_shot_head) > len(cached._shared_head(PROMPTS[0]))
+    # A one-token "head" is never cached (nothing to gain), and each row keeps a token to read.
+    assert cached._batch_prefix([PROMPTS[0]], [cached.encode_prompt(PROMPTS[0])[:3]]) == 0
+
+
 def test_prompt_longer_than_budget_raises(tiny_model_dir: Path) -> None:
     generator = HFGenerator(model=str(tiny_model_dir), max_new_tokens=200)
     long_prompt = chat(" ".join(TEXTS * 3))

@@ -125,6 +125,11 @@ class HFGenerator:
         float rounding, faster; not with load_in_4bit).
     torch_compile: wrap the model's forward in torch.compile (worth it on GPU for long runs; the
         first batches are slow while it compiles).
+    prefix_cache: compute the key/value cache of the prompt head every prompt shares (system
+        message and few-shot examples) once, and start each batch from a copy of it; only the
+        document's tokens are then read per row. Same greedy answers (up to float rounding);
+        on CPU it saves about half of the prompt reading for an e-mail and most of it for a
+        sentence.
 
     Decoding is greedy with the KV cache on; batches are sorted by prompt length and left-padded;
     on CUDA dtype "auto" means bfloat16.
@@ -146,6 +151,7 @@ class HFGenerator:
         stop_at_json_end: bool = True,
         torch_compile: bool = False,
         merge_adapter: bool = True,
+        prefix_cache: bool = True,
     ) -> None:
         if not model:
             raise ValueError("HFGenerator needs a model: a packaged alias, a folder or a hub id.")
@@ -179,8 +185,10 @@ class HFGenerator:
         self.stop_at_json_end = bool(stop_at_json_end)
         self.torch_compile = bool(torch_compile)
         self.merge_adapter = bool(merge_adapter)
-        # Running totals for benchmarks: answer tokens kept, decoding steps run, batches.
-        self.stats = {"generated_tokens": 0, "decode_steps": 0, "batches": 0}
+        self.prefix_cache = bool(prefix_cache)
+        # Running totals for benchmarks: answer tokens kept, decoding steps run, batches, and
+        # prompt tokens read from the shared-prefix cache instead of being run through the model.
+        self.stats = {"generated_tokens": 0, "decode_steps": 0, "batches": 0, "prefix_cached_tokens": 0}
         self._reset()
 
     def set_labels(self, labels: Sequence[str]) -> None:
@@ -198,6 +206,8 @@ class HFGenerator:
         self._torch_device: str | None = None
         self._stop_ids: list[int] = []
         self._token_constraint: Any = None
+        self._prefix_ids: dict[str, list[int]] = {}
+        self._prefix_kv: dict[tuple[int, ...], Any] = {}
         self._loaded_state: tuple[str, str | None, str | None] | None = None
 
     @property
@@ -432,8 +442,21 @@ class HFGenerator:
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             width = max(len(encoded[i]) for i in batch)
-            input_ids = [[pad_id] * (width - len(encoded[i])) + encoded[i] for i in batch]
-            mask = [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch]
+            shared = self._batch_prefix([prompts[i] for i in batch], [encoded[i] for i in batch])
+            # Padding goes after the shared head (left padding when there is none): every row's
+            # tokens stay contiguous, and generate counts positions from the attention mask.
+            input_ids = [
+                encoded[i][:shared] + [pad_id] * (width - len(encoded[i])) + encoded[i][shared:]
+                for i in batch
+            ]
+            mask = [
+                [1] * shared + [0] * (width - len(encoded[i])) + [1] * (len(encoded[i]) - shared)
+                for i in batch
+            ]
+            extra: dict[str, Any] = {}
+            if shared:
+                extra[self._cache_argument()] = self._prefix_cache_for(encoded[batch[0]][:shared], len(batch))
+                self.stats["prefix_cached_tokens"] += shared * len(batch)
             processors = LogitsProcessorList()
             stopping = StoppingCriteriaList()
             recorder = None
@@ -461,6 +484,7 @@ class HFGenerator:
                     generation_config=generation_config,
                     logits_processor=processors,
                     stopping_criteria=stopping,
+                    **extra,
                 )
                 logprobs = recorder.logprobs(output.sequences) if recorder is not None else None
             self.stats["decode_steps"] += output.sequences.shape[1] - width
@@ -474,6 +498,75 @@ class HFGenerator:
                 else:
                     results[i] = self._scored(new_tokens, logprobs[row, : len(new_tokens)].tolist())
         return [r if r is not None else ScoredResponse(text="") for r in results]
+
+    # Shorter shared heads are not worth a cache: the copy costs more than reading them.
+    MIN_PREFIX_TOKENS = 16
+    MAX_CACHED_PREFIXES = 4
+
+    def _shared_head(self, prompt: Prompt) -> list[int]:
+        """The token ids every prompt with `prompt`'s messages before the last one starts with.
+
+        Found by encoding those messages with two different one-letter documents and keeping the
+        common start, so it holds for any chat template (including one that adds a default
+        system message) and never assumes where a tokenizer merges across the boundary.
+        """
+        head = list(prompt[:-1])
+        role = prompt[-1].get("role", "user") if prompt else "user"
+        key = json.dumps([head, role], ensure_ascii=False, sort_keys=True)
+        if key not in self._prefix_ids:
+            first = self.encode_prompt([*head, {"role": role, "content": "a"}])
+            second = self.encode_prompt([*head, {"role": role, "content": "b"}])
+            self._prefix_ids[key] = first[: _common_prefix_length(first, second)]
+        return self._prefix_ids[key]
+
+    def _batch_prefix(self, prompts: Sequence[Prompt], encoded: Sequence[list[int]]) -> int:
+        """How many leading tokens all rows of a batch share and the prefix cache can serve (0:
+        none). Each row keeps at least one token of its own for the model to read."""
+        if not self.prefix_cache or not prompts or self.load_in_4bit:
+            return 0
+        head = self._shared_head(prompts[0])
+        shared = min(_common_prefix_length(head, ids) for ids in encoded)
+        shared = min(shared, min(len(ids) for ids in encoded) - 1)
+        return shared if shared >= self.MIN_PREFIX_TOKENS else 0
+
+    def _cache_argument(self) -> str:
+        """The keyword a key/value cache goes to `generate` by (`past_key_values` before
+        transformers renamed it to `cache`)."""
+        import inspect
+
+        model = self._model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        parameters = inspect.signature(type(base).forward).parameters
+        return "cache" if "cache" in parameters else "past_key_values"
+
+    def _prefix_cache_for(self, prefix: list[int], rows: int) -> Any:
+        """A fresh key/value cache of `prefix` for `rows` rows (the prefix runs once per model)."""
+        import copy
+
+        import torch
+
+        # The weights' in-place version counters are part of the key: a model changed in place
+        # (further training, new weights loaded into it) never reuses a stale cache.
+        weights = sum(param._version for param in self._model.parameters())
+        key = (weights, *prefix)
+        stored = self._prefix_kv.pop(key, None)
+        if stored is None:
+            with torch.inference_mode():
+                output = self._model(
+                    input_ids=torch.tensor([prefix], device=self._torch_device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            # transformers 5 calls it `cache` (`past_key_values` before).
+            stored = getattr(output, "cache", None) or output.past_key_values
+        self._prefix_kv[key] = stored  # most recently used last
+        while len(self._prefix_kv) > self.MAX_CACHED_PREFIXES:
+            self._prefix_kv.pop(next(iter(self._prefix_kv)))
+        with torch.inference_mode():
+            cache = copy.deepcopy(stored)
+            if rows > 1:
+                cache.batch_repeat_interleave(rows)
+        return cache
 
     def _answer_tokens(self, tokens: list[int]) -> list[int]:
         """The generated tokens up to the first stop or padding token (rows that finished early)."""
@@ -548,6 +641,7 @@ class HFGenerator:
             "stop_at_json_end": self.stop_at_json_end,
             "torch_compile": self.torch_compile,
             "merge_adapter": self.merge_adapter,
+            "prefix_cache": self.prefix_cache,
         }
 
     def to_disk(self, path: Path) -> None:
@@ -615,6 +709,15 @@ class HFGenerator:
         )
 
 
+def _common_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
+    length = 0
+    for a, b in zip(first, second):
+        if a != b:
+            break
+        length += 1
+    return length
+
+
 @registry.misc(FACTORY_NAME)
 def make_hf_generator(
     model: str = "smollm2-135m-instruct",
@@ -631,6 +734,7 @@ def make_hf_generator(
     stop_at_json_end: bool = True,
     torch_compile: bool = False,
     merge_adapter: bool = True,
+    prefix_cache: bool = True,
 ) -> HFGenerator:
     """A generator backed by transformers (+ peft); the model loads on first use."""
     return HFGenerator(
@@ -648,4 +752,5 @@ def make_hf_generator(
         stop_at_json_end=stop_at_json_end,
         torch_compile=torch_compile,
         merge_adapter=merge_adapter,
+        prefix_cache=prefix_cache,
     )
