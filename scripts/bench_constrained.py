@@ -30,21 +30,25 @@ from spacy_medllm.evaluate import spacy_scores  # noqa: E402
 from spacy_medllm.records import NOT_IN_TEXT  # noqa: E402
 from spacy_medllm.reporting import fmt_pct, fmt_rate, fmt_score, machine_info  # noqa: E402
 
-# name: (constrained, stop_at_json_end, merge_adapter)
+# name: (constrained, stop_at_json_end, merge_adapter, prefix_cache)
 SETTINGS = {
-    "off, LoRA not merged": ("off", True, False),
-    "off, no early stop": ("off", False, True),
-    "off": ("off", True, True),
-    "schema": ("schema", True, True),
-    "grounded": ("grounded", True, True),
+    "off, LoRA not merged": ("off", True, False, True),
+    "off, no prefix cache": ("off", True, True, False),
+    "off, no early stop": ("off", False, True, True),
+    "off": ("off", True, True, True),
+    "schema": ("schema", True, True, True),
+    "grounded": ("grounded", True, True, True),
 }
 
 
-def run_setting(nlp, examples, constrained: str, stop: bool, merge: bool = True) -> dict:
+def run_setting(
+    nlp, examples, constrained: str, stop: bool, merge: bool = True, prefix: bool = True
+) -> dict:
     component = nlp.get_pipe("medllm_ner")
     generator = component.generator
     generator.constrained = constrained
     generator.stop_at_json_end = stop
+    generator.prefix_cache = prefix
     if generator.merge_adapter != merge:
         generator.merge_adapter = merge
         generator._reset()  # the adapter is merged (or not) when the model loads
@@ -159,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             }
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in tqdm(args.settings, desc="settings"):
-        constrained, stop, merge = SETTINGS[name]
-        report["settings"][name] = run_setting(nlp, examples, constrained, stop, merge)
+        constrained, stop, merge, prefix = SETTINGS[name]
+        report["settings"][name] = run_setting(nlp, examples, constrained, stop, merge, prefix)
         print(name, json.dumps(report["settings"][name]), flush=True)
         # Written after each setting, so an interrupted run keeps what it measured.
         report["settings"] = {k: report["settings"][k] for k in SETTINGS if k in report["settings"]}

@@ -89,6 +89,7 @@ def test_smoke_workflow_runs_and_a_rerun_skips_everything(tmp_path: Path) -> Non
 TINY = [
     "--vars.profile", "smoke",
     "--vars.max_new_tokens", "64",
+    "--vars.et_max_new_tokens", "64",
     # a teacher of a few LoRA steps may not close its JSON: keep those documents (their tokens
     # stay unannotated), so the students still get a training set
     "--vars.distil_keep", "unparseable,not_in_text,error",
