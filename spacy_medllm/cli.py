@@ -74,6 +74,7 @@ def build_pipeline(
     api_key_env: str = "OPENAI_API_KEY",
     few_shot: int = 0,
     few_shot_from: Path | None = None,
+    constrained: str = "off",
 ):
     """A blank pipeline with one `medllm_ner`; labels and prompt come from the adapter's folder.
 
@@ -84,6 +85,11 @@ def build_pipeline(
     import spacy
 
     config: dict[str, Any] = {}
+    if base_url and constrained != "off":
+        raise typer.BadParameter(
+            "--constrained needs the transformers backend (medllm.HFGenerator.v1); with --base-url "
+            "use the serving engine's own structured output instead"
+        )
     if base_url:
         config["generator"] = {
             "@misc": "medllm.OpenAIGenerator.v1",
@@ -116,6 +122,7 @@ def build_pipeline(
             "adapter": str(adapter_dir) if adapter_dir else None,
             "batch_size": batch_size,
             "max_new_tokens": max_new_tokens,
+            "constrained": constrained,
         }
     if labels:
         config["labels"] = labels
@@ -147,8 +154,17 @@ def assemble(
     max_new_tokens: int = typer.Option(256, help="Longest answer in tokens."),
     few_shot: int = typer.Option(0, help="Few-shot examples to put in the prompt."),
     few_shot_from: Path | None = typer.Option(None, help="Training file to take them from."),
+    constrained: str = typer.Option(
+        "off",
+        help='Constrained decoding: "off", "schema" (valid JSON, configured labels) or '
+        '"grounded" (also every entity copied from the text).',
+    ),
 ) -> None:
     """Wrap a base model (+ LoRA adapter) as a `medllm_ner` pipeline and save it (`nlp.to_disk`)."""
+    if constrained not in ("off", "schema", "grounded"):
+        raise typer.BadParameter(
+            f"--constrained must be off, schema or grounded, not {constrained!r}"
+        )
     nlp = build_pipeline(
         model,
         adapter,
@@ -158,6 +174,7 @@ def assemble(
         max_new_tokens,
         few_shot=few_shot,
         few_shot_from=few_shot_from,
+        constrained=constrained,
     )
     nlp.to_disk(output)
     component = nlp.get_pipe("medllm_ner")

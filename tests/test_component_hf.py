@@ -274,6 +274,16 @@ def test_command_line_assemble_extract_and_info(trained, batched_docs, tmp_path)
     assert "labels: DRUG, ADVERSE_EVENT" in result.output
     assert str(trained["base"]) in result.output
 
+    # --constrained is saved in the pipeline's config and used after spacy.load.
+    grounded = tmp_path / "grounded"
+    args = ["assemble", str(grounded), "--adapter", str(trained["adapter"].parent)]
+    args += ["--model", str(trained["base"]), "--constrained", "grounded"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert spacy.load(grounded).get_pipe("medllm_ner").generator.constrained == "grounded"
+    result = runner.invoke(app, [*args[:-1], "loose"])
+    assert result.exit_code != 0 and "--constrained must be" in result.output
+
 
 def test_few_shot_examples_come_from_training_data_and_enter_the_prompt() -> None:
     from spacy_medllm.cli import few_shot_examples

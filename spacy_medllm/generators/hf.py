@@ -188,7 +188,12 @@ class HFGenerator:
         self.prefix_cache = bool(prefix_cache)
         # Running totals for benchmarks: answer tokens kept, decoding steps run, batches, and
         # prompt tokens read from the shared-prefix cache instead of being run through the model.
-        self.stats = {"generated_tokens": 0, "decode_steps": 0, "batches": 0, "prefix_cached_tokens": 0}
+        self.stats = {
+            "generated_tokens": 0,
+            "decode_steps": 0,
+            "batches": 0,
+            "prefix_cached_tokens": 0,
+        }
         self._reset()
 
     def set_labels(self, labels: Sequence[str]) -> None:
@@ -455,7 +460,9 @@ class HFGenerator:
             ]
             extra: dict[str, Any] = {}
             if shared:
-                extra[self._cache_argument()] = self._prefix_cache_for(encoded[batch[0]][:shared], len(batch))
+                extra[self._cache_argument()] = self._prefix_cache_for(
+                    encoded[batch[0]][:shared], len(batch)
+                )
                 self.stats["prefix_cached_tokens"] += shared * len(batch)
             processors = LogitsProcessorList()
             stopping = StoppingCriteriaList()
@@ -711,7 +718,7 @@ class HFGenerator:
 
 def _common_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
     length = 0
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=False):
         if a != b:
             break
         length += 1

@@ -1,0 +1,120 @@
+"""Where a generation's time goes on this machine: reading the prompt (prefill) against decoding
+steps, by batch size, for the packaged base model (float32, greedy, KV cache).
+
+For each batch size: the prompt tokens read per second in one forward pass over `--prompt-tokens`
+random tokens per row, and the time of one decoding step (one new token per row) after it. A
+decoding step reads every weight once whatever the batch size, so where it costs nearly as much
+for 8 rows as a prefill of 8 tokens per row would, decoding is bound by memory bandwidth, and
+larger batches or smaller weights are what speed it up. Writes training/reports/decode.json/.md.
+
+    nice -n 19 .venv/bin/python scripts/bench_decode.py            # about two minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from spacy_medllm.generators.hf import HFGenerator  # noqa: E402
+from spacy_medllm.reporting import machine_info  # noqa: E402
+
+
+def measure(model, batch: int, prompt_tokens: int, steps: int, vocab: int, cache_kw: str) -> dict:
+    import torch
+
+    generator = torch.Generator().manual_seed(batch)
+    ids = torch.randint(100, vocab, (batch, prompt_tokens), generator=generator)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        output = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        prefill = time.perf_counter() - start
+        cache = getattr(output, "cache", None) or output.past_key_values
+        token = output.logits[:, -1:].argmax(-1)
+        start = time.perf_counter()
+        for _ in range(steps):
+            output = model(input_ids=token, use_cache=True, **{cache_kw: cache})
+            cache = getattr(output, "cache", None) or output.past_key_values
+            token = output.logits[:, -1:].argmax(-1)
+        step = (time.perf_counter() - start) / steps
+    return {
+        "batch": batch,
+        "prefill_seconds": round(prefill, 3),
+        "prefill_tokens_per_s": round(batch * prompt_tokens / prefill, 1),
+        "decode_step_ms": round(step * 1000, 1),
+        "decode_tokens_per_s": round(batch / step, 1),
+        # a prefill reads tokens at its own rate; this is how much slower a decoding step's
+        # tokens come out than that
+        "decode_vs_prefill_cost_per_token": round(step / (prefill / (batch * prompt_tokens)), 1),
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Prefill and decoding step by batch size",
+        "",
+        f"Model {report['model']} ({report['dtype']}, {report['weights_mb']} MB of weights), "
+        f"{report['prompt_tokens']} prompt tokens per row, {report['steps']} decoding steps "
+        f"averaged; {report['machine']['cpu_count']} CPU(s), torch {report['machine']['torch']} "
+        f"with {report['threads']} thread(s).",
+        "",
+        "| batch | prefill s | prompt tokens/s | decode step ms | new tokens/s "
+        "| decode token cost / prefill token cost |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['batch']} | {row['prefill_seconds']} | {row['prefill_tokens_per_s']} | "
+            f"{row['decode_step_ms']} | {row['decode_tokens_per_s']} | "
+            f"{row['decode_vs_prefill_cost_per_token']} |"
+        )
+    lines += ["", f"Reproduce: `{report['command']}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 8, 16, 32])
+    parser.add_argument("--prompt-tokens", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", default=str(REPO / "training/reports/decode"))
+    args = parser.parse_args(argv)
+
+    generator = HFGenerator(model=args.model, num_threads=args.threads)
+    generator.initialize()
+    model = generator._model
+    cache_kw = generator._cache_argument()
+    measure(model, 1, 16, 2, model.config.vocab_size, cache_kw)  # warm-up
+    rows = [
+        measure(model, batch, args.prompt_tokens, args.steps, model.config.vocab_size, cache_kw)
+        for batch in args.batches
+    ]
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    report = {
+        "model": args.model,
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "weights_mb": round(weights / 1e6),
+        "prompt_tokens": args.prompt_tokens,
+        "steps": args.steps,
+        "threads": args.threads,
+        "rows": rows,
+        "machine": machine_info(),
+        "command": "nice -n 19 .venv/bin/python scripts/bench_decode.py",
+    }
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
+    out.with_suffix(".md").write_text(markdown(report), encoding="utf8")
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
