@@ -48,9 +48,10 @@ def measure(model, batch: int, prompt_tokens: int, steps: int, vocab: int, cache
         "prefill_tokens_per_s": round(batch * prompt_tokens / prefill, 1),
         "decode_step_ms": round(step * 1000, 1),
         "decode_tokens_per_s": round(batch / step, 1),
-        # a prefill reads tokens at its own rate; this is how much slower a decoding step's
-        # tokens come out than that
-        "decode_vs_prefill_cost_per_token": round(step / (prefill / (batch * prompt_tokens)), 1),
+        # how many times a token costs more made by a decoding step than read in a prefill
+        "decode_vs_prefill_cost_per_token": round(
+            (step / batch) / (prefill / (batch * prompt_tokens)), 1
+        ),
     }
 
 
