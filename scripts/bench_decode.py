@@ -64,13 +64,14 @@ def markdown(report: dict) -> str:
         f"averaged; {report['machine']['cpu_count']} CPU(s), torch {report['machine']['torch']} "
         f"with {report['threads']} thread(s).",
         "",
-        "| batch | prefill s | prompt tokens/s | decode step ms | new tokens/s "
+        "| weights | batch | prefill s | prompt tokens/s | decode step ms | new tokens/s "
         "| decode token cost / prefill token cost |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         lines.append(
-            f"| {row['batch']} | {row['prefill_seconds']} | {row['prefill_tokens_per_s']} | "
+            f"| {row.get('weights', 'float32')} | {row['batch']} | {row['prefill_seconds']} | "
+            f"{row['prefill_tokens_per_s']} | "
             f"{row['decode_step_ms']} | {row['decode_tokens_per_s']} | "
             f"{row['decode_vs_prefill_cost_per_token']} |"
         )
@@ -85,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=200)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also measure the model with torch's dynamic int8 quantization of its Linear layers "
+        "(deprecated in torch 2.13, not used by medllm_ner: what smaller weights would gain)",
+    )
     parser.add_argument("--output", default=str(REPO / "training/reports/decode"))
     args = parser.parse_args(argv)
 
@@ -93,11 +100,29 @@ def main(argv: list[str] | None = None) -> int:
     model = generator._model
     cache_kw = generator._cache_argument()
     measure(model, 1, 16, 2, model.config.vocab_size, cache_kw)  # warm-up
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
     rows = [
-        measure(model, batch, args.prompt_tokens, args.steps, model.config.vocab_size, cache_kw)
+        {"weights": "float32"}
+        | measure(model, batch, args.prompt_tokens, args.steps, model.config.vocab_size, cache_kw)
         for batch in args.batches
     ]
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if args.int8:
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torch.ao.quantization import quantize_dynamic
+
+            quantized = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        rows += [
+            {"weights": "int8 (dynamic)"}
+            | measure(
+                quantized, b, args.prompt_tokens, args.steps, model.config.vocab_size, cache_kw
+            )
+            for b in args.batches
+        ]
     report = {
         "model": args.model,
         "dtype": str(model.dtype).replace("torch.", ""),
@@ -107,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "rows": rows,
         "machine": machine_info(),
-        "command": "nice -n 19 .venv/bin/python scripts/bench_decode.py",
+        "command": "nice -n 19 .venv/bin/python scripts/bench_decode.py"
+        + (" --int8" if args.int8 else ""),
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
