@@ -161,9 +161,11 @@ def assemble(
     ),
 ) -> None:
     """Wrap a base model (+ LoRA adapter) as a `medllm_ner` pipeline and save it (`nlp.to_disk`)."""
-    if constrained not in ("off", "schema", "grounded"):
+    from .generators.hf import CONSTRAINED_MODES
+
+    if constrained not in CONSTRAINED_MODES:
         raise typer.BadParameter(
-            f"--constrained must be off, schema or grounded, not {constrained!r}"
+            f"--constrained must be one of {', '.join(CONSTRAINED_MODES)}, not {constrained!r}"
         )
     nlp = build_pipeline(
         model,

@@ -282,7 +282,7 @@ def test_command_line_assemble_extract_and_info(trained, batched_docs, tmp_path)
     assert result.exit_code == 0, result.output
     assert spacy.load(grounded).get_pipe("medllm_ner").generator.constrained == "grounded"
     result = runner.invoke(app, [*args[:-1], "loose"])
-    assert result.exit_code != 0 and "--constrained must be" in result.output
+    assert result.exit_code != 0 and "--constrained must be one of" in result.output
 
 
 def test_few_shot_examples_come_from_training_data_and_enter_the_prompt() -> None:

@@ -131,8 +131,9 @@ class HFGenerator:
         on CPU it saves about half of the prompt reading for an e-mail and most of it for a
         sentence.
 
-    Decoding is greedy with the KV cache on; batches are sorted by prompt length and left-padded;
-    on CUDA dtype "auto" means bfloat16.
+    Decoding is greedy with the KV cache on; batches are sorted by prompt length and padded after
+    the shared prompt head (left-padded without a prefix cache); on CUDA dtype "auto" means
+    bfloat16.
     """
 
     def __init__(
