@@ -530,6 +530,7 @@ class HFGenerator:
     def _batch_prefix(self, prompts: Sequence[Prompt], encoded: Sequence[list[int]]) -> int:
         """How many leading tokens all rows of a batch share and the prefix cache can serve (0:
         none). Each row keeps at least one token of its own for the model to read."""
+        # Not with 4-bit weights: that path runs on CUDA only and has not been checked here.
         if not self.prefix_cache or not prompts or self.load_in_4bit:
             return 0
         head = self._shared_head(prompts[0])
