@@ -75,6 +75,7 @@ def build_pipeline(
     few_shot: int = 0,
     few_shot_from: Path | None = None,
     constrained: str = "off",
+    quantize: str = "none",
 ):
     """A blank pipeline with one `medllm_ner`; labels and prompt come from the adapter's folder.
 
@@ -89,6 +90,11 @@ def build_pipeline(
         raise typer.BadParameter(
             "--constrained needs the transformers backend (medllm.HFGenerator.v1); with --base-url "
             "use the serving engine's own structured output instead"
+        )
+    if base_url and quantize != "none":
+        raise typer.BadParameter(
+            "--quantize needs the transformers backend (medllm.HFGenerator.v1); with --base-url "
+            "the serving engine chooses the weights (a quantized GGUF for llama.cpp's server)"
         )
     if base_url:
         config["generator"] = {
@@ -123,6 +129,7 @@ def build_pipeline(
             "batch_size": batch_size,
             "max_new_tokens": max_new_tokens,
             "constrained": constrained,
+            "quantize": quantize,
         }
     if labels:
         config["labels"] = labels
@@ -159,13 +166,20 @@ def assemble(
         help='Constrained decoding: "off", "schema" (valid JSON, configured labels) or '
         '"grounded" (also every entity copied from the text).',
     ),
+    quantize: str = typer.Option(
+        "none", help='"int8": int8 Linear weights, faster CPU decoding (CPU only; F1 may change).'
+    ),
 ) -> None:
     """Wrap a base model (+ LoRA adapter) as a `medllm_ner` pipeline and save it (`nlp.to_disk`)."""
-    from .generators.hf import CONSTRAINED_MODES
+    from .generators.hf import CONSTRAINED_MODES, QUANTIZE_MODES
 
     if constrained not in CONSTRAINED_MODES:
         raise typer.BadParameter(
             f"--constrained must be one of {', '.join(CONSTRAINED_MODES)}, not {constrained!r}"
+        )
+    if quantize not in QUANTIZE_MODES:
+        raise typer.BadParameter(
+            f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, not {quantize!r}"
         )
     nlp = build_pipeline(
         model,
@@ -177,6 +191,7 @@ def assemble(
         few_shot=few_shot,
         few_shot_from=few_shot_from,
         constrained=constrained,
+        quantize=quantize,
     )
     nlp.to_disk(output)
     component = nlp.get_pipe("medllm_ner")

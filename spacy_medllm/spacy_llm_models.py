@@ -126,8 +126,10 @@ def make_hf_model(
     num_threads: int = 0,
     cache_dir: str | None = None,
     context_length: int = DEFAULT_CONTEXT_LENGTH,
+    quantize: str = "none",
 ) -> GeneratorModel:
-    """A spacy-llm model: a transformers causal LM (+ LoRA adapter); loads on the first call."""
+    """A spacy-llm model: a transformers causal LM (+ LoRA adapter); loads on the first call.
+    `quantize = "int8"`: int8 Linear weights on the CPU (see HFGenerator)."""
     return GeneratorModel(
         HFGenerator(
             model=model,
@@ -139,6 +141,7 @@ def make_hf_model(
             load_in_4bit=load_in_4bit,
             num_threads=num_threads,
             cache_dir=cache_dir,
+            quantize=quantize,
         ),
         context_length=context_length,
     )

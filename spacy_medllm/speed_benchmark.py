@@ -46,10 +46,11 @@ CORPORA = ("seed-ae-emails", "ade-corpus-v2")
 SPLIT = "test"
 OURS = "medllm_ner"
 UNBATCHED = "medllm_ner (batch 1)"
+INT8 = "medllm_ner int8"  # quantize="int8": our path with int8 Linear weights (CPU)
 SPACY_LLM_NER = "spacy-llm NER.v3"
 SPACY_LLM_NER_1 = "spacy-llm NER.v3 (batch 1)"
 SPACY_LLM_JSON = "spacy-llm JSONNER.v1"
-SYSTEMS = (OURS, UNBATCHED, SPACY_LLM_NER, SPACY_LLM_NER_1, SPACY_LLM_JSON)
+SYSTEMS = (OURS, INT8, UNBATCHED, SPACY_LLM_NER, SPACY_LLM_NER_1, SPACY_LLM_JSON)
 DEFAULT_SYSTEMS = (OURS, UNBATCHED, SPACY_LLM_NER, SPACY_LLM_NER_1)
 GOAL_SPEEDUP = 5.0
 WARM_UP_TEXT = "After starting aspirin I had a headache."
@@ -68,7 +69,7 @@ def build_system(name: str, model: str, adapter: str, batch_size: int, max_new_t
     """A spaCy pipeline for one of SYSTEMS, nothing loaded yet."""
     import spacy
 
-    if name in (OURS, UNBATCHED):
+    if name in (OURS, INT8, UNBATCHED):
         from .cli import build_pipeline
 
         return build_pipeline(
@@ -76,6 +77,7 @@ def build_system(name: str, model: str, adapter: str, batch_size: int, max_new_t
             adapter=adapter,
             batch_size=1 if name == UNBATCHED else batch_size,
             max_new_tokens=max_new_tokens,
+            quantize="int8" if name == INT8 else "none",
         )
     if name not in (SPACY_LLM_NER, SPACY_LLM_NER_1, SPACY_LLM_JSON):
         raise ValueError(f"unknown system {name!r}; known: {list(SYSTEMS)}")
@@ -319,6 +321,8 @@ def markdown(report: dict[str, Any]) -> str:
         "warm-up document run before the clock starts; words are non-space spaCy tokens. "
         "F1/P/R: strict exact spans (seqeval IOB2, micro) from `spacy_medllm.evaluate`. "
         "answer tokens: tokens kept in the responses; generate calls: `model.generate` batches.",
+        "medllm_ner int8 (if shown): the same pipeline with `quantize = \"int8\"` (int8 Linear "
+        "weights, not the same numbers as the other rows' float32 model).",
         "spacy-llm NER.v3 prompts with its own chain-of-thought template, which the adapter was "
         "not trained on (it answers in JSON, which NER.v3 cannot read); (batch 1): one prompt per "
         "`generate` call, as spacy-llm's own Hugging Face models run; spacy-llm JSONNER.v1 (if "

@@ -283,6 +283,12 @@ def test_command_line_assemble_extract_and_info(trained, batched_docs, tmp_path)
     assert spacy.load(grounded).get_pipe("medllm_ner").generator.constrained == "grounded"
     result = runner.invoke(app, [*args[:-1], "loose"])
     assert result.exit_code != 0 and "--constrained must be one of" in result.output
+    # So is --quantize.
+    result = runner.invoke(app, [*args[:-2], "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    assert spacy.load(grounded).get_pipe("medllm_ner").generator.quantize == "int8"
+    result = runner.invoke(app, [*args[:-2], "--quantize", "int4"])
+    assert result.exit_code != 0 and "--quantize must be one of" in result.output
 
 
 def test_few_shot_examples_come_from_training_data_and_enter_the_prompt() -> None:
