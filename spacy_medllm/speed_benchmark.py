@@ -321,7 +321,7 @@ def markdown(report: dict[str, Any]) -> str:
         "warm-up document run before the clock starts; words are non-space spaCy tokens. "
         "F1/P/R: strict exact spans (seqeval IOB2, micro) from `spacy_medllm.evaluate`. "
         "answer tokens: tokens kept in the responses; generate calls: `model.generate` batches.",
-        "medllm_ner int8 (if shown): the same pipeline with `quantize = \"int8\"` (int8 Linear "
+        'medllm_ner int8 (if shown): the same pipeline with `quantize = "int8"` (int8 Linear '
         "weights, not the same numbers as the other rows' float32 model).",
         "spacy-llm NER.v3 prompts with its own chain-of-thought template, which the adapter was "
         "not trained on (it answers in JSON, which NER.v3 cannot read); (batch 1): one prompt per "

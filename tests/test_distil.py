@@ -363,8 +363,12 @@ def test_english_cnn_student_starts_from_en_core_web_sm(tmp_path) -> None:
     """configs/cnn_ner_sm.cfg: en_core_web_sm's NER, taught the silver labels; after training it
     tags the silver's entities and none of the OntoNotes labels it started with."""
     teacher = dictionary_teacher()
-    label_texts(teacher, [{"id": f"u{i}", "text": t} for i, t in enumerate(TEXTS * 3)],
-                tmp_path / "silver", progress=False)
+    label_texts(
+        teacher,
+        [{"id": f"u{i}", "text": t} for i, t in enumerate(TEXTS * 3)],
+        tmp_path / "silver",
+        progress=False,
+    )
     write_selection(tmp_path / "silver" / SILVER_FILE, tmp_path / "sel", dev_fraction=0.2)
     nlp = spacy_train("cnn_ner_sm.cfg", tmp_path / "sel", tmp_path / "cnn")
     assert nlp.pipe_names == ["ner"]
@@ -373,7 +377,7 @@ def test_english_cnn_student_starts_from_en_core_web_sm(tmp_path) -> None:
     expected = [ents(d) for d in teacher.pipe(TEXTS)]
     predicted = [ents(d) for d in nlp.pipe(TEXTS)]
     assert {label for doc in predicted for _, _, label in doc} <= set(LABELS)
-    found = sum(len(set(p) & set(e)) for p, e in zip(predicted, expected))
+    found = sum(len(set(p) & set(e)) for p, e in zip(predicted, expected, strict=True))
     assert found >= 0.8 * sum(len(e) for e in expected)
 
 

@@ -278,7 +278,7 @@ def test_int8_weights_replace_every_linear_and_keep_the_answers_close(
         a, b = fp32._model(ids).logits[0, -1], int8._model(ids).logits[0, -1]
     assert float(torch.nn.functional.cosine_similarity(a, b, dim=0)) > 0.98  # measured 0.996
     # Greedy answers mostly agree (they may part where two tokens are nearly tied).
-    assert sum(x.token_ids[:3] == y.token_ids[:3] for x, y in zip(expected, got)) >= 4
+    assert sum(x.token_ids[:3] == y.token_ids[:3] for x, y in zip(expected, got, strict=True)) >= 4
     assert generator_identity(int8) != generator_identity(fp32)
     assert int8.config()["quantize"] == "int8" and int8.describe()["quantize"] == "int8"
 
