@@ -99,7 +99,9 @@ def quantize_int8(model: Any) -> Any:
     2.13 marks `torch.ao.quantization.quantize_dynamic` as deprecated in favour of torchao, but
     torchao 0.18's int8 configs ran a SmolLM2-sized MLP at 1.2x (weight-only) and 0.1x (dynamic
     activations) of float32's speed in eager mode on the 2-core AMD machine, so the torch API is
-    used and its warning silenced. Answers change slightly: measure F1 before relying on it.
+    used and its warning silenced. Answers change, and for a model as small as SmolLM2-135M far
+    too much (seed e-mails: F1 0.533 instead of 0.860, README "Constrained decoding"): measure
+    F1 before relying on it.
     """
     import warnings
 
@@ -171,9 +173,9 @@ class HFGenerator:
         float rounding, faster; not with load_in_4bit).
     torch_compile: wrap the model's forward in torch.compile (worth it on GPU for long runs; the
         first batches are slow while it compiles).
-    quantize: "none", or "int8": after the adapter is merged, every Linear layer gets int8
-        weights (torch's dynamic quantization; CPU only). Faster CPU decoding, slightly
-        different answers; see `quantize_int8`.
+    quantize: "none", or "int8" (experimental): after the adapter is merged, every Linear layer
+        gets int8 weights (torch's dynamic quantization; CPU only). Cheaper CPU decoding steps,
+        different answers (SmolLM2-135M loses most of its recall); see `quantize_int8`.
     prefix_cache: compute the key/value cache of the prompt head every prompt shares (system
         message and few-shot examples) once, and start each batch from a copy of it; only the
         document's tokens are then read per row. Same greedy answers (up to float rounding);
