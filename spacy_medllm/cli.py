@@ -167,7 +167,9 @@ def assemble(
         '"grounded" (also every entity copied from the text).',
     ),
     quantize: str = typer.Option(
-        "none", help='"int8": int8 Linear weights, faster CPU decoding (CPU only; F1 may change).'
+        "none",
+        help='"int8" (experimental): int8 Linear weights for cheaper CPU decoding steps; '
+        "SmolLM2-135M lost most of its recall with it (README).",
     ),
 ) -> None:
     """Wrap a base model (+ LoRA adapter) as a `medllm_ner` pipeline and save it (`nlp.to_disk`)."""
