@@ -6,13 +6,18 @@ labels:
 1. `label_texts(teacher, records, output)`: any spaCy pipeline that sets `doc.ents` (or
    `doc.spans[key]`) is a teacher: a `medllm_ner` pipeline (LoRA or OpenAI-compatible generator),
    a spacy-llm pipeline, a dictionary, a trained tagger. Each finished batch of documents is
-   written at once as a DocBin shard `parts/part-NNNNN.spacy` (to a temporary name, then renamed),
-   so an interrupted run resumes where it stopped: documents whose id is in a shard are not
-   labelled again, and no finished document is lost. The teacher's raw output stays on each Doc:
+   written at once as a DocBin shard `parts/<teacher>/part-NNNNN.spacy` (to a temporary name,
+   then renamed), so an interrupted run resumes where it stopped: documents whose id is in a shard
+   are not labelled again, and no finished document is lost. `<teacher>` is the teacher's name and
+   fingerprint (`teacher_fingerprint`: a hash of its name, config and each generator's identity:
+   model, adapter sha256, decoding settings), so a changed teacher (another adapter, base model or
+   prompt) starts its own shards and is never mixed with another's, and switching back resumes
+   the old ones. The teacher's raw output stays on each Doc:
    `doc._.medllm` (prompts and responses of `medllm_ner`, switched on here with `save_io`),
    spacy-llm's `doc.user_data["llm_io"]`, and `doc.user_data["medllm_teacher"]` (the teacher's
-   name and its spans as character offsets). At the end the shards are merged, in input order, into
-   `silver.spacy`, with `labelling.json` (counts, speed, the records' problems).
+   name, fingerprint and spans as character offsets). At the end the current teacher's shards are
+   merged, in input order, into `silver.spacy`, with `labelling.json` (counts, speed, the records'
+   problems, the teacher's identity).
 2. `select_silver(docs, ...)`: optional filters before a student sees the labels: drop documents
    whose `medllm_ner` record shows an answer that could not be parsed, an entity that is not in
    the text (an invented string), or an error; keep a document only where two teachers (or two
@@ -60,10 +65,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("spacy_medllm")
 
-TEACHER_KEY = "medllm_teacher"  # doc.user_data key: {"name", "spans": [[start, end, label]]}
+# doc.user_data key: {"name", "fingerprint", "spans": [[start, end, label]]}
+TEACHER_KEY = "medllm_teacher"
 SILVER_FILE = "silver.spacy"
 PARTS_DIR = "parts"
 STATS_FILE = "labelling.json"
+TEACHER_FILE = "teacher.json"  # in each teacher's shard folder: its teacher_identity
 AGREEMENT_MODES = ("doc", "intersection")
 # problems a medllm record can show, each a reason to drop a document (select_silver)
 UNPARSEABLE, NOT_IN_TEXT, ERROR = "unparseable", "not_in_text", "error"
@@ -154,16 +161,57 @@ def _read_docbin(path: Path, vocab: Any) -> list[Doc]:
     return list(DocBin().from_disk(path).get_docs(vocab))
 
 
-def finished_ids(output: str | Path) -> dict[str, str]:
-    """Id -> teacher name of the documents already labelled into `output`'s shards."""
+def teacher_identity(nlp: Language, name: str) -> dict[str, Any]:
+    """What decides a teacher's labels, as JSON: its name, the sha256 of its config, its package
+    name and version, and per component either its generator's `describe()` (`medllm_ner`:
+    model, adapter sha256, decoding settings) or the sha256 of its `to_bytes()` (patterns,
+    weights; None for a component that cannot serialise itself)."""
+    import hashlib
+
+    components: dict[str, Any] = {}
+    for pipe_name, pipe in nlp.pipeline:
+        describe = getattr(getattr(pipe, "generator", None), "describe", None)
+        if callable(describe):
+            components[pipe_name] = describe()
+            continue
+        try:
+            components[pipe_name] = hashlib.sha256(pipe.to_bytes()).hexdigest()
+        except (AttributeError, NotImplementedError, TypeError, ValueError):
+            components[pipe_name] = None
+    return {
+        "name": name,
+        "config_sha256": hashlib.sha256(nlp.config.to_str().encode("utf8")).hexdigest(),
+        "package": f"{nlp.meta.get('name')}-{nlp.meta.get('version')}",
+        "components": components,
+    }
+
+
+def teacher_fingerprint(identity: Mapping[str, Any]) -> str:
+    """`<name>-<12 hex digits>` of a `teacher_identity`: the name of the teacher's shard folder."""
+    import hashlib
+
+    payload = json.dumps(identity, sort_keys=True, default=json_default).encode("utf8")
+    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(identity["name"]))
+    return f"{safe_name}-{hashlib.sha256(payload).hexdigest()[:12]}"
+
+
+def _check_no_legacy_shards(output: Path, fingerprint: str) -> None:
+    legacy = sorted((output / PARTS_DIR).glob("part-*.spacy"))
+    if legacy:
+        raise ValueError(
+            f"{output / PARTS_DIR} holds {len(legacy)} shards written before shards were kept per "
+            "teacher, so whose labels they are cannot be checked. If they are this teacher's, "
+            f"move them into {output / PARTS_DIR / fingerprint}/ to resume from them; otherwise "
+            "delete them"
+        )
+
+
+def finished_ids(output: str | Path, fingerprint: str) -> set[str]:
+    """Ids of the documents the teacher `fingerprint` has already labelled into `output`."""
     from spacy.vocab import Vocab
 
-    parts = sorted((Path(output) / PARTS_DIR).glob("part-*.spacy"))
-    return {
-        str(doc.user_data.get("id")): str((doc.user_data.get(TEACHER_KEY) or {}).get("name"))
-        for part in parts
-        for doc in _read_docbin(part, Vocab())
-    }
+    parts = sorted((Path(output) / PARTS_DIR / fingerprint).glob("part-*.spacy"))
+    return {str(doc.user_data.get("id")) for part in parts for doc in _read_docbin(part, Vocab())}
 
 
 def label_texts(
@@ -183,16 +231,16 @@ def label_texts(
 
     _check_unique(records)
     output = Path(output)
-    parts_dir = output / PARTS_DIR
+    identity = teacher_identity(teacher, name)  # before save_io is switched on
+    fingerprint = teacher_fingerprint(identity)
+    _check_no_legacy_shards(output, fingerprint)
+    parts_dir = output / PARTS_DIR / fingerprint
     parts_dir.mkdir(parents=True, exist_ok=True)
+    (parts_dir / TEACHER_FILE).write_text(
+        json.dumps(identity, indent=2, default=json_default), "utf8"
+    )
     raw_io = keep_raw_output(teacher)
-    done = finished_ids(output)
-    others = sorted(set(done.values()) - {name})
-    if others:
-        raise ValueError(
-            f"{output} holds labels of another teacher ({', '.join(others)}), not {name!r}: "
-            "label into a new folder, or delete the old one"
-        )
+    done = finished_ids(output, fingerprint)
     todo = [r for r in records if r["id"] not in done]
     # after the highest shard number, so that no existing shard is ever overwritten
     numbers = [int(part.stem.split("-")[1]) for part in parts_dir.glob("part-*.spacy")]
@@ -215,7 +263,11 @@ def label_texts(
             for record, doc in zip(chunk, docs, strict=True):
                 doc.user_data["id"] = record["id"]
                 spans = teacher_spans(doc, spans_key)
-                doc.user_data[TEACHER_KEY] = {"name": name, "spans": [list(s) for s in spans]}
+                doc.user_data[TEACHER_KEY] = {
+                    "name": name,
+                    "fingerprint": fingerprint,
+                    "spans": [list(s) for s in spans],
+                }
                 if spans_key is not None:  # the students learn doc.ents
                     found = [
                         doc.char_span(s, e, label=lab, alignment_mode="expand")
@@ -229,9 +281,11 @@ def label_texts(
             bar.update(len(chunk))
     finally:
         bar.close()
-    docs = merge_parts(output, records, teacher.vocab)
+    docs = merge_parts(output, records, teacher.vocab, fingerprint)
     stats = {
         "teacher": name,
+        "teacher_fingerprint": fingerprint,
+        "teacher_identity": identity,
         "n_docs": len(docs),
         "n_labelled_now": len(todo),
         "n_resumed": len(records) - len(todo),
@@ -246,12 +300,14 @@ def label_texts(
     return stats
 
 
-def merge_parts(output: str | Path, records: Sequence[Record], vocab: Any) -> list[Doc]:
-    """Merge the shards into `output/silver.spacy`, in the order of `records` (ids not among the
-    records stay out); returns the docs."""
+def merge_parts(
+    output: str | Path, records: Sequence[Record], vocab: Any, fingerprint: str
+) -> list[Doc]:
+    """Merge the shards of the teacher `fingerprint` into `output/silver.spacy`, in the order of
+    `records` (ids not among the records stay out); returns the docs."""
     output = Path(output)
     by_id: dict[str, Doc] = {}
-    for part in sorted((output / PARTS_DIR).glob("part-*.spacy")):
+    for part in sorted((output / PARTS_DIR / fingerprint).glob("part-*.spacy")):
         for doc in _read_docbin(part, vocab):
             by_id[str(doc.user_data.get("id"))] = doc
     missing = [r["id"] for r in records if r["id"] not in by_id]

@@ -28,6 +28,8 @@ from spacy_medllm.distil import (
     mark_read_tokens_outside,
     read_texts,
     select_silver,
+    teacher_fingerprint,
+    teacher_identity,
     train_transformer_student,
     write_selection,
 )
@@ -117,7 +119,7 @@ def test_dictionary_teacher_writes_silver_with_its_labels(tmp_path: Path) -> Non
         teacher, RECORDS, tmp_path / "silver", name="dict", shard_size=3, progress=False
     )
     assert stats["n_docs"] == len(TEXTS) and stats["n_labelled_now"] == len(TEXTS)
-    assert len(list((tmp_path / "silver" / "parts").glob("part-*.spacy"))) == 3  # 3 + 3 + 1
+    assert len(list((tmp_path / "silver" / "parts").glob("dict-*/part-*.spacy"))) == 3  # 3+3+1
     silver = read_silver(tmp_path / "silver" / SILVER_FILE)
     assert [d.text for d in silver] == TEXTS
     assert [d.user_data["id"] for d in silver] == [r["id"] for r in RECORDS]
@@ -131,46 +133,67 @@ def test_dictionary_teacher_writes_silver_with_its_labels(tmp_path: Path) -> Non
 
 def test_an_interrupted_run_resumes_without_redoing_or_losing_documents(tmp_path: Path) -> None:
     seen: list[str] = []
+    crash = {"on": True}
 
     @Language.component("test_crash_on_zoloft")
-    def crash(doc):
-        seen.append(doc.text)
-        if "Zoloft" in doc.text:
+    def crash_on_zoloft(doc):
+        if crash["on"] and "Zoloft" in doc.text:
             raise RuntimeError("teacher died")
+        seen.append(doc.text)
         return doc
 
     teacher = dictionary_teacher()
     teacher.add_pipe("test_crash_on_zoloft")
+    fingerprint = teacher_fingerprint(teacher_identity(teacher, "teacher"))
     with pytest.raises(RuntimeError, match="teacher died"):
         label_texts(teacher, RECORDS, tmp_path / "silver", shard_size=2, progress=False)
     # the shards finished before the crash are on disk: documents 0-3 (Zoloft is document 4)
-    assert set(finished_ids(tmp_path / "silver")) == {"u0", "u1", "u2", "u3"}
+    assert finished_ids(tmp_path / "silver", fingerprint) == {"u0", "u1", "u2", "u3"}
     assert not (tmp_path / "silver" / SILVER_FILE).exists()
 
-    teacher.remove_pipe("test_crash_on_zoloft")
-    counted: list[str] = []
-
-    @Language.component("test_count_docs")
-    def count(doc):
-        counted.append(doc.text)
-        return doc
-
-    teacher.add_pipe("test_count_docs")
+    crash["on"] = False
+    seen.clear()
     stats = label_texts(teacher, RECORDS, tmp_path / "silver", shard_size=2, progress=False)
-    assert counted == TEXTS[4:]  # only what was missing
+    assert seen == TEXTS[4:]  # only what was missing
     assert stats["n_resumed"] == 4 and stats["n_labelled_now"] == 3
-    parts = sorted(p.name for p in (tmp_path / "silver" / "parts").iterdir())
+    assert stats["teacher_fingerprint"] == fingerprint
+    shards = tmp_path / "silver" / "parts" / fingerprint
+    parts = sorted(p.name for p in shards.glob("part-*"))
     assert parts == [f"part-{i:05d}.spacy" for i in range(4)]  # 2 before the crash, 2 after
+    assert json.loads((shards / "teacher.json").read_text())["name"] == "teacher"
     silver = read_silver(tmp_path / "silver" / SILVER_FILE)
     assert [d.text for d in silver] == TEXTS
     assert [ents(d) for d in silver] == [ents(dictionary_teacher()(t)) for t in TEXTS]
+    assert {d.user_data[TEACHER_KEY]["fingerprint"] for d in silver} == {fingerprint}
     # a third run finds everything done
-    counted.clear()
+    seen.clear()
     assert label_texts(teacher, RECORDS, tmp_path / "silver", progress=False)["n_labelled_now"] == 0
-    assert counted == []
-    # shards of another teacher are never mixed in
-    with pytest.raises(ValueError, match="another teacher"):
-        label_texts(teacher, RECORDS, tmp_path / "silver", name="other", progress=False)
+    assert seen == []
+
+
+def test_a_changed_teacher_never_resumes_from_another_teachers_labels(tmp_path: Path) -> None:
+    output = tmp_path / "silver"
+    first = dictionary_teacher()
+    label_texts(first, RECORDS[:4], output, name="t", shard_size=2, progress=False)
+    # the same name and config, another dictionary: every document is labelled again
+    changed = dictionary_teacher(examples=GOLD_EXAMPLES[:1])
+    assert changed.config.to_str() == first.config.to_str()
+    assert teacher_fingerprint(teacher_identity(changed, "t")) != teacher_fingerprint(
+        teacher_identity(first, "t")
+    )
+    stats = label_texts(changed, RECORDS, output, name="t", shard_size=2, progress=False)
+    assert stats["n_resumed"] == 0 and stats["n_labelled_now"] == len(RECORDS)
+    assert len(list((output / "parts").iterdir())) == 2  # both teachers' shards are kept
+    # back to the first teacher: its 4 documents resume, the silver is its labels only
+    stats = label_texts(first, RECORDS, output, name="t", shard_size=2, progress=False)
+    assert stats["n_resumed"] == 4 and stats["n_labelled_now"] == len(RECORDS) - 4
+    silver = read_silver(output / SILVER_FILE)
+    assert [ents(d) for d in silver] == [ents(first(t)) for t in TEXTS]
+    assert [ents(d) for d in silver] != [ents(changed(t)) for t in TEXTS]
+    # shards of an older version (flat, without a teacher folder) are refused, not guessed at
+    (output / "parts" / "part-00000.spacy").write_bytes(b"")
+    with pytest.raises(ValueError, match="cannot be checked"):
+        label_texts(first, RECORDS, output, name="t", progress=False)
 
 
 def scripted_medllm_teacher(answer) -> Language:
