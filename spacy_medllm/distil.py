@@ -22,7 +22,10 @@ labels:
    whose `medllm_ner` record shows an answer that could not be parsed, an entity that is not in
    the text (an invented string), or an error; keep a document only where two teachers (or two
    prompts of one teacher) agree (`agreement="doc"`), or keep only the spans both found
-   (`agreement="intersection"`). The kept documents are split into `train.spacy` and `dev.spacy`
+   (`agreement="intersection"`; the disputed tokens become missing, not "O"); with
+   `expect_labels` (labels every text mentions), a document where the teacher found none of one
+   keeps its entities with its other tokens missing, so the student does not learn the teacher's
+   misses as negatives. The kept documents are split into `train.spacy` and `dev.spacy`
    by a hash of their id (no random state), the dev part for choosing the student's best model.
 3. Students, trained on those DocBins by project.yml: spaCy's CNN NER (`spacy train
    configs/cnn_ner.cfg --nlp.lang LANG`, any language including `et`; for English
@@ -72,6 +75,7 @@ PARTS_DIR = "parts"
 STATS_FILE = "labelling.json"
 TEACHER_FILE = "teacher.json"  # in each teacher's shard folder: its teacher_identity
 AGREEMENT_MODES = ("doc", "intersection")
+INCOMPLETE_MODES = ("missing", "drop")  # select_silver: a doc missing an expected label
 # problems a medllm record can show, each a reason to drop a document (select_silver)
 UNPARSEABLE, NOT_IN_TEXT, ERROR = "unparseable", "not_in_text", "error"
 PROBLEMS = (UNPARSEABLE, NOT_IN_TEXT, ERROR)
@@ -372,30 +376,43 @@ def select_silver(
     drop: Iterable[str] = PROBLEMS,
     other: Sequence[Doc] | None = None,
     agreement: str = "doc",
+    expect_labels: Iterable[str] = (),
+    incomplete: str = "missing",
 ) -> tuple[list[Doc], dict[str, Any]]:
     """The silver docs a student should learn from, and what was dropped and why.
 
     `drop`: record problems that exclude a document (see `record_problems`). `other`: a second
     teacher's docs for the same ids; with `agreement="doc"` a document stays only if both teachers
-    found the same spans, with "intersection" it stays with the spans both found.
+    found the same spans, with "intersection" it stays with the spans both found, and the tokens
+    of the spans only one found become missing (unknown to the student), not "O".
+
+    `expect_labels`: labels every text is known to mention (each ADE-Corpus-V2 sentence names a
+    drug and an adverse event). A document where the teacher found none of one of them is
+    incomplete: its teacher missed something, and training on its "O" tokens would teach the
+    student that miss as a fact. `incomplete="missing"` keeps its entities and makes its
+    unmarked tokens missing (spaCy's NER learns nothing from those tokens); "drop" drops it.
     """
     drop = set(drop)
+    expect = set(expect_labels)
     unknown = drop - set(PROBLEMS)
     if unknown:
         raise ValueError(f"unknown problems {sorted(unknown)}; known: {list(PROBLEMS)}")
     if agreement not in AGREEMENT_MODES:
         raise ValueError(f"agreement must be one of {AGREEMENT_MODES}, got {agreement!r}")
+    if incomplete not in INCOMPLETE_MODES:
+        raise ValueError(f"incomplete must be one of {INCOMPLETE_MODES}, got {incomplete!r}")
     others: dict[str, Doc] = {}
     if other is not None:
         others = {doc_id(d): d for d in other}
     dropped: Counter[str] = Counter()
-    n_spans_removed = 0
+    n_spans_removed = n_incomplete = 0
     kept: list[Doc] = []
     for doc in docs:
         problems = drop.intersection(record_problems(doc))
         if problems:
             dropped.update(problems)
             continue
+        disputed: list[Any] = []
         if other is not None:
             partner = others.get(doc_id(doc))
             if partner is None or partner.text != doc.text:
@@ -408,8 +425,22 @@ def select_silver(
             if agreement == "intersection" and ours != theirs:
                 common = [e for e in doc.ents if (e.start_char, e.end_char, e.label_) in theirs]
                 n_spans_removed += len(doc.ents) - len(common)
+                disputed = [
+                    doc.char_span(s, e, alignment_mode="expand") for s, e, _ in ours ^ theirs
+                ]
                 doc.ents = common
         mark_read_tokens_outside(doc)
+        if disputed:
+            free = [span for span in disputed if span is not None]
+            doc.set_ents(
+                list(doc.ents), missing=_outside_ents(free, doc.ents), default="unmodified"
+            )
+        if expect and not expect <= {e.label_ for e in doc.ents}:
+            if incomplete == "drop":
+                dropped["incomplete"] += 1
+                continue
+            doc.set_ents(list(doc.ents), default="missing")
+            n_incomplete += 1
         kept.append(doc)
     stats = {
         "n_docs_in": len(docs),
@@ -418,8 +449,18 @@ def select_silver(
         "n_spans_removed_by_intersection": n_spans_removed,
         "drop": sorted(drop),
         "agreement": agreement if other is not None else None,
+        "expect_labels": sorted(expect),
+        "incomplete": incomplete if expect else None,
+        "n_incomplete_kept_with_missing_tokens": n_incomplete,
     }
     return kept, stats
+
+
+def _outside_ents(spans: Sequence[Any], ents: Sequence[Any]) -> list[Any]:
+    """The spans that overlap none of `ents` (set_ents refuses a token both missing and in an
+    entity)."""
+    taken = {i for ent in ents for i in range(ent.start, ent.end)}
+    return [s for s in spans if not taken.intersection(range(s.start, s.end))]
 
 
 def split_silver(docs: Sequence[Doc], dev_fraction: float = 0.1) -> tuple[list[Doc], list[Doc]]:
@@ -444,6 +485,8 @@ def write_selection(
     drop: Iterable[str] = PROBLEMS,
     agree_with: str | Path | None = None,
     agreement: str = "doc",
+    expect_labels: Iterable[str] = (),
+    incomplete: str = "missing",
     dev_fraction: float = 0.1,
 ) -> dict[str, Any]:
     """`select_silver` on a silver DocBin, then `train.spacy` and `dev.spacy` (and
@@ -453,7 +496,14 @@ def write_selection(
     vocab = Vocab()
     docs = _read_docbin(Path(silver), vocab)
     other = _read_docbin(Path(agree_with), vocab) if agree_with else None
-    kept, stats = select_silver(docs, drop=drop, other=other, agreement=agreement)
+    kept, stats = select_silver(
+        docs,
+        drop=drop,
+        other=other,
+        agreement=agreement,
+        expect_labels=expect_labels,
+        incomplete=incomplete,
+    )
     if len(kept) < 2:
         raise ValueError(f"only {len(kept)} silver documents left after selection: {stats}")
     train, dev = split_silver(kept, dev_fraction)
@@ -679,6 +729,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--agree-with", type=Path, default=None, help="a second teacher's silver")
     p.add_argument("--agreement", choices=AGREEMENT_MODES, default="doc")
+    p.add_argument(
+        "--expect-labels",
+        default="",
+        help="comma-separated labels every text mentions (ADE-Corpus-V2: DRUG,ADVERSE_EVENT); a "
+        "document whose teacher found none of one is incomplete (see --incomplete)",
+    )
+    p.add_argument(
+        "--incomplete",
+        choices=INCOMPLETE_MODES,
+        default="missing",
+        help="an incomplete document: keep its entities with its other tokens missing (not O), "
+        "or drop it",
+    )
     p.add_argument("--dev-fraction", type=float, default=0.1)
 
     p = sub.add_parser("train-transformer", help="a token-classifier student on silver labels")
@@ -742,6 +805,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             drop=[p for p in PROBLEMS if p not in keep],
             agree_with=args.agree_with,
             agreement=args.agreement,
+            expect_labels=[label for label in args.expect_labels.split(",") if label],
+            incomplete=args.incomplete,
             dev_fraction=args.dev_fraction,
         )
     elif args.command == "train-transformer":

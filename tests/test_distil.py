@@ -264,6 +264,37 @@ def test_agreement_between_two_teachers(tmp_path: Path) -> None:
     assert len(kept) == len(TEXTS)
     assert [ents(d) for d in kept] == [ents(d) for d in second]
     assert stats["n_spans_removed_by_intersection"] > 0
+    # what only one teacher found is unknown to the student, not a negative ("O")
+    for doc, original in zip(kept, read_silver(tmp_path / "a" / SILVER_FILE), strict=True):
+        disputed = [e for e in original.ents if e.label_ == "ADVERSE_EVENT"]
+        assert all(doc[i].ent_iob_ == "" for e in disputed for i in range(e.start, e.end))
+        others = {i for e in disputed for i in range(e.start, e.end)}
+        assert all(t.ent_iob_ in "BIO" and t.ent_iob_ for t in doc if t.i not in others)
+
+
+def test_expected_labels_leave_an_incomplete_teachers_negatives_unknown(tmp_path: Path) -> None:
+    # a teacher that knows no adverse events on texts that each mention one
+    drugs_only = [{**e, "spans": [s for s in e["spans"] if s[2] == "DRUG"]} for e in GOLD_EXAMPLES]
+    label_texts(dictionary_teacher(examples=drugs_only), RECORDS, tmp_path / "s", progress=False)
+    silver = read_silver(tmp_path / "s" / SILVER_FILE)
+    expect = ["DRUG", "ADVERSE_EVENT"]
+    kept, stats = select_silver(silver, expect_labels=expect)
+    assert len(kept) == len(TEXTS) == stats["n_docs_kept"]
+    assert stats["n_incomplete_kept_with_missing_tokens"] == len(TEXTS)
+    for doc, original in zip(kept, read_silver(tmp_path / "s" / SILVER_FILE), strict=True):
+        assert ents(doc) == ents(original)  # the teacher's entities stay
+        assert {t.ent_iob_ for t in doc if not t.ent_type_} == {""}  # the rest is unknown
+    # a complete teacher's documents are left as they are
+    label_texts(dictionary_teacher(), RECORDS, tmp_path / "full", progress=False)
+    full = read_silver(tmp_path / "full" / SILVER_FILE)
+    complete = {d.user_data["id"] for d in full if {e.label_ for e in d.ents} >= set(expect)}
+    assert complete and len(complete) < len(TEXTS)
+    kept, stats = select_silver(full, expect_labels=expect, incomplete="drop")
+    assert {d.user_data["id"] for d in kept} == complete
+    assert stats["dropped"] == {"incomplete": len(TEXTS) - len(complete)}
+    assert all(t.ent_iob_ in ("B", "I", "O") for d in kept for t in d)
+    with pytest.raises(ValueError, match="incomplete must be"):
+        select_silver(full, expect_labels=expect, incomplete="guess")
 
 
 def test_selection_writes_train_and_dev_without_losing_documents(tmp_path: Path) -> None:
