@@ -757,6 +757,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--num-threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--freeze-embeddings",
+        action="store_true",
+        help="keep the encoder's word embeddings fixed (a large multilingual vocabulary: faster, "
+        "and less to overfit on a few hundred documents)",
+    )
 
     p = sub.add_parser("report", help="teacher vs students on a gold split (MD, JSON, PNG)")
     p.add_argument("--teacher", required=True, metavar="NAME=PATH")
@@ -822,6 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             learning_rate=args.lr,
             max_length=args.max_length,
             num_threads=args.num_threads,
+            freeze_embeddings=args.freeze_embeddings,
             seed=args.seed,
         )
     else:

@@ -488,6 +488,40 @@ def test_transformer_student_on_a_tiny_xlm_roberta(estonian_silver, tmp_path) ->
     assert predicted and predicted <= set(LABELS)
 
 
+def test_transformer_student_with_frozen_word_embeddings(estonian_silver, tmp_path) -> None:
+    pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    encoder = build_tiny_xlmr(tmp_path / "encoder", ET_TEXTS)
+    before = load_file(str(encoder / "model.safetensors"))
+    settings = dict(lang="et", max_steps=20, batch_size=4, learning_rate=5e-3, progress=False)
+    frozen = train_transformer_student(
+        estonian_silver / "train.spacy",
+        tmp_path / "frozen",
+        base_model=str(encoder),
+        freeze_embeddings=True,
+        **settings,
+    )
+    free = train_transformer_student(
+        estonian_silver / "train.spacy", tmp_path / "free", base_model=str(encoder), **settings
+    )
+    assert frozen["freeze_embeddings"] and not free["freeze_embeddings"]
+    n_embedding = before["embeddings.word_embeddings.weight"].numel()
+    assert free["n_trainable_parameters"] - frozen["n_trainable_parameters"] == n_embedding
+    assert frozen["loss_last_step"] < frozen["loss_first_step"]
+
+    def trained(name: str) -> dict:
+        model = spacy.load(tmp_path / name).get_pipe("medllm_token_classifier").model
+        return {k: v.detach() for k, v in model.state_dict().items()}
+
+    key = "roberta.embeddings.word_embeddings.weight"
+    original = before["embeddings.word_embeddings.weight"]
+    assert trained("frozen")[key].equal(original)
+    assert not trained("free")[key].equal(original)
+    layer = "roberta.encoder.layer.0.attention.self.query.weight"
+    assert not trained("frozen")[layer].equal(before["encoder.layer.0.attention.self.query.weight"])
+
+
 # -- the report -----------------------------------------------------------------------------------
 
 
