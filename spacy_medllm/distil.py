@@ -25,7 +25,8 @@ labels:
    (`agreement="intersection"`; the disputed tokens become missing, not "O"); with
    `expect_labels` (labels every text mentions), a document where the teacher found none of one
    keeps its entities with its other tokens missing, so the student does not learn the teacher's
-   misses as negatives. The kept documents are split into `train.spacy` and `dev.spacy`
+   misses as negatives; with `min_confidence` (silver labelled with `confidence=True`), entities
+   the teacher scored below it become missing tokens. The kept documents are split into `train.spacy` and `dev.spacy`
    by a hash of their id (no random state), the dev part for choosing the student's best model.
 3. Students, trained on those DocBins by project.yml: spaCy's CNN NER (`spacy train
    configs/cnn_ner.cfg --nlp.lang LANG`, any language including `et`; for English
@@ -149,6 +150,18 @@ def keep_raw_output(nlp: Language) -> list[str]:
     return changed
 
 
+def score_entities(nlp: Language) -> list[str]:
+    """Switch on the per-entity confidence of every `medllm_ner` whose generator scores tokens;
+    returns the components changed."""
+    changed = []
+    for name, pipe in nlp.pipeline:
+        scorer = getattr(getattr(pipe, "generator", None), "generate_scored", None)
+        if isinstance(getattr(pipe, "confidence", None), bool) and callable(scorer):
+            pipe.confidence = True
+            changed.append(name)
+    return changed
+
+
 def teacher_spans(doc: Doc, spans_key: str | None = None) -> list[tuple[int, int, str]]:
     """The teacher's spans: `doc.ents`, or `doc.spans[spans_key]`."""
     spans = doc.ents if spans_key is None else doc.spans.get(spans_key, [])
@@ -227,15 +240,27 @@ def label_texts(
     spans_key: str | None = None,
     batch_size: int | None = None,
     shard_size: int = 64,
+    confidence: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Label `records` with `teacher` into `output` (see the module docstring); returns the
-    statistics also written to `output/labelling.json`. Resumes from existing shards."""
+    statistics also written to `output/labelling.json`. Resumes from existing shards.
+
+    `confidence`: switch on the teacher's per-entity confidence (`medllm_ner` with a generator
+    that scores tokens): each silver entity carries `span._.medllm_confidence`, which
+    `select_silver(min_confidence=...)` filters on. Part of the teacher's fingerprint."""
     from tqdm.auto import tqdm
 
     _check_unique(records)
     output = Path(output)
     identity = teacher_identity(teacher, name)  # before save_io is switched on
+    if confidence:
+        if not score_entities(teacher):
+            raise ValueError(
+                "confidence: no component of the teacher can score its entities (it needs "
+                "medllm_ner with a generator that has generate_scored, e.g. medllm.HFGenerator.v1)"
+            )
+        identity["entity_confidence"] = True
     fingerprint = teacher_fingerprint(identity)
     _check_no_legacy_shards(output, fingerprint)
     parts_dir = output / PARTS_DIR / fingerprint
@@ -378,6 +403,7 @@ def select_silver(
     agreement: str = "doc",
     expect_labels: Iterable[str] = (),
     incomplete: str = "missing",
+    min_confidence: float | None = None,
 ) -> tuple[list[Doc], dict[str, Any]]:
     """The silver docs a student should learn from, and what was dropped and why.
 
@@ -391,7 +417,14 @@ def select_silver(
     incomplete: its teacher missed something, and training on its "O" tokens would teach the
     student that miss as a fact. `incomplete="missing"` keeps its entities and makes its
     unmarked tokens missing (spaCy's NER learns nothing from those tokens); "drop" drops it.
+
+    `min_confidence`: entities whose teacher confidence (`span._.medllm_confidence`, the mean
+    log-probability of their answer tokens; silver labelled with `label_texts(confidence=True)`)
+    is below it stop being entities and their tokens become missing; checked before
+    `expect_labels`, so a document can become incomplete by it.
     """
+    from .component import CONFIDENCE_ATTR
+
     drop = set(drop)
     expect = set(expect_labels)
     unknown = drop - set(PROBLEMS)
@@ -405,7 +438,7 @@ def select_silver(
     if other is not None:
         others = {doc_id(d): d for d in other}
     dropped: Counter[str] = Counter()
-    n_spans_removed = n_incomplete = 0
+    n_spans_removed = n_incomplete = n_low_confidence = n_scored = n_ents = 0
     kept: list[Doc] = []
     for doc in docs:
         problems = drop.intersection(record_problems(doc))
@@ -435,6 +468,15 @@ def select_silver(
             doc.set_ents(
                 list(doc.ents), missing=_outside_ents(free, doc.ents), default="unmodified"
             )
+        if min_confidence is not None:
+            scores = [(ent, ent._.get(CONFIDENCE_ATTR)) for ent in doc.ents]
+            n_ents += len(scores)
+            n_scored += sum(value is not None for _, value in scores)
+            low = [ent for ent, value in scores if value is not None and value < min_confidence]
+            if low:
+                sure = [ent for ent, value in scores if value is None or value >= min_confidence]
+                doc.set_ents(sure, missing=low, default="unmodified")
+                n_low_confidence += len(low)
         if expect and not expect <= {e.label_ for e in doc.ents}:
             if incomplete == "drop":
                 dropped["incomplete"] += 1
@@ -442,6 +484,11 @@ def select_silver(
             doc.set_ents(list(doc.ents), default="missing")
             n_incomplete += 1
         kept.append(doc)
+    if min_confidence is not None and n_ents and not n_scored:
+        raise ValueError(
+            "min_confidence: none of the silver entities has a confidence; label with "
+            "--confidence (a medllm_ner teacher whose generator scores tokens)"
+        )
     stats = {
         "n_docs_in": len(docs),
         "n_docs_kept": len(kept),
@@ -452,6 +499,8 @@ def select_silver(
         "expect_labels": sorted(expect),
         "incomplete": incomplete if expect else None,
         "n_incomplete_kept_with_missing_tokens": n_incomplete,
+        "min_confidence": min_confidence,
+        "n_spans_below_min_confidence": n_low_confidence,
     }
     return kept, stats
 
@@ -487,6 +536,7 @@ def write_selection(
     agreement: str = "doc",
     expect_labels: Iterable[str] = (),
     incomplete: str = "missing",
+    min_confidence: float | None = None,
     dev_fraction: float = 0.1,
 ) -> dict[str, Any]:
     """`select_silver` on a silver DocBin, then `train.spacy` and `dev.spacy` (and
@@ -503,6 +553,7 @@ def write_selection(
         agreement=agreement,
         expect_labels=expect_labels,
         incomplete=incomplete,
+        min_confidence=min_confidence,
     )
     if len(kept) < 2:
         raise ValueError(f"only {len(kept)} silver documents left after selection: {stats}")
@@ -717,6 +768,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--spans-key", default=None, help="read doc.spans[KEY] instead of doc.ents")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--shard-size", type=int, default=64, help="documents per saved shard")
+    p.add_argument(
+        "--confidence",
+        action="store_true",
+        help="record each entity's confidence (medllm_ner on a generator that scores tokens), "
+        "for select --min-confidence",
+    )
 
     p = sub.add_parser("select", help="filter silver docs; write train.spacy and dev.spacy")
     p.add_argument("--silver", required=True, type=Path)
@@ -741,6 +798,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="missing",
         help="an incomplete document: keep its entities with its other tokens missing (not O), "
         "or drop it",
+    )
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        help="entities the teacher scored below this (mean answer-token log-probability; silver "
+        "labelled with --confidence) become missing tokens",
     )
     p.add_argument("--dev-fraction", type=float, default=0.1)
 
@@ -800,6 +864,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             spans_key=args.spans_key,
             batch_size=args.batch_size,
             shard_size=args.shard_size,
+            confidence=args.confidence,
         )
     elif args.command == "select":
         keep = [name for name in args.keep.split(",") if name]
@@ -813,6 +878,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             agreement=args.agreement,
             expect_labels=[label for label in args.expect_labels.split(",") if label],
             incomplete=args.incomplete,
+            min_confidence=args.min_confidence,
             dev_fraction=args.dev_fraction,
         )
     elif args.command == "train-transformer":

@@ -334,6 +334,47 @@ def test_tiny_lora_teacher_keeps_its_raw_responses(
         assert record["chunks"][0]["prompt"][-1]["content"] == doc.text
         assert doc.user_data[TEACHER_KEY]["name"] == "tiny-lora"
     assert stats["raw_io_components"] == ["medllm_ner"]
+    # with confidence: every answered chunk is scored, and the scored teacher has its own shards
+    scored = label_texts(
+        teacher, RECORDS[:3], tmp_path / "silver", name="tiny-lora", confidence=True, progress=False
+    )
+    assert scored["n_resumed"] == 0 and scored["teacher_identity"]["entity_confidence"]
+    assert scored["teacher_fingerprint"] != stats["teacher_fingerprint"]
+    for doc in read_silver(tmp_path / "silver" / SILVER_FILE):
+        assert all("confidence" in chunk for chunk in get_record(doc)["chunks"])
+        assert all(isinstance(e._.medllm_confidence, float) for e in doc.ents)
+    with pytest.raises(ValueError, match="can score"):
+        label_texts(scripted_medllm_teacher("[]"), RECORDS[:1], tmp_path / "x", confidence=True)
+
+
+def test_low_confidence_entities_become_unknown_not_outside(tmp_path: Path) -> None:
+    from spacy_medllm.component import CONFIDENCE_ATTR
+
+    label_texts(dictionary_teacher(), RECORDS, tmp_path / "s", progress=False)
+    silver = read_silver(tmp_path / "s" / SILVER_FILE)
+    with pytest.raises(ValueError, match="none of the silver entities has a confidence"):
+        select_silver(silver, min_confidence=-1.0)
+    low = {}
+    for doc in silver:  # as a scoring teacher would have left them: the first entity unsure
+        for i, ent in enumerate(doc.ents):
+            ent._.set(CONFIDENCE_ATTR, -2.5 if i == 0 else -0.1)
+        if doc.ents:
+            low[doc.user_data["id"]] = doc.ents[0]
+    originals = {d.user_data["id"]: ents(d) for d in silver}
+    kept, stats = select_silver(silver, min_confidence=-1.0)
+    assert stats["n_spans_below_min_confidence"] == len(low) > 0
+    for doc in kept:
+        unsure = low.get(doc.user_data["id"])
+        assert ents(doc) == [
+            e
+            for e in originals[doc.user_data["id"]]
+            if unsure is None or e != (unsure.start_char, unsure.end_char, unsure.label_)
+        ]
+        if unsure is not None:
+            assert {doc[i].ent_iob_ for i in range(unsure.start, unsure.end)} == {""}
+        assert all(
+            t.ent_iob_ for t in doc if unsure is None or not unsure.start <= t.i < unsure.end
+        )
 
 
 # -- students -------------------------------------------------------------------------------------
