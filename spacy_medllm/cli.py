@@ -76,6 +76,7 @@ def build_pipeline(
     few_shot_from: Path | None = None,
     constrained: str = "off",
     quantize: str = "none",
+    jump_forward: bool = True,
 ):
     """A blank pipeline with one `medllm_ner`; labels and prompt come from the adapter's folder.
 
@@ -130,6 +131,7 @@ def build_pipeline(
             "max_new_tokens": max_new_tokens,
             "constrained": constrained,
             "quantize": quantize,
+            "jump_forward": jump_forward,
         }
     if labels:
         config["labels"] = labels

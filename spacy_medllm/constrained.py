@@ -267,6 +267,19 @@ class AnswerAutomaton:
     def is_done(self, state: State) -> bool:
         return state[0] == "done"
 
+    def forced(self, state: State) -> tuple[bytes, State]:
+        """The bytes every answer must continue with from `state` (empty if there is a choice),
+        and the state after them: e.g. `"text": "` once `{` is written, or the rest of the only
+        label that starts with the label's bytes so far."""
+        run = bytearray()
+        while not self.is_done(state):
+            successors = self.successors(state)
+            if successors is None or len(successors) != 1:
+                break
+            ((byte, state),) = successors.items()
+            run.append(byte)
+        return bytes(run), state
+
     def distance(self, state: State) -> float:
         """The fewest bytes that take `state` to DONE (the closing `]` included)."""
         phase = state[0]
@@ -404,7 +417,9 @@ class TokenConstraint:
         self.stop_ids = sorted(set(int(i) for i in stop_ids))
         if not self.stop_ids:
             raise ValueError("Constrained decoding needs at least one end-of-sequence token id.")
+        self.tokenizer = tokenizer
         self.token_bytes = token_bytes(tokenizer)
+        self._jump_memo: dict[bytes, list[int]] = {}
         self.root = _TrieNode()
         for token_id, data in enumerate(self.token_bytes):
             if not data:
@@ -429,6 +444,50 @@ class TokenConstraint:
             if state is None:
                 return None
         return state
+
+    def tokenize_forced(self, data: bytes) -> list[int]:
+        """The tokenizer's own tokens for `data`, or [] if they would not write exactly `data`
+        (a part of a UTF-8 character, a tokenizer that adds or normalises characters)."""
+        if data not in self._jump_memo:
+            tokens: list[int] = []
+            try:
+                text = data.decode("utf8")
+            except UnicodeDecodeError:
+                text = None
+            if text:
+                ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+                table = self.token_bytes
+                written = [table[i] if 0 <= i < len(table) else None for i in ids]
+                if all(written) and b"".join(written) == data:  # type: ignore[arg-type]
+                    tokens = ids
+            self._jump_memo[data] = tokens
+        return self._jump_memo[data]
+
+    def jump(
+        self, automaton: AnswerAutomaton, state: State, left: int
+    ) -> tuple[list[int], State]:
+        """Jump-forward decoding: the tokens that may be appended after `state` without asking the
+        model, and the state after them.
+
+        They are the tokenizer's own tokens for the bytes the schema forces next (as the answers
+        the model was trained on are tokenized), except the last one: it could merge with the
+        bytes the model chooses after it (`"}` + `,` is the single token `"},` in SmolLM2), so the
+        model writes it, constrained as usual. A run that closes the answer is taken whole.
+        At most `left` - 1 tokens, so the answer can always close within its budget.
+        """
+        data, end = automaton.forced(state)
+        if not data:
+            return [], state
+        tokens = self.tokenize_forced(data)
+        if not automaton.is_done(end):
+            tokens = tokens[:-1]
+        tokens = tokens[: max(0, left - 1)]
+        for token_id in tokens:
+            nxt = self.advance(automaton, state, token_id)
+            if nxt is None:  # cannot happen: the tokens write exactly the forced bytes
+                return [], state
+            state = nxt
+        return list(tokens), state
 
     def allowed(self, automaton: AnswerAutomaton, state: State) -> tuple[list[int], list[float]]:
         """Token ids that may come next in `state`, each with the distance it leaves to DONE."""

@@ -173,6 +173,42 @@ def test_budget_only_allows_tokens_that_can_still_close(tokenizer) -> None:
         assert automaton.distance(after) <= len('", "label": "DRUG"}]') - 1
 
 
+def test_forced_bytes_are_the_schema_between_choices() -> None:
+    automaton = AnswerAutomaton(LABELS)
+    assert automaton.forced(run(automaton, "[{"))[0] == b'"text": "'
+    assert automaton.forced(run(automaton, '[{"text": "a"'))[0] == b', "label": "'
+    data, end = automaton.forced(run(automaton, '[{"text": "a", "label": "A'))
+    assert data == b'DVERSE_EVENT"}' and end == ("after",)
+    assert automaton.forced(automaton.start()) == (b"[", ("open",))
+    for choice in ("[", '[{"text": "a', '[{"text": "a", "label": "', '[{"text": "a", "label": "DRUG"}'):
+        state = run(automaton, choice)
+        assert automaton.forced(state) == (b"", state), choice
+    grounded = AnswerAutomaton(LABELS, "   ")  # nothing to copy: `[` can only be followed by `]`
+    assert grounded.forced(run(grounded, "[")) == (b"]", DONE)
+
+
+def test_jump_keeps_the_last_forced_token_for_the_model(tokenizer) -> None:
+    constraint = TokenConstraint(tokenizer, [tokenizer.eos_token_id])
+    automaton = AnswerAutomaton(LABELS)
+    for prefix in ('[{"text": "a"', '[{"text": "a", "label": "A', "[{"):
+        state = run(automaton, prefix)
+        data, end = automaton.forced(state)
+        own = tokenizer(data.decode(), add_special_tokens=False)["input_ids"]
+        jumped, after = constraint.jump(automaton, state, left=100)
+        assert jumped == own[:-1], prefix  # the tokenizer's own tokens, the last one left out
+        assert after == run(automaton, prefix + b"".join(
+            constraint.token_bytes[i] for i in jumped).decode())
+        assert automaton.forced(after)[0] == constraint.token_bytes[own[-1]]
+        # The budget: never more than left - 1 tokens, so the answer can still close.
+        assert len(constraint.jump(automaton, state, left=2)[0]) <= 1
+        assert constraint.jump(automaton, state, left=1)[0] == []
+    grounded = AnswerAutomaton(LABELS, "   ")
+    jumped, after = constraint.jump(grounded, run(grounded, "["), left=10)
+    assert after == DONE and b"".join(constraint.token_bytes[i] for i in jumped) == b"]"
+    state = run(automaton, '[{"text": "a')  # free text: nothing is forced
+    assert constraint.jump(automaton, state, left=100) == ([], state)
+
+
 # -- stopping at the end of the answer ------------------------------------------------------------
 
 
@@ -257,11 +293,15 @@ def test_unconstrained_random_model_emits_garbage(generator) -> None:
     assert sum(parse_response(r, LabelSet(LABELS)).ok for r in responses) < len(responses)
 
 
+@pytest.mark.parametrize("jump_forward", [True, False])
 @pytest.mark.parametrize("mode", ["schema", "grounded"])
-def test_constrained_random_model_always_answers_validly(generator, mode: str) -> None:
+def test_constrained_random_model_always_answers_validly(
+    generator, mode: str, jump_forward: bool
+) -> None:
     labels = LabelSet(LABELS)
     n_entities = 0
     generator.constrained = mode
+    generator.jump_forward = jump_forward
     for seed in (1, 2, 3, 4):
         _randomise(generator, seed)
         for max_new_tokens in (48, 13):  # 13 forces closing early, often inside an entity
@@ -282,7 +322,31 @@ def test_constrained_random_model_always_answers_validly(generator, mode: str) -
                 n_entities += len(items)
     generator.max_new_tokens = 48
     generator.constrained = "off"
+    generator.jump_forward = True
     assert n_entities > 0  # the random models did emit entities, not only []
+
+
+@pytest.mark.parametrize("mode", ["schema", "grounded"])
+def test_jump_forward_answers_do_not_depend_on_the_batch(generator, mode: str) -> None:
+    """Rows of a batch feed different numbers of tokens per step (padding in the key/value cache,
+    positions per row): each answer must be what the prompt gets alone, with fewer steps than
+    one model call per answer token."""
+    generator.constrained = mode
+    prompts = _prompts()
+    before = dict(generator.stats)
+    for seed in (1, 2, 3, 4):
+        _randomise(generator, seed)
+        generator.batch_size = 4
+        batched = generator(prompts)
+        generator.batch_size = 1
+        alone = generator(prompts)
+        assert batched == alone
+    jumped = generator.stats["jumped_tokens"] - before["jumped_tokens"]
+    steps = generator.stats["decode_steps"] - before["decode_steps"]
+    tokens = generator.stats["generated_tokens"] - before["generated_tokens"]
+    assert jumped > 0 and steps <= tokens - jumped
+    generator.batch_size = 4
+    generator.constrained = "off"
 
 
 def test_constrained_without_labels_is_a_clear_error(tiny_model_dir: Path) -> None:
@@ -306,7 +370,9 @@ def test_scored_generation_matches_a_forward_pass(generator) -> None:
     _randomise(generator, 2)
     generator.constrained = "grounded"
     prompts = _prompts()
+    jumped = generator.stats["jumped_tokens"]
     scored = generator.generate_scored(prompts)
+    assert generator.stats["jumped_tokens"] > jumped  # jumped tokens are scored too
     assert [s.text for s in scored] == generator(prompts)
     for response in scored:
         assert len(response.logprobs) == len(response.offsets) == len(response.token_ids) > 0
