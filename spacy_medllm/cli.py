@@ -77,6 +77,7 @@ def build_pipeline(
     constrained: str = "off",
     quantize: str = "none",
     jump_forward: bool = True,
+    draft_tokens: int = 8,
 ):
     """A blank pipeline with one `medllm_ner`; labels and prompt come from the adapter's folder.
 
@@ -132,6 +133,7 @@ def build_pipeline(
             "constrained": constrained,
             "quantize": quantize,
             "jump_forward": jump_forward,
+            "draft_tokens": draft_tokens,
         }
     if labels:
         config["labels"] = labels

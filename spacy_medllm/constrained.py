@@ -463,31 +463,16 @@ class TokenConstraint:
             self._jump_memo[data] = tokens
         return self._jump_memo[data]
 
-    def jump(
-        self, automaton: AnswerAutomaton, state: State, left: int
-    ) -> tuple[list[int], State]:
-        """Jump-forward decoding: the tokens that may be appended after `state` without asking the
-        model, and the state after them.
-
-        They are the tokenizer's own tokens for the bytes the schema forces next (as the answers
-        the model was trained on are tokenized), except the last one: it could merge with the
-        bytes the model chooses after it (`"}` + `,` is the single token `"},` in SmolLM2), so the
-        model writes it, constrained as usual. A run that closes the answer is taken whole.
-        At most `left` - 1 tokens, so the answer can always close within its budget.
-        """
-        data, end = automaton.forced(state)
-        if not data:
-            return [], state
-        tokens = self.tokenize_forced(data)
-        if not automaton.is_done(end):
-            tokens = tokens[:-1]
-        tokens = tokens[: max(0, left - 1)]
-        for token_id in tokens:
-            nxt = self.advance(automaton, state, token_id)
-            if nxt is None:  # cannot happen: the tokens write exactly the forced bytes
-                return [], state
-            state = nxt
-        return list(tokens), state
+    def forced_tokens(self, automaton: AnswerAutomaton, state: State, left: int) -> list[int]:
+        """Draft tokens for the bytes the schema forces after `state` (`"text": "` once `{` is
+        written, `, "label": "` after an entity's closing quote, the rest of a label once its
+        start is unique): the tokenizer's own tokens for them, as the answers a model is trained
+        on are tokenized; at most `left`. Drafts are checked against the model before they count
+        (the model may prefer another split, or merge the last one with what follows)."""
+        data, _ = automaton.forced(state)
+        if not data or left <= 0:
+            return []
+        return self.tokenize_forced(data)[:left]
 
     def allowed(self, automaton: AnswerAutomaton, state: State) -> tuple[list[int], list[float]]:
         """Token ids that may come next in `state`, each with the distance it leaves to DONE."""
@@ -542,6 +527,91 @@ class TokenConstraint:
         if left - 1 < largest:
             ids_t = ids_t[dists_t <= left - 1]
         return ids_t
+
+
+class DocumentDrafts:
+    """Draft tokens copied from the document while the model writes an entity's text.
+
+    Entity texts are mostly copies of the document. Once the model has written the start of one,
+    the document's bytes that follow the same start (JSON-escaped, as the answer writes them) are
+    a good guess at what comes next, as in prompt-lookup decoding. The guess is tokenized as the
+    entity text would be: the text so far and the guess together, keeping the tokens after the
+    text so far when the split falls on it. Occurrences at or after the previous entity's match
+    come first (answers list entities in order of appearance).
+    """
+
+    LOOKAHEAD_BYTES = 64
+
+    def __init__(self, constraint: TokenConstraint, document: str, max_tokens: int) -> None:
+        self.constraint = constraint
+        self.encoded = json_string_bytes(document)
+        self.max_tokens = max_tokens
+        self._entity_at = -1  # where the current entity text starts in the answer
+        self._cursor = 0  # where the previous entity's match ended in the encoded document
+        self._match_end = 0  # where the current entity's match ends
+
+    @staticmethod
+    def current_entity(answer: bytes) -> tuple[int, bytes] | None:
+        """Where the entity text being written starts in `answer`, and its bytes so far; None
+        outside an entity text.
+
+        `"text": "` cannot occur inside a JSON string (its quotes would be escaped), so the last
+        one opens the current entity; its text is open while no unescaped `"` follows."""
+        key = _OPEN_ITEM[1:]
+        found = answer.rfind(key)
+        if found < 0:
+            return None
+        start = found + len(key)
+        escaped = False
+        for byte in answer[start:]:
+            if escaped:
+                escaped = False
+            elif byte == _BACKSLASH:
+                escaped = True
+            elif byte == _QUOTE:
+                return None
+        return start, answer[start:]
+
+    def draft(self, answer: bytes, left: int) -> list[int]:
+        """Up to min(max_tokens, left) draft tokens for an answer whose bytes so far are `answer`."""
+        limit = min(self.max_tokens, left)
+        current = self.current_entity(answer)
+        if current is None or not current[1] or limit <= 0:
+            return []
+        start, so_far = current
+        if start != self._entity_at:  # a new entity: search after the previous one's match
+            self._entity_at = start
+            self._cursor = self._match_end
+        found = self.encoded.find(so_far, self._cursor)
+        if found < 0:
+            found = self.encoded.find(so_far)
+        if found < 0:
+            return []
+        self._match_end = found + len(so_far)
+        guess = self.encoded[self._match_end : self._match_end + self.LOOKAHEAD_BYTES]
+        if not guess:
+            return []
+        tokens = self._after(so_far, guess)
+        # The last token may be cut by the lookahead window; keep it only at the document's end.
+        if self._match_end + len(guess) < len(self.encoded):
+            tokens = tokens[:-1]
+        return tokens[:limit]
+
+    def _after(self, so_far: bytes, guess: bytes) -> list[int]:
+        """Tokens for `guess` as they follow `so_far` inside one entity text."""
+        tokenizer, table = self.constraint.tokenizer, self.constraint.token_bytes
+        text = (so_far + guess).decode("utf8", errors="ignore")
+        ids = list(tokenizer.encode(text, add_special_tokens=False))
+        written = 0
+        for k, token_id in enumerate(ids):
+            if written == len(so_far):
+                return ids[k:]
+            data = table[token_id] if 0 <= token_id < len(table) else None
+            if not data:
+                break
+            written += len(data)
+        alone = guess.decode("utf8", errors="ignore")
+        return list(tokenizer.encode(alone, add_special_tokens=False)) if alone else []
 
 
 # ---------------------------------------------------------------------------------------------

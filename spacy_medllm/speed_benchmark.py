@@ -50,7 +50,7 @@ INT8 = "medllm_ner int8"  # quantize="int8": our path with int8 Linear weights (
 # constrained = "schema": every answer in the trained JSON schema; jump-forward on (the default
 # with a constraint), and off for comparison.
 SCHEMA = "medllm_ner schema"
-SCHEMA_NO_JUMP = "medllm_ner schema, no jump-forward"
+SCHEMA_NO_JUMP = "medllm_ner schema, no drafts"
 SPACY_LLM_NER = "spacy-llm NER.v3"
 SPACY_LLM_NER_1 = "spacy-llm NER.v3 (batch 1)"
 SPACY_LLM_JSON = "spacy-llm JSONNER.v1"
@@ -93,6 +93,7 @@ def build_system(name: str, model: str, adapter: str, batch_size: int, max_new_t
             quantize="int8" if name == INT8 else "none",
             constrained="schema" if name in (SCHEMA, SCHEMA_NO_JUMP) else "off",
             jump_forward=name != SCHEMA_NO_JUMP,
+            draft_tokens=0 if name == SCHEMA_NO_JUMP else 8,
         )
     if name not in (SPACY_LLM_NER, SPACY_LLM_NER_1, SPACY_LLM_JSON):
         raise ValueError(f"unknown system {name!r}; known: {list(SYSTEMS)}")
@@ -347,8 +348,9 @@ def markdown(report: dict[str, Any]) -> str:
         "chooses the next token of every row of a batch (one per new token, fewer with "
         "jump-forward), summed over batches; generate calls: batches.",
         'medllm_ner schema: `constrained = "schema"` (every answer in the trained JSON schema), '
-        "with jump-forward decoding (the tokens the schema forces are read in the same forward "
-        "pass as the model's next choice) or without it.",
+        "with draft tokens (the tokens the schema forces, and inside entity texts the "
+        "document's continuation, read in the same forward pass as the model's next choice and "
+        "kept where they are its choice) or without them (one token per step, `generate`).",
         'medllm_ner int8 (if shown): the same pipeline with `quantize = "int8"` (int8 Linear '
         "weights, not the same numbers as the other rows' float32 model).",
         "spacy-llm NER.v3 prompts with its own chain-of-thought template, which the adapter was "

@@ -187,26 +187,48 @@ def test_forced_bytes_are_the_schema_between_choices() -> None:
     assert grounded.forced(run(grounded, "[")) == (b"]", DONE)
 
 
-def test_jump_keeps_the_last_forced_token_for_the_model(tokenizer) -> None:
+def test_forced_tokens_are_the_tokenizers_own(tokenizer) -> None:
     constraint = TokenConstraint(tokenizer, [tokenizer.eos_token_id])
     automaton = AnswerAutomaton(LABELS)
     for prefix in ('[{"text": "a"', '[{"text": "a", "label": "A', "[{"):
         state = run(automaton, prefix)
         data, end = automaton.forced(state)
         own = tokenizer(data.decode(), add_special_tokens=False)["input_ids"]
-        jumped, after = constraint.jump(automaton, state, left=100)
-        assert jumped == own[:-1], prefix  # the tokenizer's own tokens, the last one left out
-        assert after == run(automaton, prefix + b"".join(
-            constraint.token_bytes[i] for i in jumped).decode())
-        assert automaton.forced(after)[0] == constraint.token_bytes[own[-1]]
-        # The budget: never more than left - 1 tokens, so the answer can still close.
-        assert len(constraint.jump(automaton, state, left=2)[0]) <= 1
-        assert constraint.jump(automaton, state, left=1)[0] == []
+        drafts = constraint.forced_tokens(automaton, state, left=100)
+        assert drafts == own and b"".join(constraint.token_bytes[i] for i in drafts) == data
+        assert len(constraint.forced_tokens(automaton, state, left=1)) == 1  # the budget
+        assert constraint.forced_tokens(automaton, state, left=0) == []
     grounded = AnswerAutomaton(LABELS, "   ")
-    jumped, after = constraint.jump(grounded, run(grounded, "["), left=10)
-    assert after == DONE and b"".join(constraint.token_bytes[i] for i in jumped) == b"]"
+    drafts = constraint.forced_tokens(grounded, run(grounded, "["), left=10)
+    assert b"".join(constraint.token_bytes[i] for i in drafts) == b"]"
     state = run(automaton, '[{"text": "a')  # free text: nothing is forced
-    assert constraint.jump(automaton, state, left=100) == ([], state)
+    assert constraint.forced_tokens(automaton, state, left=100) == []
+
+
+def test_document_drafts_continue_the_entity_from_the_document(tokenizer) -> None:
+    from spacy_medllm.constrained import DocumentDrafts
+
+    constraint = TokenConstraint(tokenizer, [tokenizer.eos_token_id])
+    document = 'He took "Metformin 500 mg", then metformin again; nausea followed.'
+    drafts = DocumentDrafts(constraint, document, max_tokens=50)
+
+    def written(ids):
+        return b"".join(constraint.token_bytes[i] for i in ids).decode()
+
+    # Quotes in the document are written escaped, as in the answer's JSON string.
+    guess = written(drafts.draft(b'[{"text": "\\"Met', left=50))
+    assert json_string_bytes(document).decode().startswith('He took \\"Met' + guess)
+    assert guess.startswith("formin 500 mg")
+    # The next entity starting the same way is looked for after the previous one's match.
+    answer = b'[{"text": "Metformin 500 mg", "label": "DRUG"}, {"text": "met'
+    assert written(drafts.draft(b'[{"text": "Met', 50)).startswith("formin 500")
+    assert written(drafts.draft(answer, 50)).startswith("formin again")
+    # Outside an entity text, for text the document does not hold, or without budget: nothing.
+    assert drafts.draft(b'[{"text": "Met", "label": "', 50) == []
+    assert drafts.draft(b'[{"text": "insulin', 50) == []
+    assert drafts.draft(b'[{"text": "Met', 0) == []
+    assert len(DocumentDrafts(constraint, document, max_tokens=2).draft(b'[{"text": "He', 9)) == 2
+    assert DocumentDrafts.current_entity(b'[{"text": "a \\" b') == (11, b'a \\" b')
 
 
 # -- stopping at the end of the answer ------------------------------------------------------------
@@ -293,15 +315,13 @@ def test_unconstrained_random_model_emits_garbage(generator) -> None:
     assert sum(parse_response(r, LabelSet(LABELS)).ok for r in responses) < len(responses)
 
 
-@pytest.mark.parametrize("jump_forward", [True, False])
+@pytest.mark.parametrize("drafts", [True, False])
 @pytest.mark.parametrize("mode", ["schema", "grounded"])
-def test_constrained_random_model_always_answers_validly(
-    generator, mode: str, jump_forward: bool
-) -> None:
+def test_constrained_random_model_always_answers_validly(generator, mode: str, drafts: bool) -> None:
     labels = LabelSet(LABELS)
     n_entities = 0
     generator.constrained = mode
-    generator.jump_forward = jump_forward
+    generator.jump_forward, generator.draft_tokens = drafts, 8 if drafts else 0
     for seed in (1, 2, 3, 4):
         _randomise(generator, seed)
         for max_new_tokens in (48, 13):  # 13 forces closing early, often inside an entity
@@ -322,30 +342,40 @@ def test_constrained_random_model_always_answers_validly(
                 n_entities += len(items)
     generator.max_new_tokens = 48
     generator.constrained = "off"
-    generator.jump_forward = True
+    generator.jump_forward, generator.draft_tokens = True, 8
     assert n_entities > 0  # the random models did emit entities, not only []
 
 
 @pytest.mark.parametrize("mode", ["schema", "grounded"])
-def test_jump_forward_answers_do_not_depend_on_the_batch(generator, mode: str) -> None:
-    """Rows of a batch feed different numbers of tokens per step (padding in the key/value cache,
-    positions per row): each answer must be what the prompt gets alone, with fewer steps than
-    one model call per answer token."""
+def test_drafts_give_the_answers_of_one_token_per_step(generator, mode: str) -> None:
+    """Draft tokens (forced by the schema, copied from the document) count only where they are
+    the model's own choice: the answers equal `generate`'s one token per step, alone and in a
+    batch (rows keep different numbers of tokens: padding and rejected drafts in the key/value
+    cache, positions per row), in fewer steps."""
     generator.constrained = mode
     prompts = _prompts()
-    before = dict(generator.stats)
+    stats = {"steps": [0, 0], "tokens": 0, "accepted": 0}
     for seed in (1, 2, 3, 4):
         _randomise(generator, seed)
-        generator.batch_size = 4
-        batched = generator(prompts)
-        generator.batch_size = 1
-        alone = generator(prompts)
-        assert batched == alone
-    jumped = generator.stats["jumped_tokens"] - before["jumped_tokens"]
-    steps = generator.stats["decode_steps"] - before["decode_steps"]
-    tokens = generator.stats["generated_tokens"] - before["generated_tokens"]
-    assert jumped > 0 and steps <= tokens - jumped
-    generator.batch_size = 4
+        for drafts, index in ((True, 0), (False, 1)):
+            generator.jump_forward = drafts
+            generator.draft_tokens = 8 if drafts else 0
+            before = dict(generator.stats)
+            answers = generator(prompts)
+            stats["steps"][index] += generator.stats["decode_steps"] - before["decode_steps"]
+            if drafts:
+                stats["tokens"] += generator.stats["generated_tokens"] - before["generated_tokens"]
+                stats["accepted"] += (
+                    generator.stats["accepted_draft_tokens"] - before["accepted_draft_tokens"]
+                )
+                with_drafts = answers
+                generator.batch_size = 1
+                assert generator(prompts) == with_drafts
+                generator.batch_size = 4
+        assert with_drafts == answers, seed
+    assert stats["accepted"] > 0
+    assert stats["steps"][0] < stats["steps"][1]
+    generator.jump_forward, generator.draft_tokens = True, 8
     generator.constrained = "off"
 
 
@@ -370,9 +400,9 @@ def test_scored_generation_matches_a_forward_pass(generator) -> None:
     _randomise(generator, 2)
     generator.constrained = "grounded"
     prompts = _prompts()
-    jumped = generator.stats["jumped_tokens"]
+    accepted = generator.stats["accepted_draft_tokens"]
     scored = generator.generate_scored(prompts)
-    assert generator.stats["jumped_tokens"] > jumped  # jumped tokens are scored too
+    assert generator.stats["accepted_draft_tokens"] > accepted  # drafts are scored too
     assert [s.text for s in scored] == generator(prompts)
     for response in scored:
         assert len(response.logprobs) == len(response.offsets) == len(response.token_ids) > 0

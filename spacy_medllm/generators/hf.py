@@ -182,12 +182,14 @@ class HFGenerator:
         on CPU it saves about half of the prompt reading for an e-mail and most of it for a
         sentence.
 
-    jump_forward: with constrained decoding, the tokens the schema forces (`"text": "` after `{`,
-        `, "label": "` after an entity's closing quote, the rest of a label once its start is
-        unique) are appended without asking the model for each: one forward pass reads them
-        together with the model's next chosen token (their log-probabilities still come from
-        the model). Fewer decoding steps per answer; a custom greedy loop instead of
-        `generate` (see `_decode_jump_forward`).
+    jump_forward: with constrained decoding, the tokens the schema forces next (`"text": "` after
+        `{`, `, "label": "` after an entity's closing quote, the rest of a label once its start
+        is unique) go into the same forward pass as the model's next token, as drafts.
+    draft_tokens: with constrained decoding, up to this many draft tokens copied from the
+        document while the model writes an entity text (its continuation of the entity so far,
+        as in prompt-lookup decoding); 0: none. Drafts of either kind count only where they
+        are the token the model would have picked, so answers are those of one token per step
+        (up to float rounding), in fewer steps (see `_decode_with_drafts`).
 
     Decoding is greedy with the KV cache on; batches are sorted by prompt length and padded after
     the shared prompt head (left-padded without a prefix cache); on CUDA dtype "auto" means
@@ -213,6 +215,7 @@ class HFGenerator:
         prefix_cache: bool = True,
         quantize: str = "none",
         jump_forward: bool = True,
+        draft_tokens: int = 8,
     ) -> None:
         if not model:
             raise ValueError("HFGenerator needs a model: a packaged alias, a folder or a hub id.")
@@ -235,6 +238,8 @@ class HFGenerator:
         validate_int8(quantize, on_cpu, load_in_4bit, merge_adapter or not adapter)
         if quantize == "int8" and dtype not in ("auto", "float32"):
             raise ValueError(f"quantize = 'int8' starts from float32 weights, not dtype {dtype!r}")
+        if draft_tokens < 0:
+            raise ValueError(f"draft_tokens must be 0 or more, got {draft_tokens}")
         if constrained != "off" and max_new_tokens < 2:
             raise ValueError("constrained decoding needs max_new_tokens >= 2 (the answer `[]`)")
         self.model = str(model)
@@ -254,6 +259,7 @@ class HFGenerator:
         self.prefix_cache = bool(prefix_cache)
         self.quantize = quantize
         self.jump_forward = bool(jump_forward)
+        self.draft_tokens = int(draft_tokens)
         # Running totals for benchmarks: answer tokens kept, decoding steps run, batches, and
         # prompt tokens read from the shared-prefix cache instead of being run through the model.
         self.stats = {
@@ -261,7 +267,8 @@ class HFGenerator:
             "decode_steps": 0,
             "batches": 0,
             "prefix_cached_tokens": 0,
-            "jumped_tokens": 0,
+            "draft_tokens": 0,
+            "accepted_draft_tokens": 0,
         }
         self._reset()
 
@@ -536,9 +543,15 @@ class HFGenerator:
                     encoded[batch[0]][:shared], len(batch)
                 )
                 self.stats["prefix_cached_tokens"] += shared * len(batch)
-            if automata is not None and self.jump_forward:
-                rows = self._decode_jump_forward(
-                    input_ids, mask, shared, extra, constraint, [automata[i] for i in batch],
+            if automata is not None and self.uses_drafts:
+                rows = self._decode_with_drafts(
+                    [prompts[i] for i in batch],
+                    input_ids,
+                    mask,
+                    shared,
+                    extra,
+                    constraint,
+                    [automata[i] for i in batch],
                     with_scores,
                 )
                 for (tokens, scores), i in zip(rows, batch, strict=True):
@@ -592,8 +605,9 @@ class HFGenerator:
                     results[i] = self._scored(new_tokens, logprobs[row, : len(new_tokens)].tolist())
         return [r if r is not None else ScoredResponse(text="") for r in results]
 
-    def _decode_jump_forward(
+    def _decode_with_drafts(
         self,
+        prompts: Sequence[Prompt],
         input_ids: list[list[int]],
         mask: list[list[int]],
         shared: int,
@@ -602,18 +616,24 @@ class HFGenerator:
         automata: Sequence[Any],
         with_scores: bool,
     ) -> list[tuple[list[int], list[float] | None]]:
-        """Greedy constrained decoding of one batch with jump-forward; each row's answer tokens
-        (stop tokens excluded) and, with `with_scores`, their log-probabilities.
+        """Greedy constrained decoding of one batch, several tokens per forward pass where they
+        can be guessed; each row's answer tokens (stop tokens excluded) and, with `with_scores`,
+        their log-probabilities.
 
         Each step picks every unfinished row's best allowed token from the model's logits, then
-        appends the tokens the schema forces after it (`TokenConstraint.jump`); the next forward
-        pass reads all of them at once. Rows feed different numbers of tokens, so a step's input
-        is right-padded: the padding stays in the key/value cache, masked out by the attention
-        mask, and every row's positions count only its own tokens. A row ends when its answer
-        closes (no end-of-turn step is needed: the automaton allows nothing else) or at
-        `max_new_tokens`.
+        feeds it together with draft tokens: the tokens the schema forces next (`jump_forward`)
+        or, inside an entity text, the document's continuation of what the entity says so far
+        (`draft_tokens`). One forward pass reads them all; a draft counts only if it is the
+        token the row would have picked at its position (the constrained argmax there), so the
+        answers are those of one token per step, in fewer steps. Rows feed different numbers of
+        tokens and keep different numbers of them: the step's input is right-padded, and the
+        padding and rejected drafts stay in the key/value cache, masked out by the attention
+        mask, while every row's positions count only its kept tokens. A row ends when its answer
+        closes (no end-of-turn step: the automaton allows nothing else) or at `max_new_tokens`.
         """
         import torch
+
+        from ..constrained import DocumentDrafts
 
         model, device = self._model, self._torch_device
         pad_id = self._tokenizer.pad_token_id
@@ -633,75 +653,101 @@ class HFGenerator:
         cache = getattr(output, "cache", None) or output.past_key_values
         logits = output.logits[:, -1, :]
         rows = len(input_ids)
-        seen = [sum(row) for row in mask]  # real tokens of each row so far: its next position
+        table = constraint.token_bytes
+        drafters = [
+            DocumentDrafts(constraint, prompt[-1]["content"], self.draft_tokens)
+            if self.draft_tokens > 0 and prompt and prompt[-1].get("role") == "user"
+            else None
+            for prompt in prompts
+        ]
+        seen = [sum(row) for row in mask]  # kept tokens of each row so far: its next position
         states = [automaton.start() for automaton in automata]
         tokens: list[list[int]] = [[] for _ in range(rows)]
+        answers = [bytearray() for _ in range(rows)]
         scores: list[list[float]] = [[] for _ in range(rows)]
         active = [True] * rows
         stop_ids = set(constraint.stop_ids)
         limit = self.max_new_tokens
+
+        def choose(row: int, row_logits: Any) -> int | None:
+            allowed = constraint.allowed_ids(automata[row], states[row], limit - len(tokens[row]))
+            if allowed.numel() == 0:  # cannot happen: a closing path always fits
+                return None
+            allowed = allowed.to(device)
+            return int(allowed[row_logits[allowed].argmax()])
+
+        def keep(row: int, token_id: int, row_logits: Any) -> None:
+            states[row] = constraint.advance(automata[row], states[row], token_id)
+            tokens[row].append(token_id)
+            answers[row] += table[token_id] or b""
+            if with_scores:
+                scores[row].append(float(torch.log_softmax(row_logits.float(), -1)[token_id]))
+            if automata[row].is_done(states[row]) or len(tokens[row]) >= limit:
+                active[row] = False
+
         while True:
             # One decoding step per round of model choices (as generate counts one per new token).
             self.stats["decode_steps"] += 1
-            step_logprobs = torch.log_softmax(logits.float(), dim=-1) if with_scores else None
             feeds: list[list[int]] = [[] for _ in range(rows)]
             for row in range(rows):
                 if not active[row]:
                     continue
-                state = states[row]
+                pick = choose(row, logits[row])
+                if pick is None or pick in stop_ids:
+                    active[row] = False
+                    continue
+                keep(row, pick, logits[row])
+                if not active[row]:
+                    continue
                 left = limit - len(tokens[row])
-                allowed = constraint.allowed_ids(automata[row], state, left).to(device)
-                if allowed.numel() == 0:  # cannot happen: a closing path always fits
-                    active[row] = False
-                    continue
-                pick = int(allowed[logits[row, allowed].argmax()])
-                if pick in stop_ids:
-                    active[row] = False
-                    continue
-                states[row] = state = constraint.advance(automata[row], state, pick)
-                tokens[row].append(pick)
-                if step_logprobs is not None:
-                    scores[row].append(float(step_logprobs[row, pick]))
-                jumped, state = constraint.jump(automata[row], state, left - 1)
-                states[row] = state
-                tokens[row].extend(jumped)
-                feeds[row] = [pick, *jumped]
-                self.stats["jumped_tokens"] += len(jumped)
-                if automata[row].is_done(state) or len(tokens[row]) >= limit:
-                    active[row] = False
-                    if not (with_scores and jumped):  # jumped tokens are read for their scores
-                        feeds[row] = []
+                drafts = (
+                    constraint.forced_tokens(automata[row], states[row], left)
+                    if self.jump_forward
+                    else []
+                )
+                if not drafts and drafters[row] is not None:
+                    drafts = drafters[row].draft(bytes(answers[row]), left)
+                feeds[row] = [pick, *drafts]
+                self.stats["draft_tokens"] += len(drafts)
             width = max(len(feed) for feed in feeds)
             if width == 0:
                 break
             step_ids = [feed + [pad_id] * (width - len(feed)) for feed in feeds]
-            step_mask = [[1] * len(feed) + [0] * (width - len(feed)) for feed in feeds]
+            step_mask = torch.tensor(
+                [[1] * len(feed) + [0] * (width - len(feed)) for feed in feeds], device=device
+            )
             step_positions = [
                 [seen[row] + min(k, max(len(feeds[row]) - 1, 0)) for k in range(width)]
                 for row in range(rows)
             ]
-            attention = torch.cat([attention, torch.tensor(step_mask, device=device)], dim=1)
+            attention = torch.cat([attention, step_mask], dim=1)
             with torch.inference_mode():
                 output = model(
                     input_ids=torch.tensor(step_ids, device=device),
                     attention_mask=attention,
                     position_ids=torch.tensor(step_positions, device=device),
                     use_cache=True,
-                    logits_to_keep=0 if with_scores or width > 1 else 1,
+                    logits_to_keep=0,
                     **{cache_arg: cache},
                 )
             cache = getattr(output, "cache", None) or output.past_key_values
-            ends = torch.tensor([max(len(feed) - 1, 0) for feed in feeds], device=device)
             step_logits = output.logits
-            logits = step_logits[torch.arange(rows, device=device), ends]
+            ends = [0] * rows
             for row, feed in enumerate(feeds):
-                seen[row] += len(feed)
-                if with_scores and len(feed) > 1:
-                    # The model's own log-probabilities of the jumped tokens, each read off the
-                    # position before it.
-                    logprobs = torch.log_softmax(step_logits[row, : len(feed) - 1].float(), -1)
-                    chosen = torch.tensor(feed[1:], device=device).unsqueeze(1)
-                    scores[row].extend(logprobs.gather(1, chosen).squeeze(1).tolist())
+                kept = 1 if feed else 0
+                for j in range(1, len(feed)):
+                    # A draft counts if it is what the row would have picked after the kept ones.
+                    if not active[row] or choose(row, step_logits[row, j - 1]) != feed[j]:
+                        break
+                    keep(row, feed[j], step_logits[row, j - 1])
+                    kept += 1
+                self.stats["accepted_draft_tokens"] += max(kept - 1, 0)
+                if kept < len(feed):
+                    step_mask[row, kept:] = 0  # rejected drafts: never attended to again
+                seen[row] += kept
+                ends[row] = max(kept - 1, 0)
+            attention[:, -width:] = step_mask
+            logits = step_logits[torch.arange(rows, device=device), torch.tensor(ends)]
             if not any(active):
                 break
         return [(tokens[row], scores[row] if with_scores else None) for row in range(rows)]
@@ -832,13 +878,13 @@ class HFGenerator:
             "stop_at_json_end": self.stop_at_json_end,
             # Only when set, so response caches written before the option existed stay valid.
             **({"quantize": self.quantize} if self.quantize != "none" else {}),
-            **({"jump_forward": True} if self.uses_jump_forward else {}),
         }
 
     @property
-    def uses_jump_forward(self) -> bool:
-        """Whether answers come from the jump-forward loop (it needs constrained decoding)."""
-        return self.jump_forward and self.constrained != "off"
+    def uses_drafts(self) -> bool:
+        """Whether constrained answers come from the draft-and-check loop (`_decode_with_drafts`)
+        rather than `generate`: same answers, so not part of `describe()` (the cache key)."""
+        return self.constrained != "off" and (self.jump_forward or self.draft_tokens > 0)
 
     def config(self) -> dict[str, Any]:
         """The factory's arguments as saved in generator.json (the adapter as a relative folder)."""
@@ -860,6 +906,7 @@ class HFGenerator:
             "prefix_cache": self.prefix_cache,
             "quantize": self.quantize,
             "jump_forward": self.jump_forward,
+            "draft_tokens": self.draft_tokens,
         }
 
     def to_disk(self, path: Path) -> None:
@@ -955,6 +1002,7 @@ def make_hf_generator(
     prefix_cache: bool = True,
     quantize: str = "none",
     jump_forward: bool = True,
+    draft_tokens: int = 8,
 ) -> HFGenerator:
     """A generator backed by transformers (+ peft); the model loads on first use."""
     return HFGenerator(
@@ -975,4 +1023,5 @@ def make_hf_generator(
         prefix_cache=prefix_cache,
         quantize=quantize,
         jump_forward=jump_forward,
+        draft_tokens=draft_tokens,
     )
