@@ -47,17 +47,19 @@ SPLIT = "test"
 OURS = "medllm_ner"
 UNBATCHED = "medllm_ner (batch 1)"
 INT8 = "medllm_ner int8"  # quantize="int8": our path with int8 Linear weights (CPU)
-# constrained = "schema": every answer in the trained JSON schema; jump-forward on (the default
-# with a constraint), and off for comparison.
+# Draft tokens (forced by the schema, copied from the document) off: one token per step.
+NO_DRAFTS = "medllm_ner, no drafts"
+# constrained = "schema": every answer in the trained JSON schema; with and without drafts.
 SCHEMA = "medllm_ner schema"
-SCHEMA_NO_JUMP = "medllm_ner schema, no drafts"
+SCHEMA_NO_DRAFTS = "medllm_ner schema, no drafts"
 SPACY_LLM_NER = "spacy-llm NER.v3"
 SPACY_LLM_NER_1 = "spacy-llm NER.v3 (batch 1)"
 SPACY_LLM_JSON = "spacy-llm JSONNER.v1"
 SYSTEMS = (
     OURS,
+    NO_DRAFTS,
     SCHEMA,
-    SCHEMA_NO_JUMP,
+    SCHEMA_NO_DRAFTS,
     INT8,
     UNBATCHED,
     SPACY_LLM_NER,
@@ -82,7 +84,7 @@ def build_system(name: str, model: str, adapter: str, batch_size: int, max_new_t
     """A spaCy pipeline for one of SYSTEMS, nothing loaded yet."""
     import spacy
 
-    if name in (OURS, SCHEMA, SCHEMA_NO_JUMP, INT8, UNBATCHED):
+    if name in (OURS, NO_DRAFTS, SCHEMA, SCHEMA_NO_DRAFTS, INT8, UNBATCHED):
         from .cli import build_pipeline
 
         return build_pipeline(
@@ -91,9 +93,9 @@ def build_system(name: str, model: str, adapter: str, batch_size: int, max_new_t
             batch_size=1 if name == UNBATCHED else batch_size,
             max_new_tokens=max_new_tokens,
             quantize="int8" if name == INT8 else "none",
-            constrained="schema" if name in (SCHEMA, SCHEMA_NO_JUMP) else "off",
-            jump_forward=name != SCHEMA_NO_JUMP,
-            draft_tokens=0 if name == SCHEMA_NO_JUMP else 8,
+            constrained="schema" if name in (SCHEMA, SCHEMA_NO_DRAFTS) else "off",
+            jump_forward=name not in (NO_DRAFTS, SCHEMA_NO_DRAFTS),
+            draft_tokens=0 if name in (NO_DRAFTS, SCHEMA_NO_DRAFTS) else 8,
         )
     if name not in (SPACY_LLM_NER, SPACY_LLM_NER_1, SPACY_LLM_JSON):
         raise ValueError(f"unknown system {name!r}; known: {list(SYSTEMS)}")
@@ -346,11 +348,12 @@ def markdown(report: dict[str, Any]) -> str:
         "F1/P/R: strict exact spans (seqeval IOB2, micro) from `spacy_medllm.evaluate`. "
         "answer tokens: tokens kept in the responses; decode steps: rounds in which the model "
         "chooses the next token of every row of a batch (one per new token, fewer with "
-        "jump-forward), summed over batches; generate calls: batches.",
-        'medllm_ner schema: `constrained = "schema"` (every answer in the trained JSON schema), '
-        "with draft tokens (the tokens the schema forces, and inside entity texts the "
-        "document's continuation, read in the same forward pass as the model's next choice and "
-        "kept where they are its choice) or without them (one token per step, `generate`).",
+        "drafts), summed over batches; generate calls: batches.",
+        "medllm_ner decodes with draft tokens (the tokens the schema forces, and inside entity "
+        "texts the document's continuation, read in the same forward pass as the model's next "
+        "choice and kept where they are its choice); no drafts: one token per step "
+        '(`generate`); schema: `constrained = "schema"` (every answer in the trained JSON '
+        "schema).",
         'medllm_ner int8 (if shown): the same pipeline with `quantize = "int8"` (int8 Linear '
         "weights, not the same numbers as the other rows' float32 model).",
         "spacy-llm NER.v3 prompts with its own chain-of-thought template, which the adapter was "

@@ -379,6 +379,24 @@ def test_drafts_give_the_answers_of_one_token_per_step(generator, mode: str) -> 
     generator.constrained = "off"
 
 
+def test_unconstrained_drafts_give_generates_answers(generator) -> None:
+    """Unconstrained, drafts are checked against the plain greedy choice: the answers (stopping at
+    an end-of-turn token, at the end of a JSON list, or at max_new_tokens) are generate's."""
+    generator.constrained = "off"
+    prompts = _prompts()
+    for seed in (0, 5):
+        _randomise(generator, seed)
+        for max_new_tokens in (48, 7):
+            generator.max_new_tokens = max_new_tokens
+            generator.jump_forward, generator.draft_tokens = True, 8
+            assert generator.uses_drafts
+            with_drafts = generator(prompts)
+            generator.jump_forward, generator.draft_tokens = False, 0
+            assert generator(prompts) == with_drafts
+    generator.max_new_tokens = 48
+    generator.jump_forward, generator.draft_tokens = True, 8
+
+
 def test_constrained_without_labels_is_a_clear_error(tiny_model_dir: Path) -> None:
     from spacy_medllm.generators.base import GenerationError
     from spacy_medllm.generators.hf import HFGenerator

@@ -182,14 +182,16 @@ class HFGenerator:
         on CPU it saves about half of the prompt reading for an e-mail and most of it for a
         sentence.
 
-    jump_forward: with constrained decoding, the tokens the schema forces next (`"text": "` after
-        `{`, `, "label": "` after an entity's closing quote, the rest of a label once its start
-        is unique) go into the same forward pass as the model's next token, as drafts.
-    draft_tokens: with constrained decoding, up to this many draft tokens copied from the
-        document while the model writes an entity text (its continuation of the entity so far,
-        as in prompt-lookup decoding); 0: none. Drafts of either kind count only where they
-        are the token the model would have picked, so answers are those of one token per step
-        (up to float rounding), in fewer steps (see `_decode_with_drafts`).
+    jump_forward: the tokens the schema forces next (`"text": "` after `{`, `, "label": "` after
+        an entity's closing quote, the rest of a label once its start is unique) go into the same
+        forward pass as the model's next token, as drafts (needs the labels; unconstrained, only
+        while the answer follows the schema).
+    draft_tokens: up to this many draft tokens copied from the document while the model writes
+        an entity text (the document's continuation of the entity so far, as in prompt-lookup
+        decoding); 0: none. Drafts of either kind count only where they are the token the model
+        would have picked (its greedy choice, constrained or not), so answers are those of one
+        token per step (up to float rounding), in fewer steps; see `_decode_with_drafts`. With
+        both off, `generate` decodes.
 
     Decoding is greedy with the KV cache on; batches are sorted by prompt length and padded after
     the shared prompt head (left-padded without a prefix cache); on CUDA dtype "auto" means
@@ -510,7 +512,16 @@ class HFGenerator:
                     "max_new_tokens."
                 )
         automata = self._automata(prompts) if self.constrained != "off" else None
-        constraint = self.token_constraint() if automata or self.stop_at_json_end else None
+        drafting = self.uses_drafts
+        constraint = (
+            self.token_constraint() if automata or self.stop_at_json_end or drafting else None
+        )
+        if drafting and automata is None:
+            # Unconstrained: an automaton only proposes the schema's forced tokens while the
+            # answer follows the schema (the model's own choices decide; none without labels).
+            from ..constrained import AnswerAutomaton
+
+            automata = [AnswerAutomaton(self.labels) if self.labels else None for _ in prompts]
         pad_id = tokenizer.pad_token_id
         generation_config = GenerationConfig(
             max_new_tokens=self.max_new_tokens,
@@ -543,7 +554,7 @@ class HFGenerator:
                     encoded[batch[0]][:shared], len(batch)
                 )
                 self.stats["prefix_cached_tokens"] += shared * len(batch)
-            if automata is not None and self.uses_drafts:
+            if drafting:
                 rows = self._decode_with_drafts(
                     [prompts[i] for i in batch],
                     input_ids,
@@ -571,7 +582,7 @@ class HFGenerator:
 
                 recorder = TokenLogprobRecorder()
                 processors.append(recorder)  # first: it must see the model's own logits
-            if automata is not None:
+            if automata is not None and self.constrained != "off":
                 from ..constrained import JsonAnswerLogitsProcessor
 
                 processors.append(
@@ -616,24 +627,26 @@ class HFGenerator:
         automata: Sequence[Any],
         with_scores: bool,
     ) -> list[tuple[list[int], list[float] | None]]:
-        """Greedy constrained decoding of one batch, several tokens per forward pass where they
-        can be guessed; each row's answer tokens (stop tokens excluded) and, with `with_scores`,
+        """Greedy decoding of one batch (constrained or not), several tokens per forward pass where
+        they can be guessed; each row's answer tokens (stop tokens excluded) and, with `with_scores`,
         their log-probabilities.
 
-        Each step picks every unfinished row's best allowed token from the model's logits, then
+        Each step picks every unfinished row's best (allowed) token from the model's logits, then
         feeds it together with draft tokens: the tokens the schema forces next (`jump_forward`)
         or, inside an entity text, the document's continuation of what the entity says so far
         (`draft_tokens`). One forward pass reads them all; a draft counts only if it is the
-        token the row would have picked at its position (the constrained argmax there), so the
+        token the row would have picked at its position (the (constrained) argmax there), so the
         answers are those of one token per step, in fewer steps. Rows feed different numbers of
         tokens and keep different numbers of them: the step's input is right-padded, and the
         padding and rejected drafts stay in the key/value cache, masked out by the attention
         mask, while every row's positions count only its kept tokens. A row ends when its answer
-        closes (no end-of-turn step: the automaton allows nothing else) or at `max_new_tokens`.
+        closes (constrained, no end-of-turn step is needed: the automaton allows nothing else;
+        unconstrained, at an end-of-turn token or, with stop_at_json_end, when its JSON list
+        closes) or at `max_new_tokens`.
         """
         import torch
 
-        from ..constrained import DocumentDrafts
+        from ..constrained import DocumentDrafts, JsonScanner
 
         model, device = self._model, self._torch_device
         pad_id = self._tokenizer.pad_token_id
@@ -661,7 +674,12 @@ class HFGenerator:
             for prompt in prompts
         ]
         seen = [sum(row) for row in mask]  # kept tokens of each row so far: its next position
-        states = [automaton.start() for automaton in automata]
+        constrained = self.constrained != "off"
+        # Unconstrained rows follow the schema's automaton as far as the answer stays in it (a
+        # None state: it left the schema, or there are no labels), and stop at the end of
+        # their JSON list like `generate` with stop_at_json_end.
+        states = [automaton.start() if automaton else None for automaton in automata]
+        scanners = [JsonScanner() if self.stop_at_json_end else None for _ in range(rows)]
         tokens: list[list[int]] = [[] for _ in range(rows)]
         answers = [bytearray() for _ in range(rows)]
         scores: list[list[float]] = [[] for _ in range(rows)]
@@ -670,6 +688,8 @@ class HFGenerator:
         limit = self.max_new_tokens
 
         def choose(row: int, row_logits: Any) -> int | None:
+            if not constrained:
+                return int(row_logits.argmax())
             allowed = constraint.allowed_ids(automata[row], states[row], limit - len(tokens[row]))
             if allowed.numel() == 0:  # cannot happen: a closing path always fits
                 return None
@@ -677,48 +697,61 @@ class HFGenerator:
             return int(allowed[row_logits[allowed].argmax()])
 
         def keep(row: int, token_id: int, row_logits: Any) -> None:
-            states[row] = constraint.advance(automata[row], states[row], token_id)
+            data = table[token_id] or b""
+            if states[row] is not None:
+                states[row] = constraint.advance(automata[row], states[row], token_id)
             tokens[row].append(token_id)
-            answers[row] += table[token_id] or b""
+            answers[row] += data
             if with_scores:
                 scores[row].append(float(torch.log_softmax(row_logits.float(), -1)[token_id]))
-            if automata[row].is_done(states[row]) or len(tokens[row]) >= limit:
+            done = states[row] is not None and automata[row].is_done(states[row])
+            if scanners[row] is not None and scanners[row].feed(data):
+                done = True
+            if done or len(tokens[row]) >= limit:
                 active[row] = False
 
+        live = list(range(rows))  # the rows still decoding: row k of the tensors is live[k]
         while True:
             # One decoding step per round of model choices (as generate counts one per new token).
             self.stats["decode_steps"] += 1
-            feeds: list[list[int]] = [[] for _ in range(rows)]
-            for row in range(rows):
+            feeds: dict[int, list[int]] = {}
+            for k, row in enumerate(live):
                 if not active[row]:
                     continue
-                pick = choose(row, logits[row])
+                pick = choose(row, logits[k])
                 if pick is None or pick in stop_ids:
                     active[row] = False
                     continue
-                keep(row, pick, logits[row])
+                keep(row, pick, logits[k])
                 if not active[row]:
                     continue
                 left = limit - len(tokens[row])
                 drafts = (
                     constraint.forced_tokens(automata[row], states[row], left)
-                    if self.jump_forward
+                    if self.jump_forward and states[row] is not None
                     else []
                 )
                 if not drafts and drafters[row] is not None:
                     drafts = drafters[row].draft(bytes(answers[row]), left)
                 feeds[row] = [pick, *drafts]
                 self.stats["draft_tokens"] += len(drafts)
-            width = max(len(feed) for feed in feeds)
-            if width == 0:
+            if not feeds:
                 break
-            step_ids = [feed + [pad_id] * (width - len(feed)) for feed in feeds]
+            if len(feeds) < len(live):
+                # Finished rows leave the batch (generate would keep computing them).
+                index = [k for k, row in enumerate(live) if row in feeds]
+                selected = torch.tensor(index, device=device)
+                cache.batch_select_indices(selected)
+                attention = attention[selected]
+                live = [live[k] for k in index]
+            width = max(len(feed) for feed in feeds.values())
+            step_ids = [feeds[row] + [pad_id] * (width - len(feeds[row])) for row in live]
             step_mask = torch.tensor(
-                [[1] * len(feed) + [0] * (width - len(feed)) for feed in feeds], device=device
+                [[1] * len(feeds[row]) + [0] * (width - len(feeds[row])) for row in live],
+                device=device,
             )
             step_positions = [
-                [seen[row] + min(k, max(len(feeds[row]) - 1, 0)) for k in range(width)]
-                for row in range(rows)
+                [seen[row] + min(k, len(feeds[row]) - 1) for k in range(width)] for row in live
             ]
             attention = torch.cat([attention, step_mask], dim=1)
             with torch.inference_mode():
@@ -727,28 +760,28 @@ class HFGenerator:
                     attention_mask=attention,
                     position_ids=torch.tensor(step_positions, device=device),
                     use_cache=True,
-                    logits_to_keep=0,
+                    logits_to_keep=0 if width > 1 else 1,
                     **{cache_arg: cache},
                 )
             cache = getattr(output, "cache", None) or output.past_key_values
             step_logits = output.logits
-            ends = [0] * rows
-            for row, feed in enumerate(feeds):
-                kept = 1 if feed else 0
+            ends = []
+            for k, row in enumerate(live):
+                feed = feeds[row]
+                kept = 1
                 for j in range(1, len(feed)):
                     # A draft counts if it is what the row would have picked after the kept ones.
-                    if not active[row] or choose(row, step_logits[row, j - 1]) != feed[j]:
+                    if not active[row] or choose(row, step_logits[k, j - 1]) != feed[j]:
                         break
-                    keep(row, feed[j], step_logits[row, j - 1])
+                    keep(row, feed[j], step_logits[k, j - 1])
                     kept += 1
-                self.stats["accepted_draft_tokens"] += max(kept - 1, 0)
-                if kept < len(feed):
-                    step_mask[row, kept:] = 0  # rejected drafts: never attended to again
+                self.stats["accepted_draft_tokens"] += kept - 1
+                step_mask[k, kept:] = 0  # rejected drafts: never attended to again
                 seen[row] += kept
-                ends[row] = max(kept - 1, 0)
+                ends.append(kept - 1)
             attention[:, -width:] = step_mask
-            logits = step_logits[torch.arange(rows, device=device), torch.tensor(ends)]
-            if not any(active):
+            logits = step_logits[torch.arange(len(live), device=device), torch.tensor(ends)]
+            if not any(active[row] for row in live):
                 break
         return [(tokens[row], scores[row] if with_scores else None) for row in range(rows)]
 
@@ -882,9 +915,9 @@ class HFGenerator:
 
     @property
     def uses_drafts(self) -> bool:
-        """Whether constrained answers come from the draft-and-check loop (`_decode_with_drafts`)
-        rather than `generate`: same answers, so not part of `describe()` (the cache key)."""
-        return self.constrained != "off" and (self.jump_forward or self.draft_tokens > 0)
+        """Whether answers come from the draft-and-check loop (`_decode_with_drafts`) rather than
+        `generate`: the same answers, so not part of `describe()` (the response cache key)."""
+        return (self.jump_forward and bool(self.labels)) or self.draft_tokens > 0
 
     def config(self) -> dict[str, Any]:
         """The factory's arguments as saved in generator.json (the adapter as a relative folder)."""
