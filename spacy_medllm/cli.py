@@ -77,7 +77,7 @@ def build_pipeline(
     constrained: str = "off",
     quantize: str = "none",
     jump_forward: bool = True,
-    draft_tokens: int = 8,
+    draft_tokens: int = 4,
 ):
     """A blank pipeline with one `medllm_ner`; labels and prompt come from the adapter's folder.
 

@@ -127,9 +127,13 @@ def make_hf_model(
     cache_dir: str | None = None,
     context_length: int = DEFAULT_CONTEXT_LENGTH,
     quantize: str = "none",
+    jump_forward: bool = True,
+    draft_tokens: int = 4,
 ) -> GeneratorModel:
     """A spacy-llm model: a transformers causal LM (+ LoRA adapter); loads on the first call.
-    `quantize = "int8"`: int8 Linear weights on the CPU (see HFGenerator)."""
+    `quantize = "int8"`: int8 Linear weights on the CPU; `jump_forward`, `draft_tokens`: draft
+    tokens checked against the model (same answers, fewer steps; both off: `generate`, as
+    spacy-llm's own Hugging Face models decode). See HFGenerator."""
     return GeneratorModel(
         HFGenerator(
             model=model,
@@ -142,6 +146,8 @@ def make_hf_model(
             num_threads=num_threads,
             cache_dir=cache_dir,
             quantize=quantize,
+            jump_forward=jump_forward,
+            draft_tokens=draft_tokens,
         ),
         context_length=context_length,
     )

@@ -95,7 +95,7 @@ def build_system(name: str, model: str, adapter: str, batch_size: int, max_new_t
             quantize="int8" if name == INT8 else "none",
             constrained="schema" if name in (SCHEMA, SCHEMA_NO_DRAFTS) else "off",
             jump_forward=name not in (NO_DRAFTS, SCHEMA_NO_DRAFTS),
-            draft_tokens=0 if name in (NO_DRAFTS, SCHEMA_NO_DRAFTS) else 8,
+            draft_tokens=0 if name in (NO_DRAFTS, SCHEMA_NO_DRAFTS) else 4,
         )
     if name not in (SPACY_LLM_NER, SPACY_LLM_NER_1, SPACY_LLM_JSON):
         raise ValueError(f"unknown system {name!r}; known: {list(SYSTEMS)}")
@@ -127,6 +127,9 @@ def build_system(name: str, model: str, adapter: str, batch_size: int, max_new_t
                 "adapter": str(adapter),
                 "batch_size": 1 if name == SPACY_LLM_NER_1 else batch_size,
                 "max_new_tokens": max_new_tokens,
+                # transformers' generate, one token per step, as spacy-llm's own models decode
+                "jump_forward": False,
+                "draft_tokens": 0,
             },
         },
     )
@@ -359,7 +362,8 @@ def markdown(report: dict[str, Any]) -> str:
         "spacy-llm NER.v3 prompts with its own chain-of-thought template, which the adapter was "
         "not trained on (it answers in JSON, which NER.v3 cannot read); (batch 1): one prompt per "
         "`generate` call, as spacy-llm's own Hugging Face models run; spacy-llm JSONNER.v1 (if "
-        "shown) runs the trained prompt through spacy-llm.",
+        "shown) runs the trained prompt through spacy-llm. The spacy-llm systems decode with "
+        "transformers' `generate` (no drafts), as spacy-llm's own Hugging Face models do.",
         "",
         f"Reproduce: `{report['command']}`",
         "",

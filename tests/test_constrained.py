@@ -342,7 +342,7 @@ def test_constrained_random_model_always_answers_validly(generator, mode: str, d
                 n_entities += len(items)
     generator.max_new_tokens = 48
     generator.constrained = "off"
-    generator.jump_forward, generator.draft_tokens = True, 8
+    generator.jump_forward, generator.draft_tokens = True, 4
     assert n_entities > 0  # the random models did emit entities, not only []
 
 
@@ -375,7 +375,7 @@ def test_drafts_give_the_answers_of_one_token_per_step(generator, mode: str) -> 
         assert with_drafts == answers, seed
     assert stats["accepted"] > 0
     assert stats["steps"][0] < stats["steps"][1]
-    generator.jump_forward, generator.draft_tokens = True, 8
+    generator.jump_forward, generator.draft_tokens = True, 4
     generator.constrained = "off"
 
 
@@ -388,13 +388,13 @@ def test_unconstrained_drafts_give_generates_answers(generator) -> None:
         _randomise(generator, seed)
         for max_new_tokens in (48, 7):
             generator.max_new_tokens = max_new_tokens
-            generator.jump_forward, generator.draft_tokens = True, 8
+            generator.jump_forward, generator.draft_tokens = True, 4
             assert generator.uses_drafts
             with_drafts = generator(prompts)
             generator.jump_forward, generator.draft_tokens = False, 0
             assert generator(prompts) == with_drafts
     generator.max_new_tokens = 48
-    generator.jump_forward, generator.draft_tokens = True, 8
+    generator.jump_forward, generator.draft_tokens = True, 4
 
 
 def test_constrained_without_labels_is_a_clear_error(tiny_model_dir: Path) -> None:

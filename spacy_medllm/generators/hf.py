@@ -217,7 +217,7 @@ class HFGenerator:
         prefix_cache: bool = True,
         quantize: str = "none",
         jump_forward: bool = True,
-        draft_tokens: int = 8,
+        draft_tokens: int = 4,
     ) -> None:
         if not model:
             raise ValueError("HFGenerator needs a model: a packaged alias, a folder or a hub id.")
@@ -1035,7 +1035,7 @@ def make_hf_generator(
     prefix_cache: bool = True,
     quantize: str = "none",
     jump_forward: bool = True,
-    draft_tokens: int = 8,
+    draft_tokens: int = 4,
 ) -> HFGenerator:
     """A generator backed by transformers (+ peft); the model loads on first use."""
     return HFGenerator(
