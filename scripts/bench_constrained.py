@@ -1,5 +1,6 @@
-"""Benchmark generation settings of medllm_ner on the seed test e-mails: stopping at the end of the
-JSON answer, and constrained decoding ("off" / "schema" / "grounded").
+"""Benchmark generation settings of medllm_ner on a test split (the seed e-mails by default, or
+`--corpus ade-corpus-v2`): stopping at the end of the JSON answer, and constrained decoding
+("off" / "schema" / "grounded").
 
 For each setting: strict F1 (spaCy's exact-span scorer), parseable answers, emitted entities found
 in the text, answer tokens kept, decoding steps run, documents/s. Writes
@@ -88,7 +89,8 @@ def run_setting(
 
 def markdown(report: dict) -> str:
     lines = [
-        "# Constrained decoding and early stopping on the seed test e-mails",
+        f"# Constrained decoding and early stopping on {report.get('corpus', 'seed-ae-emails')} "
+        "(test)",
         "",
         f"{report['n_docs']} documents, model {report['model']} + adapter {report['adapter']}, "
         f"batch size {report['batch_size']}, max_new_tokens {report['max_new_tokens']}, "
@@ -110,8 +112,8 @@ def markdown(report: dict) -> str:
         "",
         "F1/P/R: exact character spans (spaCy scorer). parseable: answers with a readable JSON "
         "answer. entities in text: emitted entities found in the document (of how many). "
-        "answer tokens: tokens kept in the responses; decode steps: forward passes summed over "
-        "batches.",
+        "answer tokens: tokens kept in the responses; decode steps: rounds of next-token choices "
+        "summed over batches (fewer than answer tokens with draft tokens).",
         "",
         f"Reproduce: `{report['command']}`",
         "",
@@ -123,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--adapter", default=str(REPO / "training/seed_lora/adapter"))
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--corpus-path", default=str(REPO / "corpus/seed_ae_emails"))
+    parser.add_argument("--corpus", default="seed-ae-emails", help="a corpus name of load_corpus")
+    parser.add_argument(
+        "--corpus-path", default=None, help="its folder (default: the corpus's own location)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="the first N test e-mails")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -138,23 +143,27 @@ def main(argv: list[str] | None = None) -> int:
         max_new_tokens=args.max_new_tokens,
     )
     labels = list(nlp.get_pipe("medllm_ner").labels)
-    examples = load_corpus("seed-ae-emails", "test", args.corpus_path, labels=labels)
+    corpus_path = args.corpus_path
+    if corpus_path is None and args.corpus == "seed-ae-emails":
+        corpus_path = str(REPO / "corpus/seed_ae_emails")
+    examples = load_corpus(args.corpus, "test", corpus_path, labels=labels)
     examples = examples[: args.limit] if args.limit else examples
     report = {
         "n_docs": len(examples),
+        "corpus": args.corpus,
         "model": args.model,
         "adapter": Path(args.adapter).name,
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,
         "labels": labels,
         "machine": machine_info(),
-        "command": "nice -n 19 .venv/bin/python scripts/bench_constrained.py"
-        + (f" --limit {args.limit}" if args.limit else ""),
+        "command": "nice -n 19 .venv/bin/python scripts/bench_constrained.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "settings": {},
     }
     out = Path(args.output)
     # Settings can be run one call at a time: results of the same run setup are kept.
-    same_setup = ("n_docs", "model", "adapter", "batch_size", "max_new_tokens", "labels")
+    same_setup = ("n_docs", "corpus", "model", "adapter", "batch_size", "max_new_tokens", "labels")
     if out.with_suffix(".json").is_file():
         earlier = json.loads(out.with_suffix(".json").read_text(encoding="utf8"))
         if all(earlier.get(k) == report[k] for k in same_setup):
