@@ -81,6 +81,9 @@ def run(args: argparse.Namespace) -> dict:
                 "decode_steps": stats["decode_steps"],
                 "drafts_proposed": stats["draft_tokens"],
                 "drafts_kept": stats["accepted_draft_tokens"],
+                "prompt_seconds": stats["prompt_seconds"],
+                "step_seconds": stats["step_seconds"],
+                "step_tokens": stats["step_tokens"],
                 "same_entities_as_none": sum(a == b for a, b in zip(answers, reference, strict=True)),
                 "n_docs": len(texts),
             }
@@ -109,6 +112,8 @@ def markdown(report: dict) -> str:
         "answer tokens",
         "drafts proposed",
         "drafts kept",
+        "tokens fed to steps",
+        "prompt / step seconds",
         "docs with the same entities as none",
     ]
     table = []
@@ -125,6 +130,10 @@ def markdown(report: dict) -> str:
                     str(r["answer_tokens"]),
                     str(r["drafts_proposed"]),
                     str(r["drafts_kept"]),
+                    str(r["step_tokens"]) if r["drafts_proposed"] or r["jump_forward"] else "",
+                    f"{r['prompt_seconds']:.1f} / {r['step_seconds']:.1f}"
+                    if r["step_tokens"]
+                    else "",
                     f"{r['same_entities_as_none']}/{r['n_docs']}",
                 ]
             )
@@ -135,7 +144,9 @@ def markdown(report: dict) -> str:
         "(`jump_forward`). document N: up to N tokens of the document's continuation of the "
         "entity being written (`draft_tokens`). A draft is kept only where it is the model's own "
         "greedy choice. Timings: wall time of `nlp.pipe`, model loaded and a warm-up document "
-        "run first.",
+        "run first. tokens fed to steps: rows x width of the decoding steps' inputs (padding "
+        "included); prompt / step seconds: forward passes reading the prompts and decoding "
+        "(draft loop only; `generate` does not report them).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,10 @@ class HFGenerator:
             "prefix_cached_tokens": 0,
             "draft_tokens": 0,
             "accepted_draft_tokens": 0,
+            # Wall time of the draft loop's forward passes: reading prompts, decoding steps.
+            "prompt_seconds": 0.0,
+            "step_seconds": 0.0,
+            "step_tokens": 0,  # tokens fed to decoding steps, padding included
         }
         self._reset()
 
@@ -654,6 +659,7 @@ class HFGenerator:
         attention = torch.tensor(mask, device=device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         kwargs: dict[str, Any] = {cache_arg: extra.get(cache_arg)} if shared else {}
+        clock = time.perf_counter()
         with torch.inference_mode():
             output = model(
                 input_ids=torch.tensor(input_ids, device=device)[:, shared:],
@@ -663,6 +669,7 @@ class HFGenerator:
                 logits_to_keep=1,
                 **kwargs,
             )
+        self.stats["prompt_seconds"] += time.perf_counter() - clock
         cache = getattr(output, "cache", None) or output.past_key_values
         logits = output.logits[:, -1, :]
         rows = len(input_ids)
@@ -754,6 +761,7 @@ class HFGenerator:
                 [seen[row] + min(k, len(feeds[row]) - 1) for k in range(width)] for row in live
             ]
             attention = torch.cat([attention, step_mask], dim=1)
+            clock = time.perf_counter()
             with torch.inference_mode():
                 output = model(
                     input_ids=torch.tensor(step_ids, device=device),
@@ -763,6 +771,8 @@ class HFGenerator:
                     logits_to_keep=0 if width > 1 else 1,
                     **{cache_arg: cache},
                 )
+            self.stats["step_seconds"] += time.perf_counter() - clock
+            self.stats["step_tokens"] += len(live) * width
             cache = getattr(output, "cache", None) or output.past_key_values
             step_logits = output.logits
             ends = []
