@@ -676,7 +676,10 @@ class HFGenerator:
         table = constraint.token_bytes
         drafters = [
             DocumentDrafts(constraint, prompt[-1]["content"], self.draft_tokens)
-            if self.draft_tokens > 0 and prompt and prompt[-1].get("role") == "user"
+            if self.draft_tokens > 0
+            and prompt
+            and prompt[-1].get("role") == "user"
+            and isinstance(prompt[-1].get("content"), str)
             else None
             for prompt in prompts
         ]
@@ -691,7 +694,8 @@ class HFGenerator:
         answers = [bytearray() for _ in range(rows)]
         scores: list[list[float]] = [[] for _ in range(rows)]
         active = [True] * rows
-        stop_ids = set(constraint.stop_ids)
+        # As in `_answer_tokens`: an answer ends at a stop token or (unconstrained) a padding one.
+        stop_ids = set(constraint.stop_ids) | ({pad_id} if pad_id is not None else set())
         limit = self.max_new_tokens
 
         def choose(row: int, row_logits: Any) -> int | None:
