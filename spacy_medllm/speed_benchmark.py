@@ -66,7 +66,7 @@ SYSTEMS = (
     SPACY_LLM_NER_1,
     SPACY_LLM_JSON,
 )
-DEFAULT_SYSTEMS = (OURS, UNBATCHED, SPACY_LLM_NER, SPACY_LLM_NER_1)
+DEFAULT_SYSTEMS = (OURS, NO_DRAFTS, UNBATCHED, SPACY_LLM_NER, SPACY_LLM_NER_1)
 GOAL_SPEEDUP = 5.0
 WARM_UP_TEXT = "After starting aspirin I had a headache."
 # What must match for results of an earlier call to be kept next to new ones.

@@ -82,3 +82,36 @@ def test_packaged_model_with_lora_as_a_spacy_component(short_lora: Path, tmp_pat
     assert [[(e.start_char, e.end_char, e.label_) for e in d.ents] for d in again] == [
         [(e.start_char, e.end_char, e.label_) for e in d.ents] for d in docs
     ]
+
+
+def test_draft_tokens_keep_the_real_models_answers(short_lora: Path) -> None:
+    """On the real model, which answers in the trained JSON: drafts (forced schema tokens, document
+    continuations) are mostly kept, decoding takes fewer steps, and every answer is what
+    `generate` writes one token per step, unconstrained and constrained."""
+    from spacy_medllm.cli import build_pipeline
+
+    test = json.loads((SEED / "test.json").read_text(encoding="utf8"))[6:12]
+    texts = [record["input"] for record in test]
+    component = build_pipeline(
+        "smollm2-135m-instruct", str(short_lora), batch_size=3, max_new_tokens=96
+    ).get_pipe("medllm_ner")
+    generator = component.generator
+    prompts = [component.prompt_builder.messages(text) for text in texts]
+    for constrained in ("off", "schema"):
+        generator.constrained = constrained
+        runs = {}
+        for drafts in (True, False):
+            generator.jump_forward, generator.draft_tokens = drafts, 4 if drafts else 0
+            before = dict(generator.stats)
+            responses = generator(prompts)
+            runs[drafts] = (
+                responses,
+                {key: generator.stats[key] - before[key] for key in before},
+            )
+        (with_drafts, stats), (one_by_one, plain) = runs[True], runs[False]
+        assert with_drafts == one_by_one, constrained
+        assert all(response.startswith("[") for response in with_drafts)
+        assert plain["accepted_draft_tokens"] == 0
+        kept, proposed = stats["accepted_draft_tokens"], stats["draft_tokens"]
+        assert kept >= 0.5 * proposed > 0, stats
+        assert stats["decode_steps"] < 0.7 * plain["decode_steps"], (stats, plain)
