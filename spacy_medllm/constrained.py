@@ -25,6 +25,10 @@ vocabularies, so a closing path always fits).
 `JsonAnswerLogitsProcessor` applies it per row of a batch during `generate`; `JsonEndStopping`
 stops rows of unconstrained generation as soon as their top-level JSON list closes.
 
+Draft tokens for `HFGenerator`'s draft-and-check loop come from here too: the bytes the automaton
+forces next (`AnswerAutomaton.forced`, tokenized by `TokenConstraint.forced_tokens`) and, inside an
+entity text, the document's continuation of it (`DocumentDrafts`).
+
 Pure Python at import time; torch is imported where tensors are made.
 """
 
@@ -419,7 +423,7 @@ class TokenConstraint:
             raise ValueError("Constrained decoding needs at least one end-of-sequence token id.")
         self.tokenizer = tokenizer
         self.token_bytes = token_bytes(tokenizer)
-        self._jump_memo: dict[bytes, list[int]] = {}
+        self._forced_memo: dict[bytes, list[int]] = {}
         self.root = _TrieNode()
         for token_id, data in enumerate(self.token_bytes):
             if not data:
@@ -448,7 +452,7 @@ class TokenConstraint:
     def tokenize_forced(self, data: bytes) -> list[int]:
         """The tokenizer's own tokens for `data`, or [] if they would not write exactly `data`
         (a part of a UTF-8 character, a tokenizer that adds or normalises characters)."""
-        if data not in self._jump_memo:
+        if data not in self._forced_memo:
             tokens: list[int] = []
             try:
                 text = data.decode("utf8")
@@ -460,8 +464,8 @@ class TokenConstraint:
                 written = [table[i] if 0 <= i < len(table) else None for i in ids]
                 if all(written) and b"".join(written) == data:  # type: ignore[arg-type]
                     tokens = ids
-            self._jump_memo[data] = tokens
-        return self._jump_memo[data]
+            self._forced_memo[data] = tokens
+        return self._forced_memo[data]
 
     def forced_tokens(self, automaton: AnswerAutomaton, state: State, left: int) -> list[int]:
         """Draft tokens for the bytes the schema forces after `state` (`"text": "` once `{` is
