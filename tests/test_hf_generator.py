@@ -711,3 +711,36 @@ def test_packaged_gemma_is_joined_checked_and_reads_estonian(packaged_gemma) -> 
         perplexity = math.exp(model(ids, labels=ids).loss.item())
     # Measured 217; SmolLM2 (English) is near 19,000 on Estonian, a broken dequantisation higher.
     assert perplexity < 1000
+
+
+@pytest.mark.slow
+def test_drafts_keep_gemmas_answers_with_its_sliding_window_cache(packaged_gemma) -> None:
+    """Gemma-3 mixes sliding-window and global attention layers in its key/value cache: draft
+    tokens (masked holes in the cache, rows leaving the batch) must still give generate's answers,
+    in fewer steps."""
+    from spacy_medllm.labels import LabelSet
+    from spacy_medllm.prompts import PromptBuilder
+
+    cache, _ = packaged_gemma
+    builder = PromptBuilder(LabelSet(["DRUG", "ADVERSE_EVENT"]))
+    texts = [
+        "Pärast metformiini tekkis iiveldus.",
+        "After starting aspirin I had a headache and nausea.",
+        "Lisinopril 10 mg gave her a dry cough, so the doctor switched to losartan.",
+        "No side effects.",
+    ]
+    prompts = [builder.messages(text) for text in texts]
+    generator = HFGenerator(
+        model="gemma-3-270m",
+        cache_dir=str(cache),
+        labels=["DRUG", "ADVERSE_EVENT"],
+        constrained="schema",
+        max_new_tokens=40,
+        batch_size=4,
+    )
+    with_drafts = generator(prompts)
+    steps = generator.stats["decode_steps"]
+    assert generator.stats["accepted_draft_tokens"] > 0
+    generator.jump_forward, generator.draft_tokens = False, 0
+    assert generator(prompts) == with_drafts
+    assert steps < generator.stats["decode_steps"] - steps
