@@ -84,7 +84,9 @@ def run(args: argparse.Namespace) -> dict:
                 "prompt_seconds": stats["prompt_seconds"],
                 "step_seconds": stats["step_seconds"],
                 "step_tokens": stats["step_tokens"],
-                "same_entities_as_none": sum(a == b for a, b in zip(answers, reference, strict=True)),
+                "same_entities_as_none": sum(
+                    a == b for a, b in zip(answers, reference, strict=True)
+                ),
                 "n_docs": len(texts),
             }
             print(f"{corpus} {name}: {rows[name]}", flush=True)

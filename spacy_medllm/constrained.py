@@ -577,7 +577,7 @@ class DocumentDrafts:
         return start, answer[start:]
 
     def draft(self, answer: bytes, left: int) -> list[int]:
-        """Up to min(max_tokens, left) draft tokens for an answer whose bytes so far are `answer`."""
+        """Up to min(max_tokens, left) draft tokens for an answer written up to `answer` (bytes)."""
         limit = min(self.max_tokens, left)
         current = self.current_entity(answer)
         if current is None or not current[1] or limit <= 0:

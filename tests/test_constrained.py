@@ -180,7 +180,8 @@ def test_forced_bytes_are_the_schema_between_choices() -> None:
     data, end = automaton.forced(run(automaton, '[{"text": "a", "label": "A'))
     assert data == b'DVERSE_EVENT"}' and end == ("after",)
     assert automaton.forced(automaton.start()) == (b"[", ("open",))
-    for choice in ("[", '[{"text": "a', '[{"text": "a", "label": "', '[{"text": "a", "label": "DRUG"}'):
+    choices = ("[", '[{"text": "a', '[{"text": "a", "label": "', '[{"text": "a", "label": "DRUG"}')
+    for choice in choices:
         state = run(automaton, choice)
         assert automaton.forced(state) == (b"", state), choice
     grounded = AnswerAutomaton(LABELS, "   ")  # nothing to copy: `[` can only be followed by `]`
@@ -192,7 +193,7 @@ def test_forced_tokens_are_the_tokenizers_own(tokenizer) -> None:
     automaton = AnswerAutomaton(LABELS)
     for prefix in ('[{"text": "a"', '[{"text": "a", "label": "A', "[{"):
         state = run(automaton, prefix)
-        data, end = automaton.forced(state)
+        data, _ = automaton.forced(state)
         own = tokenizer(data.decode(), add_special_tokens=False)["input_ids"]
         drafts = constraint.forced_tokens(automaton, state, left=100)
         assert drafts == own and b"".join(constraint.token_bytes[i] for i in drafts) == data
@@ -317,7 +318,9 @@ def test_unconstrained_random_model_emits_garbage(generator) -> None:
 
 @pytest.mark.parametrize("drafts", [True, False])
 @pytest.mark.parametrize("mode", ["schema", "grounded"])
-def test_constrained_random_model_always_answers_validly(generator, mode: str, drafts: bool) -> None:
+def test_constrained_random_model_always_answers_validly(
+    generator, mode: str, drafts: bool
+) -> None:
     labels = LabelSet(LABELS)
     n_entities = 0
     generator.constrained = mode

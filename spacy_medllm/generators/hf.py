@@ -521,12 +521,15 @@ class HFGenerator:
         constraint = (
             self.token_constraint() if automata or self.stop_at_json_end or drafting else None
         )
+        draft_automata = automata
         if drafting and automata is None:
             # Unconstrained: an automaton only proposes the schema's forced tokens while the
             # answer follows the schema (the model's own choices decide; none without labels).
             from ..constrained import AnswerAutomaton
 
-            automata = [AnswerAutomaton(self.labels) if self.labels else None for _ in prompts]
+            draft_automata = [
+                AnswerAutomaton(self.labels) if self.labels else None for _ in prompts
+            ]
         pad_id = tokenizer.pad_token_id
         generation_config = GenerationConfig(
             max_new_tokens=self.max_new_tokens,
@@ -567,16 +570,11 @@ class HFGenerator:
                     shared,
                     extra,
                     constraint,
-                    [automata[i] for i in batch],
+                    [draft_automata[i] for i in batch],
                     with_scores,
                 )
                 for (tokens, scores), i in zip(rows, batch, strict=True):
-                    self.stats["generated_tokens"] += len(tokens)
-                    if scores is None:
-                        text = tokenizer.decode(tokens, skip_special_tokens=True)
-                        results[i] = ScoredResponse(text=text)
-                    else:
-                        results[i] = self._scored(tokens, scores)
+                    results[i] = self._response(tokens, scores)
                 self.stats["batches"] += 1
                 continue
             processors = LogitsProcessorList()
@@ -587,7 +585,7 @@ class HFGenerator:
 
                 recorder = TokenLogprobRecorder()
                 processors.append(recorder)  # first: it must see the model's own logits
-            if automata is not None and self.constrained != "off":
+            if automata is not None:
                 from ..constrained import JsonAnswerLogitsProcessor
 
                 processors.append(
@@ -613,13 +611,16 @@ class HFGenerator:
             self.stats["batches"] += 1
             for row, i in enumerate(batch):
                 new_tokens = self._answer_tokens(output.sequences[row, width:].tolist())
-                self.stats["generated_tokens"] += len(new_tokens)
-                if logprobs is None:
-                    text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-                    results[i] = ScoredResponse(text=text)
-                else:
-                    results[i] = self._scored(new_tokens, logprobs[row, : len(new_tokens)].tolist())
+                scores = None if logprobs is None else logprobs[row, : len(new_tokens)].tolist()
+                results[i] = self._response(new_tokens, scores)
         return [r if r is not None else ScoredResponse(text="") for r in results]
+
+    def _response(self, tokens: list[int], scores: list[float] | None) -> ScoredResponse:
+        """One row's answer tokens as a response (scored when `scores` are given); counted."""
+        self.stats["generated_tokens"] += len(tokens)
+        if scores is None:
+            return ScoredResponse(text=self._tokenizer.decode(tokens, skip_special_tokens=True))
+        return self._scored(tokens, scores)
 
     def _decode_with_drafts(
         self,
@@ -633,8 +634,8 @@ class HFGenerator:
         with_scores: bool,
     ) -> list[tuple[list[int], list[float] | None]]:
         """Greedy decoding of one batch (constrained or not), several tokens per forward pass where
-        they can be guessed; each row's answer tokens (stop tokens excluded) and, with `with_scores`,
-        their log-probabilities.
+        they can be guessed; each row's answer tokens (stop tokens excluded) and, with
+        `with_scores`, their log-probabilities.
 
         Each step picks every unfinished row's best (allowed) token from the model's logits, then
         feeds it together with draft tokens: the tokens the schema forces next (`jump_forward`)
