@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from .labels import LabelSet
+from .models import cpu_supports_bf16
 from .prompts import PromptBuilder, PromptTemplate
 from .training_data import (
     IGNORE_INDEX,
@@ -182,20 +183,6 @@ class FinetuneConfig:
         if unknown:
             raise ValueError(f"Unknown fine-tuning settings: {sorted(unknown)}")
         return cls(**dict(data))
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AMX or AVX512-BF16), as torch sees it."""
-    import torch
-
-    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        check = getattr(torch.cpu, name, None)
-        try:
-            if check is not None and check():
-                return True
-        except Exception:  # pragma: no cover - private torch helpers may change
-            continue
-    return False
 
 
 def validate_config(

@@ -349,3 +349,17 @@ def quiet_optional_kernels() -> None:
     import logging
 
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX or AVX512-BF16), as torch sees it."""
+    import torch
+
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(torch.cpu, name, None)
+        try:
+            if check is not None and check():
+                return True
+        except Exception:  # pragma: no cover - private torch helpers may change
+            continue
+    return False

@@ -129,11 +129,13 @@ def make_hf_model(
     quantize: str = "none",
     jump_forward: bool = True,
     draft_tokens: int = 4,
+    float32_logits: bool = True,
 ) -> GeneratorModel:
     """A spacy-llm model: a transformers causal LM (+ LoRA adapter); loads on the first call.
     `quantize = "int8"`: int8 Linear weights on the CPU; `jump_forward`, `draft_tokens`: draft
     tokens checked against the model (same answers, fewer steps; both off: `generate`, as
-    spacy-llm's own Hugging Face models decode). See HFGenerator."""
+    spacy-llm's own Hugging Face models decode); `float32_logits`: the logits of lower-precision
+    weights from a float32 output head. See HFGenerator."""
     return GeneratorModel(
         HFGenerator(
             model=model,
@@ -148,6 +150,7 @@ def make_hf_model(
             quantize=quantize,
             jump_forward=jump_forward,
             draft_tokens=draft_tokens,
+            float32_logits=float32_logits,
         ),
         context_length=context_length,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,21 @@ TINY_VOCAB_TEXTS = [
     "Answer with a JSON list of objects in order of appearance, copying each entity's text "
     "exactly as it is written. Answer [] if there is none.",
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _float32_generators_on_any_cpu() -> Iterator[None]:
+    """HFGenerator's dtype "auto" is bfloat16 on a CPU with native bfloat16 and float32 on others.
+
+    Tests compare decoding paths answer for answer (batched and one by one, drafts and `generate`,
+    prefix cache on and off) on random tiny models, whose logits are close to ties; they run in
+    float32 on every machine, so that they test the algorithms, not the CPU. (Session-wide, so
+    that models loaded by module- and session-scoped fixtures are float32 too.) Tests of the
+    "auto" choice itself patch `cpu_supports_bf16` again.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("spacy_medllm.generators.hf.cpu_supports_bf16", lambda: False)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -335,6 +335,124 @@ def test_merged_adapter_gives_the_unmerged_answers(
     assert unmerged(PROMPTS) == tiny_adapter_generator(PROMPTS)
 
 
+@pytest.mark.parametrize(
+    ("native", "kwargs", "expected"),
+    [
+        (True, {}, "bfloat16"),
+        (False, {}, "float32"),
+        (True, {"quantize": "int8"}, "float32"),  # int8 starts from float32 weights
+        (True, {"dtype": "float32"}, "float32"),
+        (False, {"dtype": "bfloat16"}, "bfloat16"),
+    ],
+)
+def test_auto_dtype_is_bfloat16_where_the_cpu_computes_it(
+    monkeypatch, native: bool, kwargs: dict, expected: str
+) -> None:
+    import torch
+
+    from spacy_medllm.generators import hf
+
+    monkeypatch.setattr(hf, "cpu_supports_bf16", lambda: native)
+    generator = HFGenerator(device="cpu", **kwargs)
+    assert generator._effective_device_and_dtype(torch) == ("cpu", getattr(torch, expected))
+
+
+def test_bfloat16_on_cpu_merges_in_float32_and_keeps_a_float32_output_head(
+    monkeypatch, tiny_model_dir: Path, tiny_adapter_dir: Path
+) -> None:
+    """A bfloat16 generator on a CPU with native bfloat16 holds the float32 merge rounded once
+    (merging into bfloat16 weights would round the small LoRA product away) and computes the
+    logits with the float32 output head."""
+    import torch
+
+    from spacy_medllm.cache import generator_identity
+    from spacy_medllm.generators import hf
+
+    monkeypatch.setattr(hf, "cpu_supports_bf16", lambda: True)
+    kwargs = {
+        "model": str(tiny_model_dir),
+        "adapter": str(tiny_adapter_dir),
+        "device": "cpu",
+        "max_new_tokens": 8,
+    }
+    auto, fp32 = HFGenerator(**kwargs), HFGenerator(**kwargs, dtype="float32")
+    auto.initialize()
+    fp32.initialize()
+    assert auto.describe()["dtype"] == "bfloat16" and auto.describe()["logits"] == "float32"
+    assert "logits" not in fp32.describe()
+    assert generator_identity(auto) != generator_identity(fp32)
+    head32 = fp32._model.get_output_embeddings().weight
+    head = auto._model.get_output_embeddings()
+    assert head.weight.dtype == torch.float32 and torch.equal(head.weight, head32)
+    assert auto._model.get_input_embeddings().weight.dtype == torch.bfloat16  # untied
+    merged32 = dict(fp32._model.named_parameters())
+    params = {n: p for n, p in auto._model.named_parameters() if p is not head.weight}
+    assert params.keys() == merged32.keys() - {"lm_head.weight"}
+    assert {p.dtype for p in params.values()} == {torch.bfloat16}
+    for name, param in params.items():
+        assert torch.equal(param, merged32[name].to(torch.bfloat16)), name
+    # The adapter did change the merged layers (q_proj, v_proj) by more than bfloat16 rounding.
+    base = HFGenerator(model=str(tiny_model_dir), device="cpu", dtype="float32")
+    base.initialize()
+    base_params = dict(base._model.named_parameters())
+    changed = [n for n in params if not torch.equal(base_params[n].to(torch.bfloat16), params[n])]
+    assert changed and all("q_proj" in n or "v_proj" in n for n in changed)
+    ids = torch.tensor([auto.encode_prompt(PROMPTS[0])])
+    with torch.inference_mode():
+        logits = auto._model(ids).logits
+    assert logits.dtype == torch.float32
+    scored = auto.generate_scored(PROMPTS[:2])
+    assert all(r.token_ids for r in scored)
+
+
+def test_float32_output_head_unties_a_shared_embedding(monkeypatch, tmp_path: Path) -> None:
+    """SmolLM2 ties its output head to the input embeddings: in bfloat16 the embeddings are cast
+    and the head keeps a float32 copy of them."""
+    import torch
+
+    from spacy_medllm.generators import hf
+
+    from .conftest import TINY_VOCAB_TEXTS
+    from .tiny_models import build_tiny_causal_lm
+
+    folder = build_tiny_causal_lm(tmp_path / "tied", TINY_VOCAB_TEXTS, tie_word_embeddings=True)
+    monkeypatch.setattr(hf, "cpu_supports_bf16", lambda: True)
+    auto = HFGenerator(model=str(folder), device="cpu", max_new_tokens=8)
+    fp32 = HFGenerator(model=str(folder), device="cpu", max_new_tokens=8, dtype="float32")
+    auto.initialize()
+    fp32.initialize()
+    tied = fp32._model.get_output_embeddings().weight
+    assert tied is fp32._model.get_input_embeddings().weight
+    head = auto._model.get_output_embeddings().weight
+    embeddings = auto._model.get_input_embeddings().weight
+    assert head is not embeddings
+    assert (head.dtype, embeddings.dtype) == (torch.float32, torch.bfloat16)
+    assert torch.equal(head, tied) and torch.equal(embeddings, tied.to(torch.bfloat16))
+
+
+def test_float32_logits_off_keeps_the_head_in_the_weights_dtype(
+    monkeypatch, tiny_model_dir: Path
+) -> None:
+    import torch
+
+    from spacy_medllm.cache import generator_identity
+    from spacy_medllm.generators import hf
+
+    monkeypatch.setattr(hf, "cpu_supports_bf16", lambda: True)
+    on = HFGenerator(model=str(tiny_model_dir), device="cpu", max_new_tokens=8)
+    off = HFGenerator(
+        model=str(tiny_model_dir), device="cpu", max_new_tokens=8, float32_logits=False
+    )
+    assert off.config()["float32_logits"] is False and on.config()["float32_logits"] is True
+    assert "logits" not in off.describe() and on.describe()["logits"] == "float32"
+    assert generator_identity(on) != generator_identity(off)
+    off.initialize()
+    assert off._model.get_output_embeddings().weight.dtype == torch.bfloat16
+    ids = torch.tensor([off.encode_prompt(PROMPTS[0])])
+    with torch.inference_mode():
+        assert off._model(ids).logits.dtype == torch.bfloat16
+
+
 def test_to_disk_from_disk_restores_outputs(
     tiny_adapter_generator: HFGenerator, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -65,8 +65,10 @@ def build_tiny_causal_lm(
     max_position_embeddings: int = 256,
     seed: int = 0,
     vocab_size: int = 600,
+    tie_word_embeddings: bool = False,
 ) -> Path:
-    """Save a random 2-layer Llama (hidden 64) and a byte-level BPE ChatML tokenizer into `path`."""
+    """Save a random 2-layer Llama (hidden 64) and a byte-level BPE ChatML tokenizer into `path`;
+    `tie_word_embeddings` shares the output head with the input embeddings (as SmolLM2 does)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -88,7 +90,7 @@ def build_tiny_causal_lm(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
