@@ -26,8 +26,9 @@ labels:
    `expect_labels` (labels every text mentions), a document where the teacher found none of one
    keeps its entities with its other tokens missing, so the student does not learn the teacher's
    misses as negatives; with `min_confidence` (silver labelled with `confidence=True`), entities
-   the teacher scored below it become missing tokens. The kept documents are split into `train.spacy` and `dev.spacy`
-   by a hash of their id (no random state), the dev part for choosing the student's best model.
+   the teacher scored below it become missing tokens. The kept documents are split into
+   `train.spacy` and `dev.spacy` by a hash of their id (no random state), the dev part for
+   choosing the student's best model.
 3. Students, trained on those DocBins by project.yml: spaCy's CNN NER (`spacy train
    configs/cnn_ner.cfg --nlp.lang LANG`, any language including `et`; for English
    `configs/cnn_ner_sm.cfg`, which starts from en_core_web_sm's NER), and the transformer token
