@@ -31,28 +31,41 @@ from spacy_medllm.evaluate import spacy_scores  # noqa: E402
 from spacy_medllm.records import NOT_IN_TEXT  # noqa: E402
 from spacy_medllm.reporting import fmt_pct, fmt_rate, fmt_score, machine_info  # noqa: E402
 
-# name: (constrained, stop_at_json_end, merge_adapter, prefix_cache)
+# name: (constrained, stop_at_json_end, merge_adapter, prefix_cache, dtype, float32_logits)
 SETTINGS = {
-    "off, LoRA not merged": ("off", True, False, True),
-    "off, no prefix cache": ("off", True, True, False),
-    "off, no early stop": ("off", False, True, True),
-    "off": ("off", True, True, True),
-    "schema": ("schema", True, True, True),
-    "grounded": ("grounded", True, True, True),
+    "off, LoRA not merged": ("off", True, False, True, "auto", True),
+    "off, no prefix cache": ("off", True, True, False, "auto", True),
+    "off, no early stop": ("off", False, True, True, "auto", True),
+    "off, float32": ("off", True, True, True, "float32", True),
+    "off": ("off", True, True, True, "auto", True),
+    "schema": ("schema", True, True, True, "auto", True),
+    "grounded": ("grounded", True, True, True, "auto", True),
+    # bfloat16 logits (float32_logits = false): what the float32 output head is for
+    "off, bfloat16 logits": ("off", True, True, True, "auto", False),
+    "grounded, bfloat16 logits": ("grounded", True, True, True, "auto", False),
 }
 
 
 def run_setting(
-    nlp, examples, constrained: str, stop: bool, merge: bool = True, prefix: bool = True
+    nlp,
+    examples,
+    constrained: str,
+    stop: bool,
+    merge: bool = True,
+    prefix: bool = True,
+    dtype: str = "auto",
+    float32_logits: bool = True,
 ) -> dict:
     component = nlp.get_pipe("medllm_ner")
     generator = component.generator
     generator.constrained = constrained
     generator.stop_at_json_end = stop
     generator.prefix_cache = prefix
-    if generator.merge_adapter != merge:
-        generator.merge_adapter = merge
-        generator._reset()  # the adapter is merged (or not) when the model loads
+    loaded_as = (generator.merge_adapter, generator.dtype, generator.float32_logits)
+    if loaded_as != (merge, dtype, float32_logits):
+        generator.merge_adapter, generator.dtype = merge, dtype
+        generator.float32_logits = float32_logits
+        generator._reset()  # the adapter is merged (or not) and cast when the model loads
     generator.initialize()
     if constrained != "off":
         generator.token_constraint()  # the vocabulary trie is built once, outside the clock
@@ -74,6 +87,8 @@ def run_setting(
         "constrained": constrained,
         "stop_at_json_end": stop,
         "merge_adapter": merge,
+        "dtype": generator.describe()["dtype"],
+        "logits": generator.describe().get("logits", generator.describe()["dtype"]),
         "f1": scores["ents_f"],
         "precision": scores["ents_p"],
         "recall": scores["ents_r"],
@@ -87,6 +102,13 @@ def run_setting(
     }
 
 
+def dtype_cell(result: dict) -> str:
+    """The weights' dtype, and the logits' where they are not float32."""
+    dtype = result.get("dtype", "float32")
+    logits = result.get("logits", "float32" if dtype == "float32" else None)
+    return dtype if logits in (None, "float32") else f"{dtype}, {logits} logits"
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# Constrained decoding and early stopping on {report.get('corpus', 'seed-ae-emails')} "
@@ -97,14 +119,15 @@ def markdown(report: dict) -> str:
         f"{report['machine']['cpus_available']} CPU(s), torch threads "
         f"{report['machine']['torch_threads']}.",
         "",
-        "| setting | F1 | P | R | parseable | entities in text | answer tokens | decode steps "
-        "| docs/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| setting | dtype | F1 | P | R | parseable | entities in text | answer tokens "
+        "| decode steps | docs/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["settings"].items():
         lines.append(
-            f"| {name} | {fmt_score(r['f1'])} | {fmt_score(r['precision'])} | "
-            f"{fmt_score(r['recall'])} | {fmt_pct(r['parseable'])} | {fmt_pct(r['in_text'])} "
+            f"| {name} | {dtype_cell(r)} | {fmt_score(r['f1'])} | "
+            f"{fmt_score(r['precision'])} | {fmt_score(r['recall'])} | "
+            f"{fmt_pct(r['parseable'])} | {fmt_pct(r['in_text'])} "
             f"({r['emitted']}) | {r['answer_tokens']} | {r['decode_steps']} | "
             f"{fmt_rate(r['docs_per_s'])} |"
         )
@@ -113,7 +136,10 @@ def markdown(report: dict) -> str:
         "F1/P/R: exact character spans (spaCy scorer). parseable: answers with a readable JSON "
         "answer. entities in text: emitted entities found in the document (of how many). "
         "answer tokens: tokens kept in the responses; decode steps: rounds of next-token choices "
-        "summed over batches (fewer than answer tokens with draft tokens).",
+        "summed over batches (fewer than answer tokens with draft tokens). dtype: the weights' "
+        '("auto" is bfloat16 on a CPU with native bfloat16, with the logits computed in float32 '
+        "by a float32 output head unless the row says otherwise; runs before it was recorded: "
+        "float32).",
         "",
         f"Reproduce: `{report['command']}`",
         "",
@@ -172,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             }
     out.parent.mkdir(parents=True, exist_ok=True)
     for name in tqdm(args.settings, desc="settings"):
-        constrained, stop, merge, prefix = SETTINGS[name]
-        report["settings"][name] = run_setting(nlp, examples, constrained, stop, merge, prefix)
+        constrained, stop, merge, prefix, dtype, float32_logits = SETTINGS[name]
+        report["settings"][name] = run_setting(
+            nlp, examples, constrained, stop, merge, prefix, dtype, float32_logits
+        )
         print(name, json.dumps(report["settings"][name]), flush=True)
         # Written after each setting, so an interrupted run keeps what it measured.
         report["settings"] = {k: report["settings"][k] for k in SETTINGS if k in report["settings"]}

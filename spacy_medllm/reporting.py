@@ -30,6 +30,9 @@ def machine_info() -> dict[str, Any]:
 
         info["torch_threads"] = torch.get_num_threads()
         info["cuda"] = torch.cuda.is_available()
+        from .models import cpu_supports_bf16
+
+        info["cpu_bf16"] = cpu_supports_bf16()
     except ImportError:
         info["torch_threads"] = None
     for package in ("torch", "transformers", "spacy", "peft", "seqeval", "bert-score"):

@@ -47,6 +47,8 @@ SPLIT = "test"
 OURS = "medllm_ner"
 UNBATCHED = "medllm_ner (batch 1)"
 INT8 = "medllm_ner int8"  # quantize="int8": our path with int8 Linear weights (CPU)
+# dtype pinned to float32: what the default's bfloat16 (on a CPU with native bfloat16) buys.
+FLOAT32 = "medllm_ner float32"
 # Draft tokens (forced by the schema, copied from the document) off: one token per step.
 NO_DRAFTS = "medllm_ner, no drafts"
 # constrained = "schema": every answer in the trained JSON schema; with and without drafts.
@@ -58,8 +60,11 @@ SPACY_LLM_JSON = "spacy-llm JSONNER.v1"
 # Our trained prompt through spacy-llm, one prompt per generate call: spacy-llm's way of running a
 # Hugging Face model with a task whose answers (and F1) are ours.
 SPACY_LLM_JSON_1 = "spacy-llm JSONNER.v1 (batch 1)"
+# The same in float32: the F1-equal baseline at the dtype of `medllm_ner float32`.
+SPACY_LLM_JSON_1_FLOAT32 = "spacy-llm JSONNER.v1 (batch 1) float32"
 SYSTEMS = (
     OURS,
+    FLOAT32,
     NO_DRAFTS,
     SCHEMA,
     SCHEMA_NO_DRAFTS,
@@ -69,6 +74,7 @@ SYSTEMS = (
     SPACY_LLM_NER_1,
     SPACY_LLM_JSON,
     SPACY_LLM_JSON_1,
+    SPACY_LLM_JSON_1_FLOAT32,
 )
 DEFAULT_SYSTEMS = (OURS, NO_DRAFTS, UNBATCHED, SPACY_LLM_NER, SPACY_LLM_NER_1)
 GOAL_SPEEDUP = 5.0
@@ -88,10 +94,10 @@ def build_system(name: str, model: str, adapter: str, batch_size: int, max_new_t
     """A spaCy pipeline for one of SYSTEMS, nothing loaded yet."""
     import spacy
 
-    if name in (OURS, NO_DRAFTS, SCHEMA, SCHEMA_NO_DRAFTS, INT8, UNBATCHED):
+    if name in (OURS, FLOAT32, NO_DRAFTS, SCHEMA, SCHEMA_NO_DRAFTS, INT8, UNBATCHED):
         from .cli import build_pipeline
 
-        return build_pipeline(
+        nlp = build_pipeline(
             model=model,
             adapter=adapter,
             batch_size=1 if name == UNBATCHED else batch_size,
@@ -101,7 +107,17 @@ def build_system(name: str, model: str, adapter: str, batch_size: int, max_new_t
             jump_forward=name not in (NO_DRAFTS, SCHEMA_NO_DRAFTS),
             draft_tokens=0 if name in (NO_DRAFTS, SCHEMA_NO_DRAFTS) else 4,
         )
-    if name not in (SPACY_LLM_NER, SPACY_LLM_NER_1, SPACY_LLM_JSON, SPACY_LLM_JSON_1):
+        if name == FLOAT32:
+            pipeline_generator(nlp).dtype = "float32"
+        return nlp
+    spacy_llm_systems = (
+        SPACY_LLM_NER,
+        SPACY_LLM_NER_1,
+        SPACY_LLM_JSON,
+        SPACY_LLM_JSON_1,
+        SPACY_LLM_JSON_1_FLOAT32,
+    )
+    if name not in spacy_llm_systems:
         raise ValueError(f"unknown system {name!r}; known: {list(SYSTEMS)}")
     try:
         import spacy_llm  # noqa: F401
@@ -129,11 +145,12 @@ def build_system(name: str, model: str, adapter: str, batch_size: int, max_new_t
                 "@llm_models": HF_MODEL_NAME,
                 "model": model,
                 "adapter": str(adapter),
-                "batch_size": 1 if name in (SPACY_LLM_NER_1, SPACY_LLM_JSON_1) else batch_size,
+                "batch_size": batch_size if name in (SPACY_LLM_NER, SPACY_LLM_JSON) else 1,
                 "max_new_tokens": max_new_tokens,
                 # transformers' generate, one token per step, as spacy-llm's own models decode
                 "jump_forward": False,
                 "draft_tokens": 0,
+                "dtype": "float32" if name == SPACY_LLM_JSON_1_FLOAT32 else "auto",
             },
         },
     )
@@ -172,6 +189,7 @@ def run_system(
         "docs_per_s": speed["docs_per_s"],
         "words_per_s": speed["words_per_s"],
         "generator_batch_size": generator.batch_size,
+        "dtype": generator.describe()["dtype"],
         "answer_tokens": stats["generated_tokens"],
         "decode_steps": stats["decode_steps"],
         "generate_calls": stats["batches"],
@@ -184,9 +202,7 @@ def run_system(
     }
 
 
-def comparisons(
-    results: dict[str, dict[str, Any]], base: str = OURS
-) -> dict[str, dict[str, Any]]:
+def comparisons(results: dict[str, dict[str, Any]], base: str = OURS) -> dict[str, dict[str, Any]]:
     """Per other system: how many times `base`'s docs/s, and the F1 difference."""
     ours = results.get(base)
     if not ours:
@@ -268,6 +284,8 @@ def run_speed_benchmark(
             # The goal is checked for the constrained variant too (it is a setting of the same
             # component, not another system).
             entry["comparisons_schema"] = comparisons(entry["results"], SCHEMA)
+            # float32 against float32: the comparison with bfloat16's rounding taken out.
+            entry["comparisons_float32"] = comparisons(entry["results"], FLOAT32)
             progress(
                 f"  {fmt_rate(result['docs_per_s'])} docs/s, {fmt_rate(result['words_per_s'])} "
                 f"words/s, F1 {fmt_score(result['f1'])}"
@@ -287,7 +305,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['adapter_sha256'][:12]}), greedy, max_new_tokens {report['max_new_tokens']}, "
         f"batch size {report['batch_size']}; {sample}each corpus's {report['split']} split. "
         f"Machine: {machine.get('cpus_available', machine.get('cpu_count'))} CPU(s), torch "
-        f"{machine.get('torch')} with {machine.get('torch_threads')} thread(s), "
+        f"{machine.get('torch')} with {machine.get('torch_threads')} thread(s), native "
+        f"bfloat16 {'yes' if machine.get('cpu_bf16') else 'no'}, "
         f"transformers {machine.get('transformers')}, spaCy {machine.get('spacy')}, "
         f"{machine.get('platform')}.",
         "",
@@ -295,6 +314,7 @@ def markdown(report: dict[str, Any]) -> str:
     header = [
         "corpus",
         "system",
+        "dtype",
         "docs",
         "docs/s",
         "words/s",
@@ -314,6 +334,7 @@ def markdown(report: dict[str, Any]) -> str:
                 [
                     corpus,
                     name,
+                    r.get("dtype", "float32"),
                     str(r["n_docs"]),
                     fmt_rate(r["docs_per_s"]),
                     fmt_rate(r["words_per_s"]),
@@ -334,9 +355,14 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     for corpus, entry in report["corpora"].items():
-        for base, key in ((OURS, "comparisons"), (SCHEMA, "comparisons_schema")):
+        pairs = (
+            (OURS, "comparisons", (SPACY_LLM_NER, SPACY_LLM_NER_1, SPACY_LLM_JSON_1)),
+            (SCHEMA, "comparisons_schema", (SPACY_LLM_NER, SPACY_LLM_NER_1, SPACY_LLM_JSON_1)),
+            (FLOAT32, "comparisons_float32", (SPACY_LLM_JSON_1_FLOAT32,)),
+        )
+        for base, key, goal_systems in pairs:
             for name, c in entry.get(key, {}).items():
-                if name in (SPACY_LLM_NER, SPACY_LLM_NER_1, SPACY_LLM_JSON_1):
+                if name in goal_systems:
                     verdict = "met" if c["goal_met"] else "not met"
                     lines.append(
                         f"- {corpus}: {base} {c['speedup']:.2f} x {name}'s docs/s, F1 "
@@ -360,13 +386,17 @@ def markdown(report: dict[str, Any]) -> str:
         "texts the document's continuation, read in the same forward pass as the model's next "
         "choice and kept where they are its choice); no drafts: one token per step "
         '(`generate`); schema: `constrained = "schema"` (every answer in the trained JSON '
-        "schema).",
+        'schema). dtype: the weights\' (the default "auto" is bfloat16 on a CPU with native '
+        "bfloat16, for every system here, with the logits computed in float32 by a float32 "
+        "output head; results from before it was recorded: float32); "
+        "medllm_ner float32: the default pipeline with dtype pinned to float32.",
         'medllm_ner int8 (if shown): the same pipeline with `quantize = "int8"` (int8 Linear '
-        "weights, not the same numbers as the other rows' float32 model).",
+        "weights, from a float32 model).",
         "spacy-llm NER.v3 prompts with its own chain-of-thought template, which the adapter was "
         "not trained on (it answers in JSON, which NER.v3 cannot read); (batch 1): one prompt per "
         "`generate` call, as spacy-llm's own Hugging Face models run; spacy-llm JSONNER.v1 (if "
-        "shown) runs the trained prompt through spacy-llm. The spacy-llm systems decode with "
+        "shown) runs the trained prompt through spacy-llm ((batch 1) float32: with dtype float32, "
+        "compared with medllm_ner float32). The spacy-llm systems decode with "
         "transformers' `generate` (no drafts), as spacy-llm's own Hugging Face models do.",
         "",
         f"Reproduce: `{report['command']}`",

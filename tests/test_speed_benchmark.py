@@ -66,8 +66,9 @@ def test_batched_and_unbatched_paths_agree_and_the_report_is_written(
     assert written["corpora"] == json.loads(json.dumps(report["corpora"]))
     assert written["adapter_sha256"] and written["machine"]["cpu_count"]
     markdown = output.with_suffix(".md").read_text(encoding="utf8")
-    assert f"| seed-ae-emails | {bench.OURS} | 3 |" in markdown
-    assert f"| seed-ae-emails | {bench.UNBATCHED} | 3 |" in markdown
+    assert ours["dtype"] == single["dtype"] == "float32"  # tests pin float32 (conftest)
+    assert f"| seed-ae-emails | {bench.OURS} | float32 | 3 |" in markdown
+    assert f"| seed-ae-emails | {bench.UNBATCHED} | float32 | 3 |" in markdown
     assert output.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -92,5 +93,29 @@ def test_spacy_llm_systems_run_the_same_generator_settings(tiny_model_dir, adapt
         assert generator.model == str(tiny_model_dir) and generator.adapter == str(adapter)
         assert (generator.batch_size, generator.max_new_tokens) == (batch_size, 16)
         assert sorted(nlp.get_pipe("llm")._task.labels) == sorted(LABELS)
+    for name, dtype in (
+        (bench.SPACY_LLM_JSON_1, "auto"),
+        (bench.SPACY_LLM_JSON_1_FLOAT32, "float32"),
+    ):
+        generator = bench.pipeline_generator(
+            bench.build_system(name, str(tiny_model_dir), str(adapter), 8, 16)
+        )
+        assert (generator.batch_size, generator.dtype, generator.draft_tokens) == (1, dtype, 0)
     with pytest.raises(ValueError, match="unknown system"):
         bench.build_system("nothing", str(tiny_model_dir), str(adapter), 8, 16)
+
+
+def test_the_float32_system_pins_what_the_default_leaves_to_the_cpu(
+    tiny_model_dir, adapter, monkeypatch
+) -> None:
+    from spacy_medllm.generators import hf
+
+    monkeypatch.setattr(hf, "cpu_supports_bf16", lambda: True)
+    ours, pinned = (
+        bench.pipeline_generator(bench.build_system(name, str(tiny_model_dir), str(adapter), 8, 16))
+        for name in (bench.OURS, bench.FLOAT32)
+    )
+    assert (ours.dtype, pinned.dtype) == ("auto", "float32")
+    ours.initialize()
+    pinned.initialize()
+    assert (ours.describe()["dtype"], pinned.describe()["dtype"]) == ("bfloat16", "float32")
