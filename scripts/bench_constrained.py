@@ -40,6 +40,7 @@ SETTINGS = {
     "off": ("off", True, True, True, "auto", True),
     "schema": ("schema", True, True, True, "auto", True),
     "grounded": ("grounded", True, True, True, "auto", True),
+    "grounded, float32": ("grounded", True, True, True, "float32", True),
     # bfloat16 logits (float32_logits = false): what the float32 output head is for
     "off, bfloat16 logits": ("off", True, True, True, "auto", False),
     "grounded, bfloat16 logits": ("grounded", True, True, True, "auto", False),

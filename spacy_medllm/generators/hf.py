@@ -230,7 +230,7 @@ class HFGenerator:
 
     Decoding is greedy with the KV cache on; batches are sorted by prompt length and padded after
     the shared prompt head (left-padded without a prefix cache); dtype "auto" means bfloat16 on
-    CUDA and on CPUs with native bfloat16 (there about 1.6-1.9 times as fast as float32 for a
+    CUDA and on CPUs with native bfloat16 (there about 1.5-2 times as fast as float32 for a
     batch; see the README's "Generation speed").
     """
 
