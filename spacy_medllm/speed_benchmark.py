@@ -413,7 +413,7 @@ def plot_speed(report: dict[str, Any], path: str | Path) -> Path:
     corpora = list(report["corpora"])
     systems = [s for s in SYSTEMS if any(s in e["results"] for e in report["corpora"].values())]
     width = 0.8 / max(len(systems), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 2.5 * len(corpora) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.5 * len(corpora) + 2) + 3.0, 4.2))
     for k, name in enumerate(systems):
         xs, values, f1s = [], [], []
         for i, corpus in enumerate(corpora):
@@ -429,7 +429,8 @@ def plot_speed(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_yscale("log")
     ax.set_ylabel("documents per second (log)")
     ax.set_title(f"{report['model']} + LoRA, batch size {report['batch_size']}")
-    ax.legend(fontsize=8)
+    # Outside the axes: with many systems an inside legend hides the bars.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
