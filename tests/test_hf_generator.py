@@ -782,6 +782,51 @@ def test_packaged_smollm2_generates(packaged_smollm2) -> None:
     assert description["model_folder"] == first.path.name
 
 
+@pytest.mark.slow
+def test_packaged_smollm2_logits_in_bfloat16_stay_closer_to_float32_with_the_float32_head(
+    packaged_smollm2,
+) -> None:
+    """SmolLM2 ties its output head to the embeddings. In bfloat16 with `float32_logits` the head
+    is a float32 copy; teacher-forced over a real prompt, its logits are nearer float32's than
+    those of the all-bfloat16 model, and its greedy choices agree with float32's nearly always."""
+    import torch
+
+    from spacy_medllm.labels import LabelSet
+    from spacy_medllm.prompts import PromptBuilder
+
+    cache, _ = packaged_smollm2
+    text = (
+        "I started Abilify 5 mg two weeks ago. Since then I have had nausea every morning, "
+        "a dry mouth and trouble sleeping; my doctor also switched me from lisinopril to "
+        "losartan because of a cough."
+    )
+    prompt = PromptBuilder(LabelSet(["DRUG", "ADVERSE_EVENT"])).messages(text)
+    logits = {}
+    for name, kwargs in {
+        "float32": {"dtype": "float32"},
+        "head32": {"dtype": "bfloat16"},
+        "bf16": {"dtype": "bfloat16", "float32_logits": False},
+    }.items():
+        generator = HFGenerator(
+            model="smollm2-135m-instruct", cache_dir=str(cache), max_new_tokens=8, **kwargs
+        )
+        generator.initialize()
+        model = generator._model
+        head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+        assert (head.weight is embeddings.weight) == (name != "head32")
+        ids = torch.tensor([generator.encode_prompt(prompt)])
+        with torch.inference_mode():
+            logits[name] = model(ids).logits[0].float()
+        del generator, model
+    assert logits["float32"].shape[0] > 100
+    error = {k: (logits[k] - logits["float32"]).abs().mean().item() for k in ("head32", "bf16")}
+    assert error["head32"] < error["bf16"], error
+    reference = logits["float32"].argmax(-1)
+    # Measured: mean |error| 0.111 against 0.112 (7M logits), greedy agreement 98.0% against 96.7%.
+    agreement = (logits["head32"].argmax(-1) == reference).float().mean().item()
+    assert agreement >= 0.95
+
+
 @pytest.fixture(scope="module")
 def packaged_gemma(tmp_path_factory: pytest.TempPathFactory):
     """Gemma-3-270M joined from its four chunk packages and converted into a temporary cache
