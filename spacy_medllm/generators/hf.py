@@ -433,7 +433,7 @@ class HFGenerator:
                 # adapted layer and token (about a quarter of CPU decoding time for SmolLM2).
                 model = model.merge_and_unload()
         install_head = None
-        if self.float32_logits and not self.load_in_4bit and dtype != torch.float32:
+        if self._float32_head(str(dtype).replace("torch.", "")):
             install_head = float32_output_head(model)
         if cast_after_load:
             model = model.to(dtype)
