@@ -75,6 +75,7 @@ def run_setting(
     docs = list(nlp.pipe([e["text"] for e in examples]))
     seconds = time.perf_counter() - start
     stats = {k: generator.stats[k] - stats_before[k] for k in stats_before}
+    described = generator.describe()
     gold = [gold_doc(nlp.make_doc, e) for e in examples]
     scores = spacy_scores(gold, docs)
     chunks = parse_errors = emitted = not_in_text = 0
@@ -88,8 +89,8 @@ def run_setting(
         "constrained": constrained,
         "stop_at_json_end": stop,
         "merge_adapter": merge,
-        "dtype": generator.describe()["dtype"],
-        "logits": generator.describe().get("logits", generator.describe()["dtype"]),
+        "dtype": described["dtype"],
+        "logits": described.get("logits", described["dtype"]),
         "f1": scores["ents_f"],
         "precision": scores["ents_p"],
         "recall": scores["ents_r"],
