@@ -22,6 +22,7 @@ from spacy_medllm.finetune import (
     last_checkpoint,
     load_prompt_settings,
     main,
+    prefix_cache_inputs,
     resolve_bf16,
     validate_config,
 )
@@ -263,6 +264,72 @@ def test_trimmed_logits_give_the_same_loss(examples, tiny_base, tiny_tokenizer):
     torch.testing.assert_close(out.loss, loss_full)
 
 
+def test_a_shared_prefix_gives_the_same_loss_and_gradients(examples, tiny_base, tiny_tokenizer):
+    """The prompt head a batch shares runs once; loss and LoRA gradients equal the full batch's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    records = build_records(examples, PromptBuilder(LabelSet(LABELS)), tiny_tokenizer)[:4]
+    assert len({len(r["input_ids"]) for r in records}) > 1  # rows of different lengths: padding
+    pad = tiny_tokenizer.pad_token_id
+    full = PaddingCollator(pad, trim_logits=True)(records)
+    split = PaddingCollator(pad, trim_logits=True, share_prefix=True)(records)
+    prefix = split.pop("prefix_input_ids")
+    shared = prefix.shape[1]
+    assert PaddingCollator.MIN_SHARED_PREFIX <= shared < min(r["n_prompt_tokens"] for r in records)
+    assert torch.equal(full["input_ids"][:, :shared], prefix.expand(len(records), -1))
+    assert torch.equal(split["input_ids"], full["input_ids"][:, shared:])
+    # The mask still covers prefix + rest: the Trainer's token count is unchanged.
+    assert torch.equal(split["attention_mask"], full["attention_mask"])
+    assert torch.equal(split["labels"], full["labels"])
+    assert split["logits_to_keep"] == full["logits_to_keep"]
+
+    # Random LoRA weights (B not zero), so that every adapter matrix gets a gradient.
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_base)), lora).train()
+
+    def loss_and_gradients(batch, prefix_ids=None):
+        model.zero_grad()
+        inputs = dict(batch)
+        if prefix_ids is not None:
+            inputs.update(prefix_cache_inputs(model, prefix_ids, len(records)))
+        loss = model(**inputs).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return loss.detach(), grads
+
+    loss_full, grads_full = loss_and_gradients(full)
+    loss_split, grads_split = loss_and_gradients(split, prefix)
+    torch.testing.assert_close(loss_split, loss_full)
+    assert grads_full.keys() == grads_split.keys()
+    for name, grad in grads_full.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grads_split[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_no_shared_prefix_when_rows_differ_early_or_a_batch_has_one_row():
+    collate = PaddingCollator(0, share_prefix=True)
+    head = list(range(1, 21))
+    rows = [
+        {"input_ids": [*head, 30, 31, 32], "labels": [IGNORE_INDEX] * 21 + [31, 32]},
+        {"input_ids": [*head, 40, 41], "labels": [IGNORE_INDEX] * 21 + [41]},
+    ]
+    batch = collate(rows)
+    assert batch["prefix_input_ids"].tolist() == [head]
+    assert "prefix_input_ids" not in collate(rows[:1])
+    # The prefix stops before the position whose logits predict the first answer token.
+    early = [
+        {"input_ids": r["input_ids"], "labels": [IGNORE_INDEX] * 18 + r["input_ids"][18:]}
+        for r in rows
+    ]
+    assert collate(early)["prefix_input_ids"].shape[1] == 17
+    # Fewer than MIN_SHARED_PREFIX shared tokens: no split.
+    differ = {"input_ids": [1, 2, 3, 77, *rows[1]["input_ids"][4:]], "labels": rows[1]["labels"]}
+    assert "prefix_input_ids" not in collate([rows[0], differ])
+
+
 def test_records_reject_labels_outside_the_label_set(examples, tiny_tokenizer):
     with pytest.raises(ValueError, match="not in the label set"):
         build_records(examples, PromptBuilder(LabelSet(["DRUG"])), tiny_tokenizer)
@@ -365,6 +432,7 @@ def test_lora_training_lowers_the_loss_and_writes_a_safe_adapter(
     assert record["versions"]["peft"] and record["versions"]["transformers"]
     assert record["seed"] == config.seed and record["settings"]["lora_r"] == 4
     assert [entry["step"] for entry in record["training"]["log"]] == list(range(1, 9))
+    assert record["effective"]["shared_prefix"] is True
 
     # The adapter loads with peft, changes the outputs and lowers the loss on its data.
     tuned = PeftModel.from_pretrained(
@@ -375,6 +443,23 @@ def test_lora_training_lowers_the_loss_and_writes_a_safe_adapter(
         assert not torch.allclose(base(input_ids=batch).logits, tuned(input_ids=batch).logits)
     loss_after = completion_loss(tuned, records, pad)
     assert loss_after < loss_before - 0.5, (loss_before, loss_after)
+
+
+def test_training_with_and_without_a_shared_prefix_agrees(examples, tiny_base, tmp_path):
+    """The Trainer path of the shared prefix: same losses step by step, same tokens counted."""
+    shared = finetune(tiny_config(tiny_base, tmp_path / "shared", max_steps=4), examples)
+    plain = finetune(
+        tiny_config(tiny_base, tmp_path / "plain", max_steps=4, share_prefix=False), examples
+    )
+    a = json.loads((shared / "training_record.json").read_text())
+    b = json.loads((plain / "training_record.json").read_text())
+    assert a["effective"]["shared_prefix"] is True and b["effective"]["shared_prefix"] is False
+    assert a["training"]["train_tokens"] == b["training"]["train_tokens"] > 0
+    losses_a = [entry["loss"] for entry in a["training"]["log"]]
+    losses_b = [entry["loss"] for entry in b["training"]["log"]]
+    assert len(losses_a) == 4
+    assert losses_a == pytest.approx(losses_b, rel=1e-3)
+    assert losses_a[-1] < losses_a[0]
 
 
 def test_the_adapter_serves_inference(examples, tiny_base, tmp_path):
