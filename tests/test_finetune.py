@@ -462,6 +462,25 @@ def test_training_with_and_without_a_shared_prefix_agrees(examples, tiny_base, t
     assert losses_a[-1] < losses_a[0]
 
 
+def test_evaluation_loss_with_a_shared_prefix_is_the_full_batch_loss(
+    examples, tiny_base, tiny_tokenizer, tmp_path
+):
+    """Evaluation batches go through the same shared-prefix path; their loss must not change."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    train, held_out = examples[:4], examples[4:]
+    adapter = finetune(tiny_config(tiny_base, tmp_path / "eval", max_steps=4), train, held_out)
+    record = json.loads((adapter / "training_record.json").read_text())
+    assert record["data"]["n_eval_records"] == len(held_out) >= 2
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tiny_base)), str(adapter)
+    )
+    records = build_records(held_out, PromptBuilder(LabelSet(LABELS)), tiny_tokenizer)
+    expected = completion_loss(tuned, records, tiny_tokenizer.pad_token_id)
+    assert record["training"]["eval_loss"] == pytest.approx(expected, rel=1e-4)
+
+
 def test_the_adapter_serves_inference(examples, tiny_base, tmp_path):
     from spacy_medllm.generators.hf import HFGenerator
 
