@@ -66,6 +66,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .generators.hf import cache_keyword, common_prefix_length, forward_parameters
 from .labels import LabelSet
 from .models import cpu_supports_bf16
 from .prompts import PromptBuilder, PromptTemplate
@@ -390,13 +391,7 @@ class PaddingCollator:
         # Every row keeps at least one token of its own.
         shared = min(first_answer - 1, min(len(f["input_ids"]) for f in features) - 1)
         for feature in features[1:]:
-            ids = feature["input_ids"]
-            length = 0
-            for a, b in zip(first[:shared], ids, strict=False):
-                if a != b:
-                    break
-                length += 1
-            shared = length
+            shared = common_prefix_length(first[:shared], feature["input_ids"])
         return shared if shared >= self.MIN_SHARED_PREFIX else 0
 
 
@@ -408,14 +403,8 @@ def prefix_cache_inputs(model: Any, prefix_ids: Any, rows: int) -> dict[str, Any
     prefix pass: the loss and the gradients equal those of running every row in full. Positions
     continue from P (right padding: every row's own tokens start right after the prefix).
     """
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base = getattr(base, "module", base)
-    # transformers 5 calls the argument `cache` (`past_key_values` before).
-    parameters = inspect.signature(type(base).forward).parameters
-    keyword = "cache" if "cache" in parameters else "past_key_values"
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    keyword = cache_keyword(model)
+    extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
     output = model(input_ids=prefix_ids, use_cache=True, **extra)
     cache = getattr(output, "cache", None) or output.past_key_values
     if rows > 1:
@@ -424,9 +413,7 @@ def prefix_cache_inputs(model: Any, prefix_ids: Any, rows: int) -> dict[str, Any
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
-    import inspect
-
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    return "logits_to_keep" in forward_parameters(model)
 
 
 def completion_loss(

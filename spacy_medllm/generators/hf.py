@@ -868,7 +868,7 @@ class HFGenerator:
         if key not in self._prefix_ids:
             first = self.encode_prompt([*head, {"role": role, "content": "a"}])
             second = self.encode_prompt([*head, {"role": role, "content": "b"}])
-            self._prefix_ids[key] = first[: _common_prefix_length(first, second)]
+            self._prefix_ids[key] = first[: common_prefix_length(first, second)]
         return self._prefix_ids[key]
 
     def _batch_prefix(self, prompts: Sequence[Prompt], encoded: Sequence[list[int]]) -> int:
@@ -878,19 +878,13 @@ class HFGenerator:
         if not self.prefix_cache or not prompts or self.load_in_4bit:
             return 0
         head = self._shared_head(prompts[0])
-        shared = min(_common_prefix_length(head, ids) for ids in encoded)
+        shared = min(common_prefix_length(head, ids) for ids in encoded)
         shared = min(shared, min(len(ids) for ids in encoded) - 1)
         return shared if shared >= self.MIN_PREFIX_TOKENS else 0
 
     def _cache_argument(self) -> str:
-        """The keyword a key/value cache goes to `generate` by (`past_key_values` before
-        transformers renamed it to `cache`)."""
-        import inspect
-
-        model = self._model
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        parameters = inspect.signature(type(base).forward).parameters
-        return "cache" if "cache" in parameters else "past_key_values"
+        """The keyword a key/value cache goes to `generate` by."""
+        return cache_keyword(self._model)
 
     def _prefix_cache_for(self, prefix: list[int], rows: int) -> Any:
         """A fresh key/value cache of `prefix` for `rows` rows (the prefix runs once per model)."""
@@ -1080,7 +1074,23 @@ class HFGenerator:
         )
 
 
-def _common_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
+def cache_keyword(model: Any) -> str:
+    """The keyword a key/value cache goes to the model by: `cache` since transformers renamed
+    `past_key_values`."""
+    return "cache" if "cache" in forward_parameters(model) else "past_key_values"
+
+
+def forward_parameters(model: Any) -> Any:
+    """The parameters of the underlying transformers model's forward (through a distributed
+    wrapper's `.module` and a peft model, whose own forward takes **kwargs)."""
+    import inspect
+
+    base = getattr(model, "module", model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return inspect.signature(type(base).forward).parameters
+
+
+def common_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
     length = 0
     for a, b in zip(first, second, strict=False):
         if a != b:
