@@ -2,9 +2,9 @@
 
 Each setting trains the same few steps (same data, seed and schedule) in its own process, from the
 seed e-mails by default, and reports training tokens/s (prompt + answer, padding excluded) over the
-steps after the first logging interval (the first steps warm up), the minutes one epoch over the
-training records takes at that rate, the last logged loss (the settings compute the same thing, so
-the losses should agree closely) and the process's peak memory. Writes JSON and Markdown.
+steps after the first (it warms up), the minutes one epoch over the training records takes at that
+rate, the last logged loss (the settings compute the same thing, so the losses should agree
+closely) and the process's peak memory. Writes JSON and Markdown.
 
     .venv/bin/python scripts/bench_finetune.py                 # 4 settings x 20 steps, ~6 min
     .venv/bin/python scripts/bench_finetune.py --steps 40 --output training/reports/experiments/x
@@ -75,13 +75,10 @@ def run_setting(name: str, args: argparse.Namespace, workdir: Path) -> dict:
     )
     record = json.loads((output / "adapter" / "training_record.json").read_text(encoding="utf8"))
     log = record["training"]["log"]
-    steady = log[1:] or log  # after the first logging interval
-    first = log[0] if len(log) > 1 else {"tokens_seen": 0}
-    # The log's clock: tokens_seen / mean rate = seconds since the start of training.
-    seconds = steady[-1]["tokens_seen"] / steady[-1]["mean_tokens_per_second"] - (
-        first["tokens_seen"] / first["mean_tokens_per_second"] if len(log) > 1 else 0.0
-    )
-    rate = (steady[-1]["tokens_seen"] - first["tokens_seen"]) / seconds
+    # From the first logged step (it warms up) to the last: --steps > --logging-steps, so the log
+    # has at least two entries.
+    first, last = log[0], log[-1]
+    rate = (last["tokens_seen"] - first["tokens_seen"]) / (last["seconds"] - first["seconds"])
     data = record["data"]
     epoch_tokens = data["prompt_tokens"] + data["completion_tokens"]
     return {
@@ -124,8 +121,8 @@ def to_markdown(report: dict) -> str:
         f"{report['batch_size']}, lr {report['learning_rate']:g})\n\n"
         f"Data: {report['train']} ({report['n_records']} records, "
         f"{report['epoch_tokens']:,} tokens per epoch). Tokens/s: prompt + answer tokens, "
-        "padding excluded, after the first logging interval of "
-        f"{report['logging_steps']} steps; each setting in its own process; "
+        "padding excluded, over the steps after the first (it warms up); each setting in its "
+        "own process; "
         "`python scripts/bench_finetune.py`.\n\n"
         f"{markdown_table(header, rows)}\n\nMachine: {machine}\n"
     )

@@ -498,6 +498,7 @@ def _throughput_callback(verbose: bool) -> Any:
                 "tokens_per_second": rate,
                 "mean_tokens_per_second": mean_rate,
                 "tokens_seen": tokens,
+                "seconds": session,
             }
             self.history.append(entry)
             _say(
