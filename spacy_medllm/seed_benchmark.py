@@ -47,7 +47,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -112,6 +112,19 @@ def seed_entities(answer: Any) -> list[Entity] | None:
     if isinstance(events, list):
         found.extend((e, ADVERSE_EVENT) for e in events if isinstance(e, str) and e.strip())
     return list(dict.fromkeys(found))
+
+
+def training_gold_strings(
+    train: Iterable[Mapping[str, Any]], test_texts: Iterable[str] = ()
+) -> set[str]:
+    """The seed-metric gold strings of the training answers whose input is not a test input
+    (the leaked test e-mails' answers would otherwise count as something training teaches)."""
+    held_out = set(test_texts)
+    found: set[str] = set()
+    for record in train:
+        if record["input"] not in held_out:
+            found |= seed_answer_strings(record.get("output")) or set()
+    return found
 
 
 def find_leaks(test_texts: Sequence[str], train_texts: Iterable[str]) -> list[int]:
@@ -559,8 +572,12 @@ def strings_in_text(results: Sequence[RecordResult], *, gold: bool = False) -> d
     }
 
 
-def subset_metrics(results: Sequence[RecordResult], labels: Sequence[str]) -> dict[str, Any]:
-    """Every metric over one subset of records."""
+def subset_metrics(
+    results: Sequence[RecordResult],
+    labels: Sequence[str],
+    training_strings: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """Every metric over one subset of records (`training_strings`: see `error_breakdown`)."""
     n = len(results)
     bert = [r.bertscore_f1 for r in results if r.bertscore_f1 is not None]
     return {
@@ -579,29 +596,46 @@ def subset_metrics(results: Sequence[RecordResult], labels: Sequence[str]) -> di
             "share": sum(r.parseable for r in results) / n if n else None,
         },
         "predicted_in_text": strings_in_text(results),
-        "errors": error_breakdown(results),
+        "errors": error_breakdown(results, training_strings),
         "bertscore_f1": sum(bert) / len(bert) if bert and len(bert) == n else None,
     }
 
 
-def error_breakdown(results: Sequence[RecordResult]) -> dict[str, int]:
+def error_breakdown(
+    results: Sequence[RecordResult], training_strings: Collection[str] | None = None
+) -> dict[str, int | None]:
     """The seed metric's misses and false strings, split by whether the string is in the text.
 
     A gold string that is not in its text is a paraphrase the model had to reproduce word for
     word; a false string that is not in the text is the model's own paraphrase (or invention).
     A miss and a false string in the same record that share a word are counted as a
     "near miss" pair (e.g. gold "throat pain", predicted "pain in throat").
+
+    `training_strings`: the gold strings of the training answers (see `training_gold_strings`).
+    With them, two more counts say what the training data could teach: missed paraphrases that
+    no training answer contains word for word ("fn_paraphrase_not_in_training"), and false
+    strings that are, word for word, a training answer's gold string ("fp_training_string":
+    the training gold's wording or labelling, which this record's gold does not follow). Both are
+    None without `training_strings`.
     """
-    counts = dict.fromkeys(
+    counts: dict[str, int | None] = dict.fromkeys(
         ("fn_in_text", "fn_not_in_text", "fp_in_text", "fp_not_in_text", "near_miss_pairs"), 0
     )
+    known = None if training_strings is None else set(training_strings)
+    counts["fn_paraphrase_not_in_training"] = None if known is None else 0
+    counts["fp_training_string"] = None if known is None else 0
     for r in results:
         missed = r.gold_strings - r.predicted_strings
         false = r.predicted_strings - r.gold_strings
         for string in missed:
-            counts["fn_in_text" if string in r.text else "fn_not_in_text"] += 1
+            in_text = string in r.text
+            counts["fn_in_text" if in_text else "fn_not_in_text"] += 1
+            if known is not None and not in_text and string not in known:
+                counts["fn_paraphrase_not_in_training"] += 1
         for string in false:
             counts["fp_in_text" if string in r.text else "fp_not_in_text"] += 1
+            if known is not None and string in known:
+                counts["fp_training_string"] += 1
         words = [set(re.findall(r"\w+", s.lower())) for s in false]
         used: set[int] = set()
         for string in missed:
@@ -707,6 +741,13 @@ COLUMNS = {
     "split by whether the string occurs in the record's text (case-sensitive, anywhere); a "
     "near-miss pair is a missed gold string and a false predicted string of the same record that "
     "share a word, i.e. the same mention worded differently",
+    "Missed paraphrase: no training answer has it": "missed gold strings that are not in the "
+    "record's text and are not, word for word, a gold string of any training answer (training "
+    "records whose input is also a test input left out): paraphrases the training data never "
+    "shows",
+    "False: a training answer's string": "false predicted strings that are, word for word, a gold "
+    "string of some training answer (same training records): the training gold's wording or "
+    "labelling, which this record's gold does not follow",
     "Unseen": "the same metrics on the test records whose input does not occur verbatim among "
     "the training inputs",
 }
@@ -743,8 +784,11 @@ def evaluate_system(
     component: str | None = None,
     batch_size: int | None = None,
     bertscore: BertScore | None = None,
+    training_strings: Collection[str] | None = None,
 ) -> tuple[dict[str, Any], list[RecordResult]]:
-    """Score one system; returns its report entry and the per-record results."""
+    """Score one system; returns its report entry and the per-record results.
+
+    `training_strings`: the training answers' gold strings, for the error breakdown."""
     entry: dict[str, Any] = {"name": name}
     if _is_prediction_file(spec):
         if tokenizer is None:
@@ -784,8 +828,8 @@ def evaluate_system(
         add_bertscores(results, bertscore)
     unseen = [r for r in results if not r.leaked]
     entry["metrics"] = {
-        "all": subset_metrics(results, labels),
-        "unseen": subset_metrics(unseen, labels),
+        "all": subset_metrics(results, labels, training_strings),
+        "unseen": subset_metrics(unseen, labels, training_strings),
     }
     entry["records"] = [r.to_dict() for r in results]
     return entry, results
@@ -815,16 +859,30 @@ def training_summary(nlp: Language) -> dict[str, Any] | None:
     return summaries[0] if len(summaries) == 1 else ({"adapters": summaries} if summaries else None)
 
 
-def gold_summary(test: Sequence[Mapping[str, Any]], tokenizer: Any) -> dict[str, Any]:
-    """How many gold strings occur in their text (the ceiling of span recall), and how."""
+def gold_summary(
+    test: Sequence[Mapping[str, Any]],
+    tokenizer: Any,
+    training_strings: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """How many gold strings occur in their text (the ceiling of span recall), and how.
+
+    With `training_strings` (`training_gold_strings`), also how many of those not in their text
+    are not a training answer's string either ("not_found_not_in_training"; else None)."""
     exact = insensitive = missing = moved = 0
     n_spans = 0
+    unseen: int | None = None if training_strings is None else 0
     for record in test:
         gold, _ = _gold_for(record)
         chars, steps = recover_char_spans(record["input"], gold)
         exact += steps.count("exact")
         insensitive += steps.count("case_insensitive")
         missing += steps.count("")
+        if training_strings is not None:
+            unseen += sum(
+                1
+                for (string, _), step in zip(gold, steps, strict=True)
+                if not step and string not in training_strings
+            )
         spans, n_moved = snap_to_doc(tokenizer(record["input"]), chars)
         moved += n_moved
         n_spans += len(spans)
@@ -834,6 +892,7 @@ def gold_summary(test: Sequence[Mapping[str, Any]], tokenizer: Any) -> dict[str,
         "found_exact": exact,
         "found_case_insensitive": insensitive,
         "not_found": missing,
+        "not_found_not_in_training": unseen,
         "share_found": (exact + insensitive) / total if total else None,
         "n_gold_spans": n_spans,
         "n_spans_snapped_to_tokens": moved,
@@ -874,6 +933,7 @@ def run_seed_benchmark(
     test = load_seed_json(test_path)
     train = load_seed_json(train_path)
     leaks = find_leaks([r["input"] for r in test], (r["input"] for r in train))
+    training_strings = training_gold_strings(train, (r["input"] for r in test))
     tokenizer = spacy.blank(lang)
 
     scorer: BertScore | None = None
@@ -906,6 +966,7 @@ def run_seed_benchmark(
             component=component,
             batch_size=batch_size,
             bertscore=scorer,
+            training_strings=training_strings,
         )
         if n < len(test):
             entry["limited_to"] = n
@@ -922,7 +983,7 @@ def run_seed_benchmark(
         "labels": list(labels),
         "leaked_test_indices": leaks,
         "n_unseen": len(test) - len(leaks),
-        "gold": gold_summary(test, tokenizer),
+        "gold": gold_summary(test, tokenizer, training_strings),
         "bertscore": bert_info,
         "machine": machine_info(),
         "columns": COLUMNS,
@@ -975,6 +1036,10 @@ def table_rows(report: Mapping[str, Any], subset: str) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _count(value: int | None) -> str:
+    return "n/a" if value is None else str(value)
 
 
 def _minutes(seconds: float | None) -> str:
@@ -1037,6 +1102,15 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         f"{gold['n_strings']} ({_pct(gold['share_found'])}; {gold['found_case_insensitive']} only "
         f"ignoring case), so span recall cannot exceed what those spans allow; "
         f"{gold['n_gold_spans']} gold spans.",
+        *(
+            [
+                f"Of the {gold['not_found']} gold strings not in their text, "
+                f"{gold['not_found_not_in_training']} are not, word for word, the gold string of "
+                "any training answer either (the training data never shows that wording)."
+            ]
+            if gold.get("not_found_not_in_training") is not None
+            else []
+        ),
         *_adapter_lines(report),
         *(
             f"{e['name']}: scored on the first {e['limited_to']} test records only (a quick run)."
@@ -1063,18 +1137,22 @@ def markdown_report(report: Mapping[str, Any]) -> str:
                 "False: in text",
                 "False: not in text",
                 "Near-miss pairs",
+                "Missed paraphrase: no training answer has it",
+                "False: a training answer's string",
             ],
             [
                 [
                     entry["name"],
                     *(
-                        str(entry["metrics"]["all"]["errors"][key])
+                        _count(entry["metrics"]["all"]["errors"].get(key))
                         for key in (
                             "fn_in_text",
                             "fn_not_in_text",
                             "fp_in_text",
                             "fp_not_in_text",
                             "near_miss_pairs",
+                            "fn_paraphrase_not_in_training",
+                            "fp_training_string",
                         )
                     ),
                 ]

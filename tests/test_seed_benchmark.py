@@ -572,7 +572,24 @@ def test_error_breakdown_separates_paraphrases_from_in_text_errors():
         "fp_in_text": 0,
         "fp_not_in_text": 2,
         "near_miss_pairs": 1,  # "throat pain" ~ "pain in throat"; "dizziness" matches nothing
+        "fn_paraphrase_not_in_training": None,  # no training answers given
+        "fp_training_string": None,
     }
+    # Training answers that word it "pain in throat" and label "fever": both false strings are
+    # the training gold's own strings, and the missed paraphrase is one training never shows.
+    train = [
+        {"input": "Since Advil, pain in my throat.", "output": answer("Advil", ["pain in throat"])},
+        {"input": "Fever after Advil.", "output": answer("Advil", ["fever"])},
+        {"input": text, "output": answer("Lipitor", ["throat pain"])},  # a test input: left out
+    ]
+    strings = sb.training_gold_strings(train, [text])
+    assert strings == {"Advil", "pain in throat", "fever"}
+    errors = sb.error_breakdown(results, strings)
+    assert errors["fn_paraphrase_not_in_training"] == 1  # "throat pain"; "dizziness" is in text
+    assert errors["fp_training_string"] == 2
+    # Once a training answer has "throat pain", the miss is one training could have taught.
+    errors = sb.error_breakdown(results, strings | {"throat pain"})
+    assert errors["fn_paraphrase_not_in_training"] == 0 and errors["fp_training_string"] == 2
 
 
 def test_markdown_report_has_the_error_table(seed_report):
@@ -582,7 +599,7 @@ def test_markdown_report_has_the_error_table(seed_report):
     row = next(
         line
         for line in text.splitlines()
-        if line.startswith("| llama2-adapter | ") and line.count("|") == 7
+        if line.startswith("| llama2-adapter | ") and line.count("|") == 9
     )
     errors = next(s for s in report["systems"] if s["name"] == "llama2-adapter")["metrics"]["all"][
         "errors"
@@ -590,3 +607,37 @@ def test_markdown_report_has_the_error_table(seed_report):
     assert errors["fn_in_text"] + errors["fn_not_in_text"] == 19  # the published 155/20/19
     assert errors["fp_in_text"] + errors["fp_not_in_text"] == 20
     assert row.split("|")[2].strip() == str(errors["fn_in_text"])
+    assert row.split("|")[7].strip() == str(errors["fn_paraphrase_not_in_training"])
+    assert row.split("|")[8].strip() == str(errors["fp_training_string"])
+
+
+def test_training_wording_counts_on_the_real_files(seed_report):
+    """Recount, straight from the JSON files, what training answers show and what they do not."""
+    report, _ = seed_report
+    test = json.loads(TEST.read_text("utf8"))
+    train = json.loads(TRAIN.read_text("utf8"))
+    test_inputs = {r["input"] for r in test}
+
+    def strings(answer):
+        answer = json.loads(answer)
+        return {answer["drug_name"], *answer["adverse_events"]} - {""}
+
+    taught = set().union(*(strings(r["output"]) for r in train if r["input"] not in test_inputs))
+    paraphrases = [s for r in test for s in strings(r["output"]) if s not in r["input"]]
+    gold = report["gold"]
+    assert gold["not_found"] == len(paraphrases) == 24
+    assert gold["not_found_not_in_training"] == sum(s not in taught for s in paraphrases)
+    assert 0 < gold["not_found_not_in_training"] < gold["not_found"]
+    assert f"Of the 24 gold strings not in their text, {gold['not_found_not_in_training']}" in (
+        sb.markdown_report(report)
+    )
+    predictions = json.loads((PREDICTIONS / "llama2-adapter.json").read_text("utf8"))
+    false = [
+        s
+        for r, p in zip(test, predictions, strict=True)
+        for s in strings(p["prediction"]) - strings(r["output"])
+    ]
+    errors = next(s for s in report["systems"] if s["name"] == "llama2-adapter")["metrics"]["all"][
+        "errors"
+    ]
+    assert errors["fp_training_string"] == sum(s in taught for s in false) > 0
