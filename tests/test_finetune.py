@@ -491,6 +491,63 @@ def test_the_adapter_serves_inference(examples, tiny_base, tmp_path):
     assert isinstance(response, str)
 
 
+def test_dora_and_rslora_adapters_train_save_and_merge_for_inference(
+    examples, tiny_base, tiny_tokenizer, tmp_path
+):
+    """DoRA learns a magnitude vector per adapted weight; rsLoRA scales by alpha / sqrt(r). Both
+    reach the adapter config, and the merged inference model computes what peft's model does."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from spacy_medllm.generators.hf import HFGenerator
+
+    config = tiny_config(tiny_base, tmp_path / "dora", max_steps=4, use_dora=True, use_rslora=True)
+    adapter = finetune(config, examples)
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert adapter_config["use_dora"] is True and adapter_config["use_rslora"] is True
+    tensors = adapter_tensors(adapter)
+    magnitudes = [name for name in tensors if "lora_magnitude_vector" in name]
+    assert magnitudes and len(magnitudes) == sum(".lora_A." in name for name in tensors)
+    record = json.loads((adapter / "training_record.json").read_text())
+    assert record["settings"]["use_dora"] is True and record["training"]["global_step"] == 4
+
+    records = build_records(examples, PromptBuilder(LabelSet(LABELS)), tiny_tokenizer)
+    batch = torch.tensor([records[0]["input_ids"]])
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tiny_base)), str(adapter)
+    ).eval()
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_base)).eval()
+    generator = HFGenerator(
+        model=str(tiny_base), adapter=str(adapter), dtype="float32", max_new_tokens=4
+    )
+    generator.initialize()
+    with torch.no_grad():
+        expected = tuned(input_ids=batch).logits
+        merged = generator._model(input_ids=batch).logits
+        assert not torch.allclose(expected, plain(input_ids=batch).logits, atol=1e-4)
+    torch.testing.assert_close(merged, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_run_recorded_before_an_option_existed_is_still_up_to_date(examples, tiny_base, tmp_path):
+    """A setting added later counts as its default when an older run's files lack it: the run is
+    neither trained again nor refused for resuming."""
+    config = tiny_config(tiny_base, tmp_path / "old", max_steps=2)
+    adapter = finetune(config, examples)
+    record_file = adapter / "training_record.json"
+    record = json.loads(record_file.read_text())
+    for key in ("use_dora", "use_rslora"):
+        del record["settings"][key]
+    record_file.write_text(json.dumps(record))
+    before = (adapter / "adapter_model.safetensors").stat().st_mtime_ns
+    assert finetune(config, examples) == adapter
+    assert (adapter / "adapter_model.safetensors").stat().st_mtime_ns == before
+    # A changed setting still makes it stale.
+    dora = tiny_config(tiny_base, tmp_path / "old", max_steps=2, use_dora=True)
+    assert finetune(dora, examples, resume=False) == adapter
+    assert json.loads(record_file.read_text())["settings"]["use_dora"] is True
+
+
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bfloat16")
 def test_bf16_on_a_cpu_with_native_bfloat16(examples, tiny_base, tmp_path):
     from transformers import TrainerCallback
