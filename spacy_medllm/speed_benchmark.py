@@ -474,7 +474,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     given = list(sys.argv[1:] if argv is None else argv)
-    command = "nice -n 19 .venv/bin/python scripts/bench_speed.py " + shlex.join(given)
+    import torch
+
+    # The thread count decides the figures (one prompt per call hardly gains from a second
+    # thread; a batch does), so the command that reproduces them states it.
+    command = (
+        f"OMP_NUM_THREADS={torch.get_num_threads()} nice -n 19 .venv/bin/python "
+        "scripts/bench_speed.py " + shlex.join(given)
+    )
     report = run_speed_benchmark(
         model=args.model,
         adapter=args.adapter,

@@ -119,3 +119,34 @@ def test_the_float32_system_pins_what_the_default_leaves_to_the_cpu(
     ours.initialize()
     pinned.initialize()
     assert (ours.describe()["dtype"], pinned.describe()["dtype"]) == ("bfloat16", "float32")
+
+
+def test_the_command_line_writes_a_reproduce_line_with_the_thread_count(
+    tiny_model_dir, adapter, tmp_path
+) -> None:
+    import torch
+
+    output = tmp_path / "cli"
+    argv = [
+        "--model",
+        str(tiny_model_dir),
+        "--adapter",
+        str(adapter),
+        "--systems",
+        bench.OURS,
+        "--corpora",
+        "seed-ae-emails",
+        "--limit",
+        "1",
+        "--max-new-tokens",
+        "8",
+        "--output",
+        str(output),
+    ]
+    assert bench.main(argv) == 0
+    report = json.loads(output.with_suffix(".json").read_text(encoding="utf8"))
+    threads = torch.get_num_threads()
+    assert report["command"].startswith(f"OMP_NUM_THREADS={threads} ")
+    assert report["command"].endswith(f"--output {output}")
+    assert report["machine"]["torch_threads"] == threads
+    assert f"Reproduce: `{report['command']}`" in output.with_suffix(".md").read_text("utf8")
