@@ -34,14 +34,19 @@ What is reported (per system)
   = the texts of the predicted spans (the "grounded" variant of `seed_benchmark`).
 - `bertscore_f1` (optional): mean BERTScore F1 (`seed_benchmark.BertScore` on the packaged local
   MiniLM) between "LABEL: a, b; LABEL2: none" strings of predicted and gold entities.
+- `medllm`: per `medllm_ner` component, what it recorded over the documents
+  (`records.summarise_records`): answers parsed, entities emitted, spans, and the emitted entities
+  that did not become spans by reason (`not_in_text`: invented; `truncated`: cut off by the answer
+  budget). The Markdown report shows them in a table of their own.
 
 Outputs: `write_report` gives `<stem>.json` (no corpus text: spans as offsets only),
+`<stem>.summary.json` (the same without the per-document spans: what the repository keeps),
 `<stem>.md` and `<stem>.png` (per-label strict F1); `combine_results` makes one README table from
-several result files (rows = systems, columns = corpora, cells = strict micro F1, and words/s),
-and `plot_f1_vs_speed` plots F1 against words/s (log x) across systems and corpora.
+several result (or summary) files (rows = systems, columns = corpora, cells = strict micro F1,
+and words/s), and `plot_f1_vs_speed` plots F1 against words/s (log x) across systems and corpora.
 
     python -m spacy_medllm.evaluate --pipeline NAME=PATH --corpus NAME --split test --output DIR
-    python -m spacy_medllm.evaluate combine DIR/*.json --output table.md --plot speed.png
+    python -m spacy_medllm.evaluate combine DIR/*.summary.json --output table.md --plot speed.png
 
 Heavy imports (spaCy models, seqeval, matplotlib, torch) happen inside the functions.
 """
@@ -342,6 +347,7 @@ def evaluate_pipeline(
         },
         "seed": None,
         "bertscore_f1": None,
+        "medllm": llm_records(nlp, docs),
     }
     if seed_metric is None:
         seed_metric = bool(examples) and all(e.get("answer_entities") is not None for e in examples)
@@ -357,6 +363,20 @@ def evaluate_pipeline(
             for e, g, p in zip(examples, gold_spans, pred_all, strict=True)
         ]
     return result
+
+
+def llm_records(nlp: Language, docs: Sequence[Doc]) -> dict[str, dict[str, Any]]:
+    """For each `medllm_ner` component of `nlp`: what it recorded over `docs`, summed
+    (`records.summarise_records`: parseable answers, emitted entities, spans, rejections by
+    reason). Empty for a pipeline without one."""
+    from .component import get_record
+    from .records import summarise_records
+
+    return {
+        name: summarise_records(get_record(doc, name) for doc in docs)
+        for name in nlp.pipe_names
+        if nlp.get_pipe_meta(name).factory == "medllm_ner"
+    }
 
 
 def make_doc_with_ents(
@@ -445,17 +465,30 @@ def evaluate_corpus(
     return report
 
 
+def summary_report(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The report without the per-document spans (`docs`): every score, count and setting, small
+    enough to keep in git, and all that `combine_results` and `plot_f1_vs_speed` read."""
+    systems = [{k: v for k, v in s.items() if k != "docs"} for s in report["systems"]]
+    return {**report, "systems": systems}
+
+
 def write_report(
     report: Mapping[str, Any], output: str | Path, *, stem: str | None = None, plot: bool = True
 ) -> dict[str, Path]:
-    """Write `<stem>.json`, `<stem>.md` and (with `plot`) `<stem>.png` to the `output` folder."""
+    """Write `<stem>.json` (with the per-document spans), `<stem>.summary.json` (without them,
+    see `summary_report`), `<stem>.md` and (with `plot`) `<stem>.png` to the `output` folder."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     stem = stem or f"{report['corpus']}-{report['split']}"
-    paths = {"json": output / f"{stem}.json", "md": output / f"{stem}.md"}
-    paths["json"].write_text(
-        json.dumps(report, indent=2, ensure_ascii=False, default=json_default), "utf8"
-    )
+    paths = {
+        "json": output / f"{stem}.json",
+        "summary": output / f"{stem}.summary.json",
+        "md": output / f"{stem}.md",
+    }
+    for key, content in (("json", report), ("summary", summary_report(report))):
+        paths[key].write_text(
+            json.dumps(content, indent=2, ensure_ascii=False, default=json_default) + "\n", "utf8"
+        )
     paths["md"].write_text(markdown_report(report), "utf8")
     if plot and report["systems"]:
         paths["png"] = plot_per_label_f1(report, output / f"{stem}.png")
@@ -554,6 +587,46 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             f"{a['n_overlaps_removed']} overlaps removed)."
         )
     parts += ["", markdown_table(header, rows), ""]
+    llm_rows = [
+        [
+            system["name"],
+            component,
+            f"{r['n_chunks'] - r['n_parse_errors']}/{r['n_chunks']}",
+            str(r["n_emitted"]),
+            str(r["n_spans"]),
+            str(r["rejected"].get("not_in_text", 0)),
+            str(r["rejected"].get("truncated", 0)),
+            str(
+                sum(r["rejected"].values())
+                - r["rejected"].get("not_in_text", 0)
+                - r["rejected"].get("truncated", 0)
+            ),
+            str(r["n_errors"]),
+        ]
+        for system in report["systems"]
+        for component, r in (system.get("medllm") or {}).items()
+    ]
+    if llm_rows:
+        parts += [
+            "What the LLM components recorded (entities the model emitted that did not become "
+            "spans are counted, not hidden):",
+            "",
+            markdown_table(
+                [
+                    "System",
+                    "Component",
+                    "Answers parsed",
+                    "Entities emitted",
+                    "Spans",
+                    "Rejected: not in text",
+                    "Rejected: truncated",
+                    "Rejected: other",
+                    "Doc errors",
+                ],
+                llm_rows,
+            ),
+            "",
+        ]
     for system in report["systems"]:
         parts += [f"Confusion ({system['name']}): rows gold, columns predicted", ""]
         parts += [confusion_markdown(system["confusion"]), ""]
@@ -743,7 +816,9 @@ def _parse_evaluate(argv: Sequence[str]) -> argparse.Namespace:
 
 def _parse_combine(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m spacy_medllm.evaluate combine")
-    parser.add_argument("results", nargs="+", type=Path, help="result JSON files")
+    parser.add_argument(
+        "results", nargs="+", type=Path, help="result files (<stem>.json or <stem>.summary.json)"
+    )
     parser.add_argument("--output", type=Path, default=None, help="Markdown file to write")
     parser.add_argument("--plot", type=Path, default=None, help="F1 vs words/s PNG to write")
     return parser.parse_args(argv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -77,3 +78,48 @@ class AlignedEntity:
     label: str
     text: str  # the entity string as the model wrote it
     match: str = "exact"  # "exact", "case_insensitive" or "fuzzy"
+
+
+def summarise_records(records: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
+    """What a `medllm_ner` component recorded over many documents (`get_record` of each Doc), in
+    counts: how many answers could be read, how many entities the model emitted, how many became
+    spans and why the others did not (`rejected`, by reason; `not_in_text` are the invented ones).
+
+    A document without a record (the component did not run on it) counts in `n_docs` only.
+    """
+    summary: dict[str, Any] = {
+        "n_docs": 0,
+        "n_docs_recorded": 0,
+        "n_chunks": 0,
+        "n_parse_errors": 0,
+        "n_docs_with_parse_errors": 0,
+        "n_emitted": 0,
+        "n_spans": 0,
+        "rejected": dict.fromkeys(REASONS, 0),
+        "repairs": {},
+        "n_skipped": 0,
+        "n_errors": 0,
+    }
+    for record in records:
+        summary["n_docs"] += 1
+        if record is None:
+            continue
+        summary["n_docs_recorded"] += 1
+        summary["n_chunks"] += len(record.get("chunks") or [])
+        errors = len(record.get("parse_errors") or [])
+        summary["n_parse_errors"] += errors
+        summary["n_docs_with_parse_errors"] += bool(errors)
+        summary["n_emitted"] += int(record.get("n_emitted") or 0)
+        summary["n_spans"] += int(record.get("n_spans") or 0)
+        for rejection in record.get("rejected") or []:
+            reason = str(rejection.get("reason"))
+            summary["rejected"][reason] = summary["rejected"].get(reason, 0) + 1
+        for repair in record.get("repairs") or []:
+            summary["repairs"][repair] = summary["repairs"].get(repair, 0) + 1
+        summary["n_skipped"] += record.get("skipped") is not None
+        summary["n_errors"] += record.get("error") is not None
+    chunks = summary["n_chunks"]
+    summary["parseable"] = (chunks - summary["n_parse_errors"]) / chunks if chunks else None
+    emitted = summary["n_emitted"]
+    summary["not_in_text"] = summary["rejected"][NOT_IN_TEXT] / emitted if emitted else None
+    return summary

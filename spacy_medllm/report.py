@@ -72,10 +72,19 @@ def is_evaluation_report(data: Any) -> bool:
 
 
 def find_evaluation_reports(reports_dir: Path) -> list[Path]:
-    """Per-corpus evaluation JSON files under `reports_dir` (its evaluation folders), sorted."""
+    """Per-corpus evaluation JSON files under `reports_dir` (its evaluation folders), sorted.
+
+    `<stem>.summary.json` (the scores without the per-document spans) stands in for
+    `<stem>.json` only where the full file is missing, as in a fresh clone.
+    """
     found = []
     for folder in EVALUATION_FOLDERS:
-        for path in sorted((reports_dir / folder).glob("*.json")):
+        paths = sorted((reports_dir / folder).glob("*.json"))
+        full = {p.name for p in paths}
+        for path in paths:
+            if path.name.endswith(".summary.json"):
+                if path.name.removesuffix(".summary.json") + ".json" in full:
+                    continue
             try:
                 data = json.loads(path.read_text("utf8"))
             except (OSError, json.JSONDecodeError) as error:

@@ -212,6 +212,69 @@ def test_a_medllm_ner_pipeline_is_scored_like_any_other():
     assert scores["confusion"]["ADVERSE_EVENT"] == {"ADVERSE_EVENT": 1, "DRUG": 1, "MISSED": 1}
 
 
+def test_what_the_llm_emitted_and_lost_is_in_the_report(tmp_path):
+    """Invented entities, unknown labels and an unreadable answer are counted in the report,
+    next to the scores, so that an F1 never hides them."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe(
+        "medllm_ner",
+        config={
+            "labels": LABELS,
+            "generator": {"@misc": "test.ScriptedLexiconGenerator.v1", "lexicon": {}},
+        },
+    )
+    answers = {  # an invented entity; no JSON at all; a label that is not configured
+        "Aspirin": json.dumps(
+            [{"text": "Aspirin", "label": "DRUG"}, {"text": "vomiting", "label": "ADVERSE_EVENT"}]
+        ),
+        "Ibuprofen": "I cannot answer that.",
+        "metformin": json.dumps(
+            [{"text": "metformin", "label": "DRUG"}, {"text": "daily", "label": "DOSE"}]
+        ),
+    }
+    nlp.get_pipe("medllm_ner").generator.answer = lambda text: next(
+        answer for key, answer in answers.items() if key in text
+    )
+    scores = ev.evaluate_pipeline(nlp, EXAMPLES, name="llm", labels=LABELS)
+    recorded = scores["medllm"]["medllm_ner"]
+    assert (recorded["n_docs"], recorded["n_chunks"], recorded["n_parse_errors"]) == (3, 3, 1)
+    assert recorded["parseable"] == pytest.approx(2 / 3)
+    assert (recorded["n_emitted"], recorded["n_spans"]) == (4, 2)
+    assert recorded["rejected"]["not_in_text"] == 1 and recorded["rejected"]["unknown_label"] == 1
+    assert sum(recorded["rejected"].values()) == 2
+    assert recorded["not_in_text"] == pytest.approx(1 / 4)
+    assert scores["strict"]["micro"]["tp"] == 2
+    report = {"corpus": "toy", "split": "test", "n_docs": 3, "labels": LABELS, "systems": [scores]}
+    markdown = ev.markdown_report(report)
+    assert "| llm | medllm_ner | 2/3 | 4 | 2 | 1 | 0 | 1 | 0 |" in markdown
+    # a pipeline without an LLM component has nothing to record, and the table is left out
+    ruler = ruler_nlp(PATTERNS)
+    plain = ev.evaluate_pipeline(ruler, EXAMPLES, name="ruler", labels=LABELS)
+    assert plain["medllm"] == {}
+    assert "LLM components" not in ev.markdown_report({**report, "systems": [plain]})
+
+
+def test_summarise_records_counts_documents_without_a_record():
+    from spacy_medllm.records import summarise_records
+
+    record = {
+        "chunks": [{"start": 0, "end": 5}, {"start": 5, "end": 9}],
+        "parse_errors": [],
+        "n_emitted": 3,
+        "n_spans": 2,
+        "rejected": [{"text": "x", "label": "DRUG", "reason": "truncated", "detail": ""}],
+        "repairs": ["fence"],
+        "skipped": None,
+        "error": None,
+    }
+    empty = {**record, "chunks": [], "n_emitted": 0, "n_spans": 0, "rejected": [], "repairs": []}
+    summary = summarise_records([record, None, {**empty, "skipped": "empty document"}])
+    assert (summary["n_docs"], summary["n_docs_recorded"], summary["n_chunks"]) == (3, 2, 2)
+    assert summary["rejected"]["truncated"] == 1 and summary["repairs"] == {"fence": 1}
+    assert (summary["n_skipped"], summary["n_errors"], summary["parseable"]) == (1, 0, 1.0)
+    assert summarise_records([])["parseable"] is None
+
+
 def test_canonical_entities_and_missing_bertscore_model(monkeypatch):
     text = ev.canonical_entities(
         [("rash", "AE"), (" Advil ", "DRUG"), ("x", "OTHER")], ["DRUG", "AE"]
@@ -289,6 +352,7 @@ def test_cli_writes_json_markdown_and_png(tmp_path, et_corpus, et_pipelines, cap
         "et-dev-dev.json",
         "et-dev-dev.md",
         "et-dev-dev.png",
+        "et-dev-dev.summary.json",
     ]
     assert (out / "et-dev-dev.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "et-dev-dev.json").read_text("utf8"))
@@ -313,6 +377,13 @@ def test_cli_writes_json_markdown_and_png(tmp_path, et_corpus, et_pipelines, cap
     assert cells[" F1 PROCEDURE "].strip() == "1.000"  # "procedure" mapped to PROCEDURE
     assert cells[" TP/FP/FN "].strip() == "3/0/0"
     assert "## et-dev (dev)" in capsys.readouterr().out
+    # the summary is the report without the per-document spans, nothing else left out
+    summary = json.loads((out / "et-dev-dev.summary.json").read_text("utf8"))
+    assert [len(s["docs"]) for s in report["systems"]] == [2, 2]
+    assert all("docs" not in s for s in summary["systems"])
+    for system in report["systems"]:
+        del system["docs"]
+    assert summary == report
 
     # a second run on the first document only, then one table of both
     again = [*argv[:-4], "--pipeline", f"drugs={et_pipelines['drugs']}", "--limit", "1"]
@@ -323,7 +394,7 @@ def test_cli_writes_json_markdown_and_png(tmp_path, et_corpus, et_pipelines, cap
         ev.main(
             [
                 "combine",
-                str(out / "et-dev-dev.json"),
+                str(out / "et-dev-dev.summary.json"),
                 str(out / "first.json"),
                 "--output",
                 str(combined),

@@ -160,6 +160,29 @@ def test_same_system_on_the_same_documents_is_not_counted_twice(reports_dir):
     assert len(merged) == 1 and [s["name"] for s in merged[0]["systems"]] == ["drugs-only"]
 
 
+def test_a_summary_stands_in_only_for_a_missing_full_report(reports_dir, tmp_path):
+    # the fixture's folders hold both files: only the full ones (with the documents) are read
+    found = rp.find_evaluation_reports(reports_dir)
+    assert [p.relative_to(reports_dir).as_posix() for p in found] == [
+        "baselines/et-dev-dev.json",
+        "medllm/et-dev-dev.json",
+    ]
+    # a fresh clone keeps only the summaries: the numbers are reported, no document is rendered
+    clone = tmp_path / "clone"
+    for folder in ("baselines", "medllm"):
+        (clone / folder).mkdir(parents=True)
+        summary = reports_dir / folder / "et-dev-dev.summary.json"
+        (clone / folder / summary.name).write_bytes(summary.read_bytes())
+    found = rp.find_evaluation_reports(clone)
+    assert [p.name for p in found] == ["et-dev-dev.summary.json"] * 2
+    paths = rp.build_report(clone, tmp_path / "out", samples=2)
+    markdown = paths["md"].read_text("utf8")
+    assert "| drugs-only |" in markdown and "| everything |" in markdown
+    assert 'class="entities"' not in paths["html"].read_text("utf8")
+    full = rp.build_report(reports_dir, tmp_path / "full", samples=2)
+    assert 'class="entities"' in full["html"].read_text("utf8")
+
+
 def test_an_empty_reports_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results"):
         rp.build_report(tmp_path)
