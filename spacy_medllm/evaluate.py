@@ -473,19 +473,25 @@ def summary_report(report: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_report(
-    report: Mapping[str, Any], output: str | Path, *, stem: str | None = None, plot: bool = True
+    report: Mapping[str, Any],
+    output: str | Path,
+    *,
+    stem: str | None = None,
+    plot: bool = True,
+    summary: bool = True,
 ) -> dict[str, Path]:
-    """Write `<stem>.json` (with the per-document spans), `<stem>.summary.json` (without them,
-    see `summary_report`), `<stem>.md` and (with `plot`) `<stem>.png` to the `output` folder."""
+    """Write `<stem>.json` (with the per-document spans), with `summary` `<stem>.summary.json`
+    (without them, see `summary_report`), `<stem>.md` and (with `plot`) `<stem>.png` to the
+    `output` folder."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     stem = stem or f"{report['corpus']}-{report['split']}"
-    paths = {
-        "json": output / f"{stem}.json",
-        "summary": output / f"{stem}.summary.json",
-        "md": output / f"{stem}.md",
-    }
-    for key, content in (("json", report), ("summary", summary_report(report))):
+    paths = {"json": output / f"{stem}.json", "md": output / f"{stem}.md"}
+    contents = [("json", report)]
+    if summary:
+        paths["summary"] = output / f"{stem}.summary.json"
+        contents.append(("summary", summary_report(report)))
+    for key, content in contents:
         paths[key].write_text(
             json.dumps(content, indent=2, ensure_ascii=False, default=json_default) + "\n", "utf8"
         )

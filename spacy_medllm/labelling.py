@@ -416,7 +416,8 @@ def annotator_report(
         "machine": machine_info(),
         "systems": systems,
     }
-    write_report(report, output, stem=stem)
+    # the annotator report is small and kept whole in git: no separate summary
+    write_report(report, output, stem=stem, summary=False)
     return report
 
 
