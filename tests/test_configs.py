@@ -68,8 +68,7 @@ def test_project_workflows_are_complete() -> None:
     # Workflows that build on others' results (README, "Fine-tuning and the workflow"): `medllm`
     # scores its ADE LoRA next to `all`'s seed pipeline and the `baselines`, and its systems
     # table also shows `medllm-ncbi-disease`'s row (and the reverse), `distil` takes the ADE
-    # pipeline as its default teacher, and `data`'s LLM labelling uses `all`'s seed LoRA. (The
-    # summaries behind the systems table are also in git, so a fresh clone can rebuild it.)
+    # pipeline as its default teacher, and `data`'s LLM labelling uses `all`'s seed LoRA.
     builds_on = {
         "medllm": ["all", "baselines", "medllm-ncbi-disease"],
         "medllm-ncbi-disease": ["all", "baselines", "medllm"],
