@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.scripts import load_script
 
 PROJECT = """\
 title: "timing"
@@ -30,16 +29,8 @@ commands:
 """
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("run_timed", ROOT / "scripts" / "run_timed.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_times_each_step_then_sees_the_rerun_skip(tmp_path: Path, capsys) -> None:
-    run_timed = load_script()
+    run_timed = load_script("run_timed")
     (tmp_path / "project.yml").write_text(PROJECT.replace("EXIT", "0"))
     out = "times/workflow_times"
     assert run_timed.main(["all", "--project", str(tmp_path), "--output", out,
@@ -63,7 +54,7 @@ def test_times_each_step_then_sees_the_rerun_skip(tmp_path: Path, capsys) -> Non
 
 
 def test_a_failing_step_is_marked_and_its_status_returned(tmp_path: Path) -> None:
-    run_timed = load_script()
+    run_timed = load_script("run_timed")
     (tmp_path / "project.yml").write_text(PROJECT.replace("EXIT", "3"))
     code = run_timed.main(["all", "--project", str(tmp_path), "--output", "t"])
     assert code != 0
