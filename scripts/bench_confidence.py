@@ -242,18 +242,19 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
     spans = [tuple(x) for x in report["spans"]]
     n_gold = report["summary"]["n_gold"]
-    scored = sorted({c for c, _ in spans if c is not None})
+    scored = sorted(c for c, _ in spans if c is not None)
     xs, ps, rs = [], [], []
-    for t in scored:
+    for t in sorted(set(scored)):
         kept = [ok for c, ok in spans if c is None or c >= t]
         score = prf(sum(kept), len(kept), n_gold)
-        xs.append(t)
+        xs.append(1 - len(kept) / len(spans))
         ps.append(score["precision"])
         rs.append(score["recall"])
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(xs, ps, label="precision")
     ax.plot(xs, rs, label="recall")
-    ax.set_xlabel("confidence_threshold (mean answer-token log-probability)")
+    ax.set_xlabel("share of spans dropped by confidence_threshold (least confident first)")
+    ax.set_xlim(0, 0.5)
     ax.set_ylabel("strict score")
     ax.set_title(f"medllm_ner on {report['corpus']} (test)")
     ax.legend(loc="lower left")
