@@ -272,13 +272,17 @@ def evaluate_pipeline(
     bertscore: bool = False,
     bertscore_model: str | Path | None = None,
     include_docs: bool = True,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run `nlp` over the examples and score it (see the module docstring); returns a dict.
 
     `labels`: the labels scored (default: those of the gold examples). `seed_metric`: default
     on when every example has `answer_entities`. `include_docs`: per document, the id and the gold
-    and predicted spans as offsets (never the text).
+    and predicted spans as offsets (never the text). `progress`: a progress bar (stderr) while the
+    pipeline runs (an LLM pipeline can take many minutes over a test split).
     """
+    from tqdm import tqdm
+
     examples = list(examples)
     labels = list(labels) if labels is not None else example_labels(examples)
     mapped = label_mapper(labels, label_map)
@@ -287,7 +291,15 @@ def evaluate_pipeline(
     initialize_generators(nlp)
     start = time.perf_counter()
     kwargs = {} if batch_size is None else {"batch_size": batch_size}
-    docs = list(nlp.pipe(texts, **kwargs))
+    docs = list(
+        tqdm(
+            nlp.pipe(texts, **kwargs),
+            total=len(texts),
+            desc=f"evaluate {name}",
+            unit="doc",
+            disable=not progress,
+        )
+    )
     seconds = time.perf_counter() - start
 
     gold_counts, pred_counts = AlignmentCounts(), AlignmentCounts()

@@ -178,7 +178,9 @@ def run_system(
     generator.initialize()
     nlp(WARM_UP_TEXT)
     before = dict(generator.stats)
-    result = evaluate_pipeline(nlp, examples, name=name, labels=labels, include_docs=False)
+    result = evaluate_pipeline(
+        nlp, examples, name=name, labels=labels, include_docs=False, progress=False
+    )
     stats = {key: generator.stats[key] - before[key] for key in before}
     speed = result["speed"]
     return {

@@ -58,6 +58,14 @@ def result():
     return ev.evaluate_pipeline(ruler_nlp(), EXAMPLES, name="ruler", labels=LABELS)
 
 
+def test_progress_bar_counts_the_documents_on_stderr_unless_disabled(capsys):
+    ev.evaluate_pipeline(ruler_nlp(), EXAMPLES, name="ruler", labels=LABELS)
+    err = capsys.readouterr().err
+    assert "evaluate ruler" in err and f"{len(EXAMPLES)}/{len(EXAMPLES)}" in err
+    ev.evaluate_pipeline(ruler_nlp(), EXAMPLES, name="ruler", labels=LABELS, progress=False)
+    assert "evaluate ruler" not in capsys.readouterr().err
+
+
 def test_strict_scores_counted_by_hand(result):
     micro = result["strict"]["micro"]
     assert (micro["tp"], micro["fp"], micro["fn"]) == (3, 3, 3)
