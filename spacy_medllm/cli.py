@@ -78,6 +78,7 @@ def build_pipeline(
     quantize: str = "none",
     jump_forward: bool = True,
     draft_tokens: int = 4,
+    max_chunk_tokens: int | None = None,
 ):
     """A blank pipeline with one `medllm_ner`; labels and prompt come from the adapter's folder.
 
@@ -137,6 +138,8 @@ def build_pipeline(
         }
     if labels:
         config["labels"] = labels
+    if max_chunk_tokens is not None:
+        config["max_chunk_tokens"] = max_chunk_tokens
     if few_shot:
         if few_shot_from is None:
             raise typer.BadParameter("--few-shot needs --few-shot-from (a training data file)")
@@ -175,6 +178,11 @@ def assemble(
         help='"int8" (experimental): int8 Linear weights for cheaper CPU decoding steps; '
         "SmolLM2-135M lost most of its recall with it (README).",
     ),
+    max_chunk_tokens: int | None = typer.Option(
+        None,
+        help="Prompt at most this many tokens of text at once (sentence-aligned pieces); "
+        "default: as much as the model's context allows.",
+    ),
 ) -> None:
     """Wrap a base model (+ LoRA adapter) as a `medllm_ner` pipeline and save it (`nlp.to_disk`)."""
     from .generators.hf import CONSTRAINED_MODES, QUANTIZE_MODES
@@ -198,6 +206,7 @@ def assemble(
         few_shot_from=few_shot_from,
         constrained=constrained,
         quantize=quantize,
+        max_chunk_tokens=max_chunk_tokens,
     )
     nlp.to_disk(output)
     component = nlp.get_pipe("medllm_ner")

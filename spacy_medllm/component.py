@@ -56,6 +56,7 @@ case_sensitive = false
 fuzzy_match = true
 repeated_mentions = "all"
 long_documents = "split"
+max_chunk_tokens = null
 save_io = false
 strict = false
 confidence = false
@@ -121,6 +122,7 @@ def make_medllm_ner(
     confidence: bool = False,
     confidence_threshold: float | None = None,
     cache_dir: str | None = None,
+    max_chunk_tokens: int | None = None,
 ) -> MedLLMNER:
     """Build a `medllm_ner` component; see MedLLMNER for what each setting does."""
     return MedLLMNER(
@@ -145,6 +147,7 @@ def make_medllm_ner(
         confidence=confidence,
         confidence_threshold=confidence_threshold,
         cache_dir=cache_dir,
+        max_chunk_tokens=max_chunk_tokens,
     )
 
 
@@ -172,6 +175,11 @@ class MedLLMNER(Pipe):
         model's mentions in order onto successive occurrences.
     long_documents: "split" cuts documents longer than the model's context at sentence
         boundaries and merges the spans back; "error" raises a clear error instead.
+    max_chunk_tokens: prompt at most this many tokens of document text at once (sentence-aligned
+        pieces, as for long documents; the instructions and examples come on top). None: as much
+        as the model's context allows. Small models trained on short texts can loop or run out of
+        answer tokens on a whole abstract; pieces of a few sentences keep their answers short.
+        Needs long_documents = "split".
     save_io: keep each prompt and raw response in the record.
     strict: raise MedLLMParseError when a response cannot be parsed, instead of recording it.
     confidence: score each entity by the mean log-probability of its answer tokens (needs a
@@ -208,6 +216,7 @@ class MedLLMNER(Pipe):
         confidence: bool = False,
         confidence_threshold: float | None = None,
         cache_dir: str | None = None,
+        max_chunk_tokens: int | None = None,
     ) -> None:
         self.vocab = vocab
         self.name = name
@@ -220,6 +229,21 @@ class MedLLMNER(Pipe):
         self.fuzzy_match = fuzzy_match
         self.repeated_mentions = _choice("repeated_mentions", repeated_mentions, REPEATED_MODES)
         self.long_documents = _choice("long_documents", long_documents, LONG_DOCUMENT_MODES)
+        if max_chunk_tokens is not None:
+            if isinstance(max_chunk_tokens, bool) or not isinstance(max_chunk_tokens, int):
+                raise ValueError(
+                    f"medllm_ner: max_chunk_tokens must be a whole number, got {max_chunk_tokens!r}"
+                )
+            if max_chunk_tokens < 1:
+                raise ValueError(
+                    f"medllm_ner: max_chunk_tokens must be >= 1, got {max_chunk_tokens}"
+                )
+            if self.long_documents != "split":
+                raise ValueError(
+                    "medllm_ner: max_chunk_tokens cuts documents into pieces; it needs "
+                    f'long_documents = "split", not {self.long_documents!r}'
+                )
+        self.max_chunk_tokens = max_chunk_tokens
         self.save_io = save_io
         self.strict = strict
         self.scorer = scorer
@@ -367,6 +391,11 @@ class MedLLMNER(Pipe):
 
     def _chunks(self, doc: Doc) -> list[tuple[int, int]]:
         budget = self.generator.prompt_token_budget()
+        if self.max_chunk_tokens is not None:
+            # the prompt of an empty text is what every chunk carries besides its own tokens
+            head = self.generator.count_prompt_tokens(self.prompt_builder.messages(""))
+            cap = head + self.max_chunk_tokens
+            budget = cap if budget is None else min(budget, cap)
         if budget is None:
             return [(0, len(doc.text))]
         try:

@@ -174,6 +174,41 @@ def test_long_document_is_split_at_sentences_and_offsets_are_right():
     assert [e.start_char for e in drugs] == starts
 
 
+def test_max_chunk_tokens_splits_even_where_the_context_would_hold_the_whole_text():
+    sentences = [f"Day {i}: the patient took Abilify and reported nausea." for i in range(6)]
+    text = " ".join(sentences)
+    nlp, component = make_nlp(max_chunk_tokens=20)  # the scripted budget is None: no context cap
+    doc = nlp(text)
+    prompts = [t for call in component.generator.calls for t in call]
+    # 9 words a sentence: two sentences per piece fit 20 text tokens, three do not
+    assert prompts == [" ".join(sentences[i : i + 2]) for i in range(0, 6, 2)]
+    assert [(c["start"], c["end"]) for c in get_record(doc)["chunks"]] == [
+        (text.index(p), text.index(p) + len(p)) for p in prompts
+    ]
+    starts = [text.index("Abilify", text.index(f"Day {i}:")) for i in range(6)]
+    assert [e.start_char for e in doc.ents if e.label_ == "DRUG"] == starts
+    # a context smaller than the cap still wins
+    component.generator.budget = 10 + 9
+    component.generator.calls.clear()
+    nlp(text)
+    assert [t for call in component.generator.calls for t in call] == sentences
+    # the setting is part of the pipeline's config
+    assert nlp.config["components"]["medllm_ner"]["max_chunk_tokens"] == 20
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_chunk_tokens": 0}, ">= 1"),
+        ({"max_chunk_tokens": True}, "max_chunk_tokens"),  # spaCy's config check
+        ({"max_chunk_tokens": 64, "long_documents": "error"}, 'long_documents = "split"'),
+    ],
+)
+def test_max_chunk_tokens_is_checked(settings, message):
+    with pytest.raises(ValueError, match=message):
+        make_nlp(**settings)
+
+
 def test_long_document_error_mode_names_the_budget():
     nlp, component = make_nlp(long_documents="error")
     component.generator.budget = 20
