@@ -67,11 +67,13 @@ def test_project_workflows_are_complete() -> None:
     commands = {c["name"]: c for c in project["commands"]}
     # Workflows that build on others' results (README, "Fine-tuning and the workflow"): `medllm`
     # scores its ADE LoRA next to `all`'s seed pipeline and the `baselines`, and its systems
-    # table also shows `medllm-ncbi-disease`'s row (and the reverse), `distil` takes the ADE
-    # pipeline as its default teacher, and `data`'s LLM labelling uses `all`'s seed LoRA.
+    # table also shows the rows of `medllm-ncbi-disease` and `medllm-bc5cdr` (and each of these
+    # three the others' rows), `distil` takes the ADE pipeline as its default teacher, and
+    # `data`'s LLM labelling uses `all`'s seed LoRA.
     builds_on = {
-        "medllm": ["all", "baselines", "medllm-ncbi-disease"],
-        "medllm-ncbi-disease": ["all", "baselines", "medllm"],
+        "medllm": ["all", "baselines", "medllm-ncbi-disease", "medllm-bc5cdr"],
+        "medllm-ncbi-disease": ["all", "baselines", "medllm", "medllm-bc5cdr"],
+        "medllm-bc5cdr": ["all", "baselines", "medllm", "medllm-ncbi-disease"],
         "distil": ["medllm"],
         "data": ["all"],
     }
