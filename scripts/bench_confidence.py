@@ -70,19 +70,11 @@ def collect(docs, gold_docs, component: str = "medllm_ner") -> dict[str, Any]:
             key = (span.start_char, span.end_char, span.label_)
             spans.append((span._.get(CONFIDENCE_ATTR), key in gold_keys))
         record = doc._.medllm.get(component, {})
+        entries = [c for chunk in record.get("chunks", []) for c in chunk.get("confidence", [])]
+        emitted.append([(c["text"], c["confidence"]) for c in entries])
         scored = {
-            (c["text"], c["label"]): c["confidence"]
-            for chunk in record.get("chunks", [])
-            for c in chunk.get("confidence", [])
-            if c["confidence"] is not None
+            (c["text"], c["label"]): c["confidence"] for c in entries if c["confidence"] is not None
         }
-        emitted.append(
-            [
-                (c["text"], c["confidence"])
-                for chunk in record.get("chunks", [])
-                for c in chunk.get("confidence", [])
-            ]
-        )
         for rejected in record.get("rejected", []):
             value = scored.get((rejected["text"], rejected["label"]))
             if rejected["reason"] == NOT_IN_TEXT and value is not None:
@@ -90,39 +82,37 @@ def collect(docs, gold_docs, component: str = "medllm_ner") -> dict[str, Any]:
     return {"spans": spans, "n_gold": n_gold, "invented": invented, "emitted": emitted}
 
 
+def scores_at(
+    spans: Sequence[tuple[float | None, bool]], n_gold: int, threshold: float | None
+) -> dict[str, Any]:
+    """Strict scores of the spans kept by `confidence_threshold = threshold` (None keeps all;
+    spans without a score are always kept)."""
+    kept = [ok for c, ok in spans if threshold is None or c is None or c >= threshold]
+    return {
+        "threshold": threshold,
+        "n_kept": len(kept),
+        "tp": sum(kept),
+        **prf(sum(kept), len(kept), n_gold),
+    }
+
+
 def threshold_rows(spans: Sequence[tuple[float | None, bool]], n_gold: int) -> list[dict]:
-    """Strict scores when the least confident share of the spans is dropped (spans without a
-    score are always kept)."""
+    """Strict scores when the least confident share of the spans is dropped."""
     scored = sorted(c for c, _ in spans if c is not None)
     rows = []
     for share in DROP_SHARES:
         cut = round(share * len(scored))
         threshold = scored[cut] if share and cut < len(scored) else None
-        kept = [ok for c, ok in spans if threshold is None or c is None or c >= threshold]
-        rows.append(
-            {
-                "drop_share": share,
-                "threshold": threshold,
-                "n_kept": len(kept),
-                "tp": sum(kept),
-                **prf(sum(kept), len(kept), n_gold),
-            }
-        )
+        rows.append({"drop_share": share, **scores_at(spans, n_gold, threshold)})
     return rows
 
 
 def best_threshold(spans: Sequence[tuple[float | None, bool]], n_gold: int) -> dict[str, Any]:
-    """The threshold with the highest strict F1 on these very spans (optimistic)."""
+    """The threshold with the highest strict F1 on these very spans (optimistic); the first of
+    equals, so no threshold where one would not help."""
     candidates = sorted({c for c, _ in spans if c is not None})
-    best: dict[str, Any] | None = None
-    for t in [None, *candidates]:
-        kept = [ok for c, ok in spans if t is None or c is None or c >= t]
-        row = {"threshold": t, "n_kept": len(kept), "tp": sum(kept)}
-        row.update(prf(sum(kept), len(kept), n_gold))
-        if best is None or row["f1"] > best["f1"]:
-            best = row
-    assert best is not None
-    return best
+    rows = [scores_at(spans, n_gold, t) for t in [None, *candidates]]
+    return max(rows, key=lambda row: row["f1"])
 
 
 def add_seed_scores(
@@ -242,14 +232,10 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
     spans = [tuple(x) for x in report["spans"]]
     n_gold = report["summary"]["n_gold"]
-    scored = sorted(c for c, _ in spans if c is not None)
-    xs, ps, rs = [], [], []
-    for t in sorted(set(scored)):
-        kept = [ok for c, ok in spans if c is None or c >= t]
-        score = prf(sum(kept), len(kept), n_gold)
-        xs.append(1 - len(kept) / len(spans))
-        ps.append(score["precision"])
-        rs.append(score["recall"])
+    rows = [scores_at(spans, n_gold, t) for t in sorted({c for c, _ in spans if c is not None})]
+    xs = [1 - row["n_kept"] / len(spans) for row in rows]
+    ps = [row["precision"] for row in rows]
+    rs = [row["recall"] for row in rows]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(xs, ps, label="precision")
     ax.plot(xs, rs, label="recall")
