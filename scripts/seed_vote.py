@@ -61,15 +61,24 @@ def load_run(path: str | Path) -> tuple[list[set[str]], list[set[str] | None]]:
     return gold, predicted
 
 
+def vote_counts(predictions: Sequence[Sequence[set[str] | None]]) -> list[Counter[str]]:
+    """Per record, how many of the runs predicted each string (unparseable = nothing)."""
+    return [
+        Counter(s for answer in answers for s in (answer or ()))
+        for answers in zip(*predictions, strict=True)
+    ]
+
+
+def at_least(counts: Sequence[Counter[str]], k: int) -> list[set[str]]:
+    """Per record, the strings counted at least k times."""
+    return [{s for s, n in record.items() if n >= k} for record in counts]
+
+
 def vote(predictions: Sequence[Sequence[set[str] | None]], k: int) -> list[set[str]]:
     """Per record, the strings that at least k of the runs predicted (unparseable = nothing)."""
     if not 1 <= k <= len(predictions):
         raise ValueError(f"k must be between 1 and {len(predictions)}, not {k}")
-    out = []
-    for answers in zip(*predictions, strict=True):
-        counts = Counter(s for answer in answers for s in (answer or ()))
-        out.append({s for s, n in counts.items() if n >= k})
-    return out
+    return at_least(vote_counts(predictions), k)
 
 
 def score(gold: Sequence[set[str]], predicted: Sequence[set[str] | None]) -> dict[str, Any]:
@@ -102,8 +111,9 @@ def run(runs: Mapping[str, str | Path], voters: Sequence[str]) -> dict[str, Any]
     names = list(preds)
     for m in range(2, len(names) + 1):
         for combo in itertools.combinations(names, m):
+            counts = vote_counts([preds[n] for n in combo])  # once per subset, for every k
             for k in range(1, m + 1):
-                s = score(gold, vote([preds[n] for n in combo], k))
+                s = score(gold, at_least(counts, k))
                 searched.append({"runs": list(combo), "k": k, **s})
     best_f1 = max(searched, key=lambda s: (s["f1"], s["precision"]))
     at_bar_precision = [s for s in searched if s["precision"] >= BAR[0]]
