@@ -84,7 +84,9 @@ def build_pipeline(
 
     A fine-tuning run writes `prompt_template.json` inside `<output>/adapter/`; when `adapter`
     points to the run's output folder or to its `adapter/` folder, the component is configured
-    exactly as the model was trained. Otherwise the default prompt and the given labels are used.
+    exactly as the model was trained (labels, prompt, and the `max_chunk_tokens` of an adapter
+    trained on pieces, unless `max_chunk_tokens` is given here). Otherwise the default prompt and
+    the given labels are used.
     """
     import spacy
 
@@ -119,6 +121,9 @@ def build_pipeline(
                 trained = load_prompt_settings(adapter_dir)
                 config["labels"] = trained["labels"]
                 config["label_definitions"] = trained["label_definitions"]
+                if trained["max_chunk_tokens"] is not None:
+                    # trained on pieces: read documents in the same pieces
+                    config["max_chunk_tokens"] = trained["max_chunk_tokens"]
                 template = trained["template"].to_dict()
                 config["prompt"] = {
                     "@misc": "medllm.PromptTemplate.v1",
@@ -181,7 +186,8 @@ def assemble(
     max_chunk_tokens: int | None = typer.Option(
         None,
         help="Prompt at most this many tokens of text at once (sentence-aligned pieces); "
-        "default: as much as the model's context allows.",
+        "default: the adapter's (finetune --max-chunk-tokens), else as much as the model's "
+        "context allows.",
     ),
 ) -> None:
     """Wrap a base model (+ LoRA adapter) as a `medllm_ner` pipeline and save it (`nlp.to_disk`)."""

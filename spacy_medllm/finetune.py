@@ -75,12 +75,14 @@ from .training_data import (
     Example,
     build_records,
     deduplicate,
+    encode_prompt,
     example_labels,
     filter_labels,
     read_examples,
     record_stats,
     records_sha256,
     remove_shared,
+    split_example,
 )
 
 logger = logging.getLogger("spacy_medllm")
@@ -131,7 +133,12 @@ class FinetuneConfig:
     plain LoRA at inference. use_rslora: scale the update by lora_alpha / sqrt(r) instead of
     lora_alpha / r (rank-stabilised LoRA; keeps large ranks from learning faster than small ones).
     max_steps > 0 overrides
-    num_train_epochs. Records longer than max_length tokens are dropped, never truncated.
+    num_train_epochs. max_chunk_tokens: cut every training text into sentence-aligned pieces of at
+    most this many text tokens, exactly as `medllm_ner` with the same `max_chunk_tokens` cuts a
+    document at inference (`chunk_examples`), so that a model that will read abstracts piece by
+    piece is trained on such pieces; a piece boundary never cuts a gold span. The value is saved
+    with the prompt and becomes the pipeline's default when it is assembled (None: whole texts).
+    Records longer than max_length tokens are dropped, never truncated.
     learning_rate: 1e-3 suits LoRA on a 135 M model with a few hundred records (one epoch on the
     seed e-mails: seed P 0.815 / R 0.787 at 1e-3, 0.715 / 0.707 at 2e-4); lower it for larger
     models.
@@ -165,6 +172,7 @@ class FinetuneConfig:
     lr_scheduler_type: str = "cosine"
     weight_decay: float = 0.0
     max_length: int = 1024
+    max_chunk_tokens: int | None = None
     seed: int = 42
     save_steps: int = 50
     save_total_limit: int = 2
@@ -261,6 +269,14 @@ def validate_config(
     )
     need(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
     need(config.max_length >= 8, f"max_length must be at least 8, got {config.max_length}")
+    if config.max_chunk_tokens is not None:
+        need(
+            isinstance(config.max_chunk_tokens, int)
+            and not isinstance(config.max_chunk_tokens, bool)
+            and config.max_chunk_tokens >= 1,
+            f"max_chunk_tokens must be a whole number >= 1 (or None), got "
+            f"{config.max_chunk_tokens!r}",
+        )
     need(config.num_threads >= 0, f"num_threads must be >= 0, got {config.num_threads}")
     need(config.device in ("auto", "cpu", "cuda"), "device must be 'auto', 'cpu' or 'cuda'")
     if config.lora_layers is not None:
@@ -741,18 +757,49 @@ def _resolve_layers(layers: Sequence[int], n_layers: int) -> list[int]:
 def load_prompt_settings(adapter_dir: str | Path) -> dict[str, Any]:
     """The labels, label definitions and PromptTemplate an adapter was trained with.
 
-    Returns {"labels": [...], "label_definitions": {...}, "template": PromptTemplate}: what
-    medllm_ner needs to prompt the model exactly as it was trained.
+    Returns {"labels": [...], "label_definitions": {...}, "template": PromptTemplate,
+    "max_chunk_tokens": int | None}: what medllm_ner needs to prompt the model exactly as it was
+    trained (max_chunk_tokens: the size of the pieces it was trained on; None: whole texts).
     """
     data = json.loads((Path(adapter_dir) / PROMPT_TEMPLATE_FILE).read_text(encoding="utf8"))
     return {
         "labels": list(data["labels"]),
         "label_definitions": dict(data.get("label_definitions", {})),
         "template": PromptTemplate.from_dict(data["template"]),
+        "max_chunk_tokens": data.get("max_chunk_tokens"),
     }
 
 
 # -- training --------------------------------------------------------------------------------------
+
+
+def chunk_examples(
+    examples: Sequence[Example], builder: PromptBuilder, tokenizer: Any, max_chunk_tokens: int
+) -> list[Example]:
+    """The examples cut into the pieces `medllm_ner` prompts with `max_chunk_tokens` set.
+
+    The plan is the component's: the prompt of an empty text is the head every piece carries, the
+    budget is head + `max_chunk_tokens` prompt tokens, counted with the same prompt rendering and
+    tokenisation, and `chunking.plan_chunks` packs sentences (found by the punctuation rule, as in
+    a blank pipeline) into pieces that fit. Pieces that would cut a gold span are joined
+    (`split_example`). Texts that fit stay whole.
+    """
+    import spacy
+
+    from .chat import render_prompt
+    from .chunking import plan_chunks
+
+    make_doc = spacy.blank("xx").make_doc
+
+    def count_tokens(text: str) -> int:
+        return len(encode_prompt(tokenizer, render_prompt(tokenizer, builder.messages(text))))
+
+    budget = count_tokens("") + max_chunk_tokens
+    pieces: list[Example] = []
+    for example in examples:
+        ranges = plan_chunks(make_doc(example["text"]), budget=budget, count_tokens=count_tokens)
+        pieces.extend(split_example(example, ranges))
+    return pieces
 
 
 def _prepare_records(
@@ -824,6 +871,14 @@ def finetune(
     train_examples, n_removed = filter_labels(train_examples, labels)
     if n_removed:
         logger.warning("Removed %d entities whose labels are not in %s", n_removed, labels)
+    n_texts = len(train_examples)
+    if config.max_chunk_tokens is not None:
+        train_examples = chunk_examples(train_examples, builder, tokenizer, config.max_chunk_tokens)
+        _say(
+            f"max_chunk_tokens = {config.max_chunk_tokens}: {n_texts} training texts cut into "
+            f"{len(train_examples)} pieces",
+            config.progress,
+        )
     train_records, n_dropped = _prepare_records(
         train_examples, builder, tokenizer, config.max_length, "training"
     )
@@ -832,6 +887,10 @@ def finetune(
     eval_records: list[dict[str, Any]] = []
     if eval_examples:
         eval_examples, _ = filter_labels(eval_examples, labels)
+        if config.max_chunk_tokens is not None:
+            eval_examples = chunk_examples(
+                eval_examples, builder, tokenizer, config.max_chunk_tokens
+            )
         eval_records, _ = _prepare_records(
             eval_examples, builder, tokenizer, config.max_length, "evaluation"
         )
@@ -1029,7 +1088,8 @@ def finetune(
         },
         "data": {
             "sha256": data_sha256,
-            "n_examples": len(train_examples),
+            "n_examples": n_texts,
+            "n_pieces": len(train_examples),
             "n_records": len(train_records),
             "n_dropped_too_long": n_dropped,
             "n_entities_removed_other_labels": n_removed,
@@ -1055,7 +1115,16 @@ def finetune(
         "wall_seconds": time.time() - start_time,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _save_adapter(model, adapter_dir, config.base_model, builder, label_set, template, record)
+    _save_adapter(
+        model,
+        adapter_dir,
+        config.base_model,
+        builder,
+        label_set,
+        template,
+        record,
+        max_chunk_tokens=config.max_chunk_tokens,
+    )
     _say(
         f"Saved the adapter to {adapter_dir} (step {trainer.state.global_step}, loss "
         f"{record['training']['final_loss']}, {record['training']['tokens_per_second'] or 0:,.0f} "
@@ -1073,6 +1142,7 @@ def _save_adapter(
     label_set: LabelSet,
     template: PromptTemplate,
     record: Mapping[str, Any],
+    max_chunk_tokens: int | None = None,
 ) -> None:
     """Write the adapter folder next to its final place, then swap it in."""
     tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp")
@@ -1094,6 +1164,7 @@ def _save_adapter(
         "label_definitions": dict(label_set.definitions),
         "template": template.to_dict(),
         "prompt_fingerprint": builder.fingerprint,
+        "max_chunk_tokens": max_chunk_tokens,
     }
     (tmp / PROMPT_TEMPLATE_FILE).write_text(
         json.dumps(prompt, indent=2, ensure_ascii=False) + "\n", encoding="utf8"
@@ -1165,6 +1236,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scheduler", choices=SCHEDULERS, dest="lr_scheduler_type")
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--max-length", type=int)
+    parser.add_argument(
+        "--max-chunk-tokens",
+        type=int,
+        help="train on sentence-aligned pieces of at most N text tokens, as medllm_ner with "
+        "max_chunk_tokens = N reads documents (saved as the pipeline's default)",
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--save-steps", type=int)
     parser.add_argument("--logging-steps", type=int)
@@ -1199,6 +1276,7 @@ _DIRECT = (
     "lr_scheduler_type",
     "weight_decay",
     "max_length",
+    "max_chunk_tokens",
     "seed",
     "save_steps",
     "logging_steps",

@@ -142,6 +142,54 @@ def remove_shared(examples: Iterable[Example], other: Iterable[Example]) -> list
     return [example for example in examples if example["text"] not in texts]
 
 
+def split_example(example: Example, ranges: Sequence[tuple[int, int]]) -> list[Example]:
+    """The example cut into the pieces `text[start:end]` of `ranges`, spans shifted to them.
+
+    `ranges` are sorted, non-overlapping character ranges (as `chunking.plan_chunks` returns);
+    neighbouring ranges that a gold span crosses are joined first, so no span is ever cut or
+    lost. Piece ids are `<id>#<n>`. A span outside every range is an error (the ranges of
+    `plan_chunks` cover every non-space character, so that means the ranges are wrong). An example
+    whose answer is given as strings (`answer_entities`, the seed's paraphrasing gold) cannot be
+    cut, because its answer strings are not tied to offsets: more than one range is an error.
+    """
+    if not ranges:
+        raise ValueError(f"Example {example.get('id')!r}: no ranges to cut it into")
+    joined: list[list[int]] = []
+    for start, end in sorted(ranges):
+        # a span that reaches past the previous piece's end and starts before this one
+        if joined and any(s < start and e > joined[-1][1] for s, e, _ in example["spans"]):
+            joined[-1][1] = end
+        else:
+            joined.append([start, end])
+    if len(joined) > 1 and example.get("answer_entities") is not None:
+        raise ValueError(
+            f"Example {example.get('id')!r} has its answer as strings (answer_entities), which "
+            "cannot be cut into pieces; train it whole (no max_chunk_tokens)"
+        )
+    pieces: list[Example] = []
+    placed = 0
+    for n, (start, end) in enumerate(joined):
+        spans = [
+            (s - start, e - start, label)
+            for s, e, label in example["spans"]
+            if start <= s and e <= end
+        ]
+        placed += len(spans)
+        piece = make_example(
+            example["text"][start:end],
+            spans,
+            example.get("answer_entities"),
+            id=f"{example.get('id', '')}#{n}" if len(joined) > 1 else example.get("id"),
+        )
+        pieces.append(piece)
+    if placed != len(example["spans"]):
+        raise ValueError(
+            f"Example {example.get('id')!r}: {len(example['spans']) - placed} span(s) fall outside "
+            "the ranges it was cut into"
+        )
+    return pieces
+
+
 # -- readers ---------------------------------------------------------------------------------------
 
 

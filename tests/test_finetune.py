@@ -16,6 +16,7 @@ import pytest
 from spacy_medllm.finetune import (
     FinetuneConfig,
     PaddingCollator,
+    chunk_examples,
     completion_loss,
     cpu_supports_bf16,
     finetune,
@@ -44,6 +45,7 @@ from spacy_medllm.training_data import (
     remove_shared,
     seed_answer_order,
     shared_inputs,
+    split_example,
 )
 from tests.gold_examples import GOLD, LABELS, VOCAB_TEXTS
 
@@ -702,6 +704,132 @@ def test_command_line_with_top_layers_only(tiny_base, tmp_path):
     assert record["settings"]["gradient_checkpointing"] is True
     layers = {name.split("layers.")[1].split(".")[0] for name in adapter_tensors(adapter)}
     assert layers == {"1"}
+
+
+# -- training on pieces (max_chunk_tokens) -------------------------------------------------------
+
+
+def long_gold_example(repeats: int = 2):
+    """The gold sentences joined into one multi-sentence text, spans at their offsets."""
+    text, spans = "", []
+    for sentence, pairs in GOLD * repeats:
+        start = len(text) + (1 if text else 0)
+        text = f"{text} {sentence}" if text else sentence
+        for string, label in pairs:
+            at = start + sentence.index(string)
+            spans.append((at, at + len(string), label))
+    return make_example(text, spans, id="long")
+
+
+def test_split_example_shifts_spans_and_joins_pieces_a_span_crosses():
+    text = "Abilify made me dizzy. Metformin gave me nausea. Zoloft."
+    spans = [(0, 7, "DRUG"), (23, 32, "DRUG"), (41, 47, "ADVERSE_EVENT"), (49, 55, "DRUG")]
+    example = make_example(text, spans, id="e")
+    pieces = split_example(example, [(0, 22), (23, 48), (49, 56)])
+    assert [p["id"] for p in pieces] == ["e#0", "e#1", "e#2"]
+    assert [p["text"] for p in pieces] == ["Abilify made me dizzy.", text[23:48], "Zoloft."]
+    for piece in pieces:  # every span keeps its string in its piece
+        assert {piece["text"][s:e] for s, e, _ in piece["spans"]} <= {
+            "Abilify",
+            "Metformin",
+            "nausea",
+            "Zoloft",
+        }
+    assert sum(len(p["spans"]) for p in pieces) == len(spans)
+    # a boundary inside "Metformin" (23-32) joins the two pieces it would cut
+    joined = split_example(example, [(0, 27), (28, 48), (49, 56)])
+    assert [p["text"] for p in joined] == [text[0:48], "Zoloft."]
+    assert [joined[0]["text"][s:e] for s, e, _ in joined[0]["spans"]] == [
+        "Abilify",
+        "Metformin",
+        "nausea",
+    ]
+    # one range: the example itself, under its own id
+    assert split_example(example, [(0, 56)]) == [example]
+    # a span that no range covers means the ranges are wrong
+    with pytest.raises(ValueError, match="fall outside"):
+        split_example(example, [(0, 22)])
+
+
+def test_string_answers_are_not_cut():
+    example = make_example("Abilify made me dizzy. It hurt.", (), [("dizziness", "ADVERSE_EVENT")])
+    with pytest.raises(ValueError, match="answer_entities"):
+        split_example(example, [(0, 22), (23, 31)])
+    assert split_example(example, [(0, 31)])[0]["answer_entities"] == [
+        ("dizziness", "ADVERSE_EVENT")
+    ]
+
+
+@pytest.mark.parametrize("max_chunk_tokens", [20, 40])
+def test_training_pieces_are_the_pieces_medllm_ner_prompts(
+    tiny_base, tiny_tokenizer, max_chunk_tokens
+):
+    """Trained on pieces, read in pieces: the same text ranges, so the same prompts."""
+    import spacy
+
+    from spacy_medllm.component import get_record
+
+    example = long_gold_example()
+    builder = PromptBuilder(LabelSet(LABELS))
+    pieces = chunk_examples([example], builder, tiny_tokenizer, max_chunk_tokens)
+    assert 1 < len(pieces) < 2 * len(GOLD)  # several sentences fit one piece, not all of them
+    nlp = spacy.blank("en")
+    nlp.add_pipe(
+        "medllm_ner",
+        config={
+            "labels": LABELS,
+            "max_chunk_tokens": max_chunk_tokens,
+            "save_io": True,
+            "generator": {
+                "@misc": "medllm.HFGenerator.v1",
+                "model": str(tiny_base),
+                "max_new_tokens": 4,
+            },
+        },
+    )
+    doc = nlp(example["text"])
+    ranges = [(c["start"], c["end"]) for c in get_record(doc)["chunks"]]
+    assert [example["text"][s:e] for s, e in ranges] == [p["text"] for p in pieces]
+    # the same prompt messages, so (test above) the same prompt token ids
+    assert [c["prompt"] for c in get_record(doc)["chunks"]] == [
+        builder.messages(p["text"]) for p in pieces
+    ]
+    strings = [p["text"][s:e] for p in pieces for s, e, _ in p["spans"]]
+    assert strings == [example["text"][s:e] for s, e, _ in example["spans"]]
+
+
+def test_finetuning_on_pieces_records_them_and_the_pipeline_reads_in_pieces(
+    examples, tiny_base, tmp_path
+):
+    from spacy_medllm.cli import build_pipeline
+
+    adapter = finetune(
+        tiny_config(tiny_base, tmp_path / "run", max_steps=2, max_chunk_tokens=12),
+        [long_gold_example(), *examples],
+    )
+    record = json.loads((adapter / "training_record.json").read_text())
+    assert record["settings"]["max_chunk_tokens"] == 12
+    assert record["data"]["n_examples"] == 1 + len(examples)
+    # the long text is cut; the one-sentence texts fit whole
+    assert record["data"]["n_pieces"] > 1 + len(examples)
+    assert load_prompt_settings(adapter)["max_chunk_tokens"] == 12
+    pipe = build_pipeline(str(tiny_base), str(tmp_path / "run")).get_pipe("medllm_ner")
+    assert pipe.max_chunk_tokens == 12
+    pipe = build_pipeline(str(tiny_base), str(adapter), max_chunk_tokens=40).get_pipe("medllm_ner")
+    assert pipe.max_chunk_tokens == 40
+    # an adapter trained on whole texts leaves the pipeline reading whole texts
+    whole = finetune(tiny_config(tiny_base, tmp_path / "whole", max_steps=1), examples)
+    assert load_prompt_settings(whole)["max_chunk_tokens"] is None
+    assert (
+        build_pipeline(str(tiny_base), str(whole)).get_pipe("medllm_ner").max_chunk_tokens is None
+    )
+
+
+@pytest.mark.parametrize("value", [0, -3, True, 2.5])
+def test_max_chunk_tokens_must_be_a_positive_whole_number(value, tmp_path):
+    config = FinetuneConfig(output_dir=str(tmp_path), max_chunk_tokens=value)
+    with pytest.raises(ValueError, match="max_chunk_tokens"):
+        validate_config(config, cuda_available=False, cpu_bf16_supported=False)
 
 
 # -- the packaged model ----------------------------------------------------------------------------
