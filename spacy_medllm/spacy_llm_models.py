@@ -21,6 +21,7 @@ generics there, hence `typing.Iterable` below.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Iterable, Tuple  # noqa: UP035 - spacy-llm checks typing's generics
 
@@ -38,6 +39,8 @@ from .generators.openai_compat import OpenAIGenerator
 from .labels import LabelSet
 from .parsing import parse_response
 from .prompts import PromptBuilder, PromptTemplate
+
+logger = logging.getLogger("spacy_medllm")
 
 HF_MODEL_NAME = "medllm.HF.v1"
 OPENAI_MODEL_NAME = "medllm.OpenAICompatible.v1"
@@ -329,6 +332,15 @@ def make_json_ner_task(
         template = settings["template"]
         trained_labels = settings["labels"]
         definitions = {**settings["label_definitions"], **definitions}
+        if settings["max_chunk_tokens"] is not None:
+            logger.warning(
+                "%s: the adapter in %s was trained on pieces of at most %d text tokens, and this "
+                "task prompts whole texts; for longer texts use medllm_ner, which reads them in "
+                "those pieces.",
+                JSON_NER_TASK_NAME,
+                folder,
+                settings["max_chunk_tokens"],
+            )
     if isinstance(labels, str):
         labels = [label.strip() for label in labels.split(",") if label.strip()]
     chosen = list(labels or trained_labels)

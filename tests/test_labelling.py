@@ -150,6 +150,25 @@ def test_task_from_an_adapter_folder_prompts_as_trained(trained):  # noqa: F811
         make_json_ner_task(adapter=str(REPO / "tests"))
 
 
+def test_task_warns_that_an_adapter_trained_on_pieces_reads_whole_texts_here(
+    trained,  # noqa: F811
+    tmp_path,
+    caplog,
+):
+    import shutil
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(trained["adapter"], folder)
+    make_json_ner_task(adapter=str(folder))
+    assert "trained on pieces" not in caplog.text
+    settings = json.loads((folder / "prompt_template.json").read_text())
+    (folder / "prompt_template.json").write_text(json.dumps({**settings, "max_chunk_tokens": 32}))
+    with caplog.at_level("WARNING", logger="spacy_medllm"):
+        task = make_json_ner_task(adapter=str(folder))
+    assert "trained on pieces of at most 32 text tokens" in caplog.text
+    assert list(task.labels) == LABELS  # still usable
+
+
 # -- labelling with the tiny trained LoRA ----------------------------------------------------------
 
 
