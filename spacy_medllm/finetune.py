@@ -1240,7 +1240,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-chunk-tokens",
         type=int,
         help="train on sentence-aligned pieces of at most N text tokens, as medllm_ner with "
-        "max_chunk_tokens = N reads documents (saved as the pipeline's default)",
+        "max_chunk_tokens = N reads documents (saved as the pipeline's default); 0: whole texts",
     )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--save-steps", type=int)
@@ -1322,6 +1322,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
+    if settings.get("max_chunk_tokens") == 0:
+        settings["max_chunk_tokens"] = None  # whole texts
     return FinetuneConfig.from_dict(settings)
 
 

@@ -825,6 +825,18 @@ def test_finetuning_on_pieces_records_them_and_the_pipeline_reads_in_pieces(
     )
 
 
+def test_command_line_max_chunk_tokens_zero_means_whole_texts(tmp_path):
+    from spacy_medllm.finetune import _parse_args, config_from_args
+
+    def setting(*extra):
+        args = _parse_args(["--train", "x.jsonl", "--output", str(tmp_path), *extra])
+        return config_from_args(args).max_chunk_tokens
+
+    assert setting() is None
+    assert setting("--max-chunk-tokens", "0") is None
+    assert setting("--max-chunk-tokens", "96") == 96
+
+
 @pytest.mark.parametrize("value", [0, -3, True, 2.5])
 def test_max_chunk_tokens_must_be_a_positive_whole_number(value, tmp_path):
     config = FinetuneConfig(output_dir=str(tmp_path), max_chunk_tokens=value)
