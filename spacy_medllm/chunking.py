@@ -63,6 +63,19 @@ def _word_windows(text: str, start: int, end: int, fits: Callable[[int, int], bo
     return pieces
 
 
+def piece_budget(
+    count_tokens: Callable[[str], int], max_chunk_tokens: int | None, budget: int | None = None
+) -> int | None:
+    """The prompt budget of one piece: the context's `budget` (None: no limit), capped at the
+    prompt head (what `count_tokens("")` counts: system prompt, template) plus `max_chunk_tokens`
+    tokens of text when that is set. `medllm_ner` plans its pieces with it, and fine-tuning on
+    pieces (`finetune.chunk_examples`) too, so that both cut a text the same way."""
+    if max_chunk_tokens is None:
+        return budget
+    cap = count_tokens("") + max_chunk_tokens
+    return cap if budget is None else min(budget, cap)
+
+
 def plan_chunks(
     doc: Doc,
     *,

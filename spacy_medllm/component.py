@@ -20,7 +20,7 @@ from spacy.util import ensure_path, filter_spans, minibatch, registry
 from . import records
 from .alignment import find_entities, snap_to_tokens
 from .cache import ResponseCache, cached_generate, resolve_cache_dir
-from .chunking import ChunkingError, plan_chunks
+from .chunking import ChunkingError, piece_budget, plan_chunks
 from .confidence import LOW_CONFIDENCE, ScoredResponse, entity_confidences
 from .generators import Generator
 from .labels import DEFAULT_LABELS, LabelSet
@@ -390,21 +390,19 @@ class MedLLMNER(Pipe):
         record["cache"] = counts
 
     def _chunks(self, doc: Doc) -> list[tuple[int, int]]:
-        budget = self.generator.prompt_token_budget()
-        if self.max_chunk_tokens is not None:
-            # the prompt of an empty text is what every chunk carries besides its own tokens
-            head = self.generator.count_prompt_tokens(self.prompt_builder.messages(""))
-            cap = head + self.max_chunk_tokens
-            budget = cap if budget is None else min(budget, cap)
+        def count_tokens(text: str) -> int:
+            return self.generator.count_prompt_tokens(self.prompt_builder.messages(text))
+
+        budget = piece_budget(
+            count_tokens, self.max_chunk_tokens, self.generator.prompt_token_budget()
+        )
         if budget is None:
             return [(0, len(doc.text))]
         try:
             return plan_chunks(
                 doc,
                 budget=budget,
-                count_tokens=lambda text: self.generator.count_prompt_tokens(
-                    self.prompt_builder.messages(text)
-                ),
+                count_tokens=count_tokens,
                 allow_split=self.long_documents == "split",
             )
         except ChunkingError as error:

@@ -778,23 +778,23 @@ def chunk_examples(
 ) -> list[Example]:
     """The examples cut into the pieces `medllm_ner` prompts with `max_chunk_tokens` set.
 
-    The plan is the component's: the prompt of an empty text is the head every piece carries, the
-    budget is head + `max_chunk_tokens` prompt tokens, counted with the same prompt rendering and
-    tokenisation, and `chunking.plan_chunks` packs sentences (found by the punctuation rule, as in
-    a blank pipeline) into pieces that fit. Pieces that would cut a gold span are joined
-    (`split_example`). Texts that fit stay whole.
+    The plan is the component's: the same budget (`chunking.piece_budget`: the prompt head plus
+    `max_chunk_tokens`; the context is left to max_length here), prompt tokens counted with the
+    same rendering and tokenisation, and `chunking.plan_chunks` packing sentences (found by the
+    punctuation rule, as in a blank pipeline) into pieces that fit. Pieces that would cut a gold
+    span are joined (`split_example`). Texts that fit stay whole.
     """
     import spacy
 
     from .chat import render_prompt
-    from .chunking import plan_chunks
+    from .chunking import piece_budget, plan_chunks
 
     make_doc = spacy.blank("xx").make_doc
 
     def count_tokens(text: str) -> int:
         return len(encode_prompt(tokenizer, render_prompt(tokenizer, builder.messages(text))))
 
-    budget = count_tokens("") + max_chunk_tokens
+    budget = piece_budget(count_tokens, max_chunk_tokens)
     pieces: list[Example] = []
     for example in examples:
         ranges = plan_chunks(make_doc(example["text"]), budget=budget, count_tokens=count_tokens)
