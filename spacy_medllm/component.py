@@ -177,9 +177,10 @@ class MedLLMNER(Pipe):
         boundaries and merges the spans back; "error" raises a clear error instead.
     max_chunk_tokens: prompt at most this many tokens of document text at once (sentence-aligned
         pieces, as for long documents; the instructions and examples come on top). None: as much
-        as the model's context allows. Meant for models trained on texts of about that size
-        (sentences, e-mails) and given long ones: a model trained on whole abstracts, given pieces,
-        still writes abstract-length lists (README, NCBI-disease). Needs long_documents = "split".
+        as the model's context allows. Meant for models trained on pieces of that size
+        (`finetune --max-chunk-tokens`, whose adapter sets it when assembled): a model trained on
+        whole abstracts, given pieces, still writes abstract-length lists (README, NCBI-disease).
+        Needs long_documents = "split".
     save_io: keep each prompt and raw response in the record.
     strict: raise MedLLMParseError when a response cannot be parsed, instead of recording it.
     confidence: score each entity by the mean log-probability of its answer tokens (needs a
