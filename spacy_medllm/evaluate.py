@@ -29,6 +29,9 @@ What is reported (per system)
   (any predicted label), or MISSED; each predicted span that overlaps no gold span is SPURIOUS.
 - `speed`: wall time of `list(nlp.pipe(texts))` (generators of `medllm_ner` components are
   initialised first), words (non-space tokens of the predicted docs) and docs per second.
+- `memory`: the process's peak resident memory over loading the models and the run
+  (`memory.PeakMemory`: exact on Linux; `method` says how it was taken), with the RSS at the
+  start (what earlier work in the process already held) and the CUDA allocator's peak on a GPU.
 - `seed`: on examples with `answer_entities` (the seed e-mails), the seed's set metric
   (`seed_metric.set_scores`): gold = the answer strings (also those not in the text), predicted
   = the texts of the predicted spans (the "grounded" variant of `seed_benchmark`).
@@ -64,7 +67,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .corpora import AlignmentCounts, align_spans, check_no_cross_contamination, gold_doc
-from .reporting import fmt_rate, fmt_score, json_default, machine_info, markdown_table
+from .memory import PeakMemory
+from .reporting import fmt_mib, fmt_rate, fmt_score, json_default, machine_info, markdown_table
 from .seed_benchmark import iob_tags, resolve_overlaps, span_scores
 from .training_data import Example, example_labels
 
@@ -288,19 +292,21 @@ def evaluate_pipeline(
     mapped = label_mapper(labels, label_map)
     texts = [e["text"] for e in examples]
 
-    initialize_generators(nlp)
-    start = time.perf_counter()
-    kwargs = {} if batch_size is None else {"batch_size": batch_size}
-    docs = list(
-        tqdm(
-            nlp.pipe(texts, **kwargs),
-            total=len(texts),
-            desc=f"evaluate {name}",
-            unit="doc",
-            disable=not progress,
+    # memory: the model's loading and the whole run; time: the run only
+    with PeakMemory() as memory:
+        initialize_generators(nlp)
+        start = time.perf_counter()
+        kwargs = {} if batch_size is None else {"batch_size": batch_size}
+        docs = list(
+            tqdm(
+                nlp.pipe(texts, **kwargs),
+                total=len(texts),
+                desc=f"evaluate {name}",
+                unit="doc",
+                disable=not progress,
+            )
         )
-    )
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
 
     gold_counts, pred_counts = AlignmentCounts(), AlignmentCounts()
     gold_spans: list[list[CharSpan]] = []
@@ -357,6 +363,7 @@ def evaluate_pipeline(
             "docs_per_s": len(docs) / seconds if seconds > 0 else None,
             "batch_size": batch_size or nlp.batch_size,
         },
+        "memory": memory.to_dict(),
         "seed": None,
         "bertscore_f1": None,
         "medllm": llm_records(nlp, docs),
@@ -522,6 +529,8 @@ COLUMNS = {
     "a gold span is found if a predicted span of its label overlaps it",
     "words/s": "non-space tokens of the predicted docs / wall time of list(nlp.pipe(texts)), "
     "models loaded before the clock starts",
+    "peak RSS MiB": "the process's peak resident memory while the models load and the texts run "
+    "(includes what the process held before: see the report's JSON for the start)",
     "F1 <label>": "strict F1 per label; n/a when the label has neither gold nor predicted spans",
     "Seed P / R / F1": "seed e-mails only: the seed's set metric, gold answer strings vs the "
     "texts of the predicted spans",
@@ -559,6 +568,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         *(f"F1 {label}" for label in labels),
         "TP/FP/FN",
         "words/s",
+        "peak RSS MiB",
     ]
     header += ["Seed P", "Seed R", "Seed F1"] if seed else []
     header += ["BERTScore F1"] if bert else []
@@ -581,6 +591,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             *(_label_f1(strict["per_label"][label]) for label in labels),
             f"{micro['tp']}/{micro['fp']}/{micro['fn']}",
             fmt_rate(system["speed"]["words_per_s"]),
+            fmt_mib((system.get("memory") or {}).get("peak_rss_mib")),
         ]
         if seed:
             s = system.get("seed") or {}

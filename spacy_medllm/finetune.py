@@ -68,8 +68,10 @@ from typing import Any
 
 from .generators.hf import cache_keyword, common_prefix_length, forward_parameters
 from .labels import LabelSet
+from .memory import PeakMemory
 from .models import cpu_supports_bf16
 from .prompts import PromptBuilder, PromptTemplate
+from .reporting import fmt_mib
 from .training_data import (
     IGNORE_INDEX,
     Example,
@@ -1061,7 +1063,8 @@ def finetune(
         state = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf8"))
         tokens_before = int(state.get("num_input_tokens_seen", 0))
     train_start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with PeakMemory() as memory:  # the training loop's peak (the model is loaded already)
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_seconds = time.perf_counter() - train_start
     eval_loss = None
     if eval_records:
@@ -1109,6 +1112,7 @@ def finetune(
             "mean_session_loss": float(result.training_loss),
             "eval_loss": eval_loss,
             "log": throughput.history,
+            "memory": memory.to_dict(),
         },
         "seed": config.seed,
         "versions": library_versions(),
@@ -1128,7 +1132,7 @@ def finetune(
     _say(
         f"Saved the adapter to {adapter_dir} (step {trainer.state.global_step}, loss "
         f"{record['training']['final_loss']}, {record['training']['tokens_per_second'] or 0:,.0f} "
-        "tokens/s)",
+        f"tokens/s, peak RSS {fmt_mib(memory.peak_rss_mib)} MiB)",
         config.progress,
     )
     return adapter_dir

@@ -62,6 +62,11 @@ def fmt_rate(value: float | None) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
+def fmt_mib(value: float | None) -> str:
+    """A memory size in MiB, whole, with thousands separators; "n/a" for None (not measured)."""
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A Markdown table (no trailing newline)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]

@@ -35,7 +35,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .reporting import fmt_rate, fmt_score, json_default, machine_info, markdown_table
+from .memory import PeakMemory
+from .reporting import fmt_mib, fmt_rate, fmt_score, json_default, machine_info, markdown_table
 
 logger = logging.getLogger("spacy_medllm")
 
@@ -275,8 +276,11 @@ def run_speed_benchmark(
         entry["n_docs"] = len(examples)
         for name in systems:
             progress(f"{name} on {corpus}:{SPLIT} ({len(examples)} documents)")
-            nlp = build_system(name, model, str(adapter_dir), batch_size, max_new_tokens)
-            result = run_system(name, nlp, examples, labels)
+            # memory: building and loading the system, the warm-up and the run
+            with PeakMemory() as memory:
+                nlp = build_system(name, model, str(adapter_dir), batch_size, max_new_tokens)
+                result = run_system(name, nlp, examples, labels)
+            result["memory"] = memory.to_dict()
             result["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             entry["results"][name] = result
             del nlp
@@ -323,6 +327,7 @@ def markdown(report: dict[str, Any]) -> str:
         "answer tokens",
         "decode steps",
         "generate calls",
+        "peak RSS MiB",
         "F1 (strict)",
         "P",
         "R",
@@ -343,6 +348,7 @@ def markdown(report: dict[str, Any]) -> str:
                     str(r["answer_tokens"]),
                     str(r.get("decode_steps", "")),
                     str(r["generate_calls"]),
+                    fmt_mib((r.get("memory") or {}).get("peak_rss_mib")),
                     fmt_score(r["f1"]),
                     fmt_score(r["precision"]),
                     fmt_score(r["recall"]),
@@ -383,7 +389,10 @@ def markdown(report: dict[str, Any]) -> str:
         "F1/P/R: strict exact spans (seqeval IOB2, micro) from `spacy_medllm.evaluate`. "
         "answer tokens: tokens kept in the responses; decode steps: rounds in which the model "
         "chooses the next token of every row of a batch (one per new token, fewer with "
-        "drafts), summed over batches; generate calls: batches.",
+        "drafts), summed over batches; generate calls: batches. peak RSS: the process's peak "
+        "resident memory from building the system to the end of its run (`memory.PeakMemory`; "
+        "it includes what the process held before, so run one system per call for a clean "
+        "figure; n/a: not measured).",
         "medllm_ner decodes with draft tokens (the tokens the schema forces, and inside entity "
         "texts the document's continuation, read in the same forward pass as the model's next "
         "choice and kept where they are its choice); no drafts: one token per step "

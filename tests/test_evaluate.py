@@ -215,6 +215,8 @@ def test_a_medllm_ner_pipeline_is_scored_like_any_other():
     )
     scores = ev.evaluate_pipeline(nlp, EXAMPLES, labels=LABELS)
     assert nlp.get_pipe("medllm_ner").generator.initialized  # loaded before the clock started
+    memory = scores["memory"]
+    assert memory["method"] and memory["peak_rss_mib"] >= memory["start_rss_mib"] > 0
     micro = scores["strict"]["micro"]
     assert (micro["tp"], micro["fp"], micro["fn"]) == (2, 1, 4)
     assert scores["confusion"]["ADVERSE_EVENT"] == {"ADVERSE_EVENT": 1, "DRUG": 1, "MISSED": 1}
@@ -384,6 +386,8 @@ def test_cli_writes_json_markdown_and_png(tmp_path, et_corpus, et_pipelines, cap
     assert cells[" F1 DISEASE "].strip() == "n/a"  # no DISEASE span on either side
     assert cells[" F1 PROCEDURE "].strip() == "1.000"  # "procedure" mapped to PROCEDURE
     assert cells[" TP/FP/FN "].strip() == "3/0/0"
+    peak = report["systems"][0]["memory"]["peak_rss_mib"]
+    assert cells[" peak RSS MiB "].strip() == f"{peak:,.0f}" and peak > 0
     assert "## et-dev (dev)" in capsys.readouterr().out
     # the summary is the report without the per-document spans, nothing else left out
     summary = json.loads((out / "et-dev-dev.summary.json").read_text("utf8"))

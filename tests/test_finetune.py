@@ -431,6 +431,9 @@ def test_lora_training_lowers_the_loss_and_writes_a_safe_adapter(
     assert record["training"]["global_step"] == 8
     assert record["training"]["train_tokens"] > 0 and record["training"]["tokens_per_second"] > 0
     assert record["training"]["final_loss"] is not None
+    training_memory = record["training"]["memory"]
+    # the model and its optimizer state are resident during the loop
+    assert training_memory["peak_rss_mib"] >= training_memory["start_rss_mib"] > 0
     assert record["versions"]["peft"] and record["versions"]["transformers"]
     assert record["seed"] == config.seed and record["settings"]["lora_r"] == 4
     assert [entry["step"] for entry in record["training"]["log"]] == list(range(1, 9))

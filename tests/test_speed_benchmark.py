@@ -70,6 +70,12 @@ def test_batched_and_unbatched_paths_agree_and_the_report_is_written(
     assert f"| seed-ae-emails | {bench.OURS} | float32 | 3 |" in markdown
     assert f"| seed-ae-emails | {bench.UNBATCHED} | float32 | 3 |" in markdown
     assert output.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    # Memory: the system's build, load and run; the model's weights are resident at the peak.
+    for result in (ours, single):
+        memory = result["memory"]
+        assert memory["peak_rss_mib"] >= max(memory["start_rss_mib"], memory["end_rss_mib"]) > 0
+        assert f"| {memory['peak_rss_mib']:,.0f} |" in markdown
+    assert "| peak RSS MiB |" in markdown
 
 
 def test_later_calls_keep_earlier_results_of_the_same_setup_only(

@@ -1,0 +1,73 @@
+"""Peak memory of a block: it sees what the block allocates, forgets what came before it (where
+the system allows), keeps an outer block's peak across an inner one, and has a portable fallback."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from spacy_medllm import memory as mem
+
+BLOCK = 256 * 1024 * 1024  # bytes; filled, so every page is resident
+LINUX = sys.platform.startswith("linux")
+
+
+def touched(n_bytes: int) -> bytes:
+    return b"\x01" * n_bytes
+
+
+def test_the_peak_includes_what_the_block_allocated_and_freed() -> None:
+    with mem.PeakMemory() as memory:
+        data = touched(BLOCK)
+        del data
+    figures = memory.to_dict()
+    assert figures["peak_rss_mib"] - figures["start_rss_mib"] >= 200
+    # freed before the end: the end is far below the peak
+    assert figures["peak_rss_mib"] - figures["end_rss_mib"] >= 200
+    assert figures["method"] == ("vmhwm" if LINUX else figures["method"])
+
+
+@pytest.mark.skipif(not LINUX, reason="the high-water mark reset is Linux's /proc/self/clear_refs")
+def test_a_later_block_does_not_inherit_an_earlier_peak() -> None:
+    with mem.PeakMemory() as first:
+        data = touched(BLOCK)
+        del data
+    with mem.PeakMemory() as second:
+        small = touched(1024 * 1024)
+        del small
+    assert second.method == "vmhwm"
+    assert first.peak_rss_mib - second.peak_rss_mib >= 200
+    assert second.peak_rss_mib >= second.start_rss_mib
+
+
+@pytest.mark.skipif(not LINUX, reason="the high-water mark reset is Linux's /proc/self/clear_refs")
+def test_an_outer_block_keeps_its_peak_when_an_inner_block_resets_the_mark() -> None:
+    with mem.PeakMemory() as outer:
+        data = touched(BLOCK)
+        del data  # the outer peak is reached here, before the inner block
+        with mem.PeakMemory() as inner:
+            small = touched(1024 * 1024)
+            del small
+    assert outer.peak_rss_mib - inner.peak_rss_mib >= 200
+    assert outer.peak_rss_mib - outer.start_rss_mib >= 200
+    assert mem._OPEN == []
+
+
+def test_the_sampled_fallback_sees_an_allocation_held_longer_than_its_interval(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(mem, "_reset_high_water_mark", lambda: False)
+    with mem.PeakMemory(interval=0.01) as memory:
+        data = touched(BLOCK)
+        time.sleep(0.3)
+        del data
+    assert memory.method == "sampled"
+    assert memory.peak_rss_mib - memory.start_rss_mib >= 200
+    assert memory._thread is not None and not memory._thread.is_alive()
+
+
+def test_the_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="interval must be positive"):
+        mem.PeakMemory(interval=0)
