@@ -29,7 +29,7 @@ What is reported (per system)
   (any predicted label), or MISSED; each predicted span that overlaps no gold span is SPURIOUS.
 - `speed`: wall time of `list(nlp.pipe(texts))` (generators of `medllm_ner` components are
   initialised first), words (non-space tokens of the predicted docs) and docs per second.
-- `memory`: the process's peak resident memory over loading the models and the run
+- `memory`: the process's peak resident memory over loading `medllm_ner` models and the run
   (`memory.PeakMemory`: exact on Linux; `method` says how it was taken), with the RSS at the
   start (what earlier work in the process already held) and the CUDA allocator's peak on a GPU.
 - `seed`: on examples with `answer_entities` (the seed e-mails), the seed's set metric
@@ -529,8 +529,9 @@ COLUMNS = {
     "a gold span is found if a predicted span of its label overlaps it",
     "words/s": "non-space tokens of the predicted docs / wall time of list(nlp.pipe(texts)), "
     "models loaded before the clock starts",
-    "peak RSS MiB": "the process's peak resident memory while the models load and the texts run "
-    "(includes what the process held before: see the report's JSON for the start)",
+    "peak RSS MiB": "the process's peak resident memory while medllm_ner models load and the "
+    "texts run (everything the process holds counts, other pipelines loaded for the same report "
+    "too; the JSON has the RSS at the start; scripts/bench_memory.py runs one per process)",
     "F1 <label>": "strict F1 per label; n/a when the label has neither gold nor predicted spans",
     "Seed P / R / F1": "seed e-mails only: the seed's set metric, gold answer strings vs the "
     "texts of the predicted spans",

@@ -71,3 +71,47 @@ def test_the_sampled_fallback_sees_an_allocation_held_longer_than_its_interval(
 def test_the_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="interval must be positive"):
         mem.PeakMemory(interval=0)
+
+
+def test_the_memory_benchmark_runs_each_pipeline_alone_and_ranks_them_by_peak(tmp_path) -> None:
+    """Two real spaCy pipelines, each scored in its own process: the one carrying a 100k x 300
+    vector table (117 MiB) peaks that much higher; the table and the report say so."""
+    import json
+
+    import numpy
+    from spacy.vectors import Vectors
+
+    from tests.scripts import load_script
+    from tests.test_evaluate import ET_GOLD, ruler_nlp
+
+    corpus = tmp_path / "et.jsonl"
+    corpus.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in ET_GOLD), "utf8")
+    patterns = [{"label": "DRUG", "pattern": "aspiriini"}]
+    light, heavy = tmp_path / "light", tmp_path / "heavy"
+    ruler_nlp(patterns, lang="et").to_disk(light)
+    nlp = ruler_nlp(patterns, lang="et")
+    nlp.vocab.vectors = Vectors(
+        strings=nlp.vocab.strings,
+        data=numpy.random.default_rng(0).random((100_000, 300), dtype="float32"),
+        keys=[nlp.vocab.strings.add(f"w{i}") for i in range(100_000)],
+    )
+    nlp.to_disk(heavy)
+
+    bench = load_script("bench_memory")
+    output = tmp_path / "memory"
+    argv = ["--corpus", "et-dev", "--split", "dev", "--path", str(corpus), "--output", str(output)]
+    assert bench.main([*argv, "--pipeline", f"light={light}", "--pipeline", f"heavy={heavy}"]) == 0
+    report = json.loads((output / "memory.json").read_text("utf8"))
+    rows = {row["name"]: row for row in report["systems"]}
+    assert rows["heavy"]["peak_rss_mib"] - rows["light"]["peak_rss_mib"] >= 90
+    assert 0 < report["floor_rss_mib"] < rows["light"]["peak_rss_mib"]
+    assert rows["light"]["f1"] == rows["heavy"]["f1"] > 0  # same rules, same answers
+    assert sorted(p.name for p in (output / "runs").glob("*.summary.json")) == [
+        "heavy.summary.json",
+        "light.summary.json",
+    ]
+    markdown = (output / "memory.md").read_text("utf8")
+    assert f"| heavy | {rows['heavy']['peak_rss_mib']:,.0f} |" in markdown
+    assert "Reproduce: `python scripts/bench_memory.py --corpus et-dev" in markdown
+    with pytest.raises(ValueError, match="unique"):
+        bench.bench_memory([("a", str(light)), ("a", str(heavy))], "et-dev", "dev", output)

@@ -1,0 +1,200 @@
+"""Memory benchmark: each pipeline scored on a corpus in a process of its own; peak RAM per system.
+
+Runs `python -m spacy_medllm.evaluate` once per pipeline (so no system inherits another's
+memory), reads the peak resident memory each run recorded (`spacy_medllm.memory.PeakMemory`: the
+pipeline's weights resident, running the texts) and the RSS of a bare interpreter that has
+imported spaCy, torch and spacy_medllm (what any of these processes holds before it loads a
+model), and writes `<output>/memory.json` and `memory.md` (one row per system: peak RSS, the
+part above the bare interpreter, words/s and strict F1 from the same run). The per-system
+evaluation reports stay in `<output>/runs/`.
+
+    .venv/bin/python scripts/bench_memory.py --corpus seed-ae-emails --split test \\
+        --pipeline cnn=training/baselines/cnn-seed-ae-emails/model-best \\
+        --pipeline medllm=training/seed_pipeline --output training/reports/memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from spacy_medllm.reporting import (
+    fmt_mib,
+    fmt_rate,
+    fmt_score,
+    machine_info,
+    markdown_table,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+# What every evaluation process holds before it loads a pipeline: the imports, nothing else.
+FLOOR_CODE = (
+    "import spacy, torch, spacy_medllm.evaluate\n"
+    "from spacy_medllm.memory import current_rss_mib\n"
+    "print(current_rss_mib())"
+)
+
+
+def _env() -> dict[str, str]:
+    """This checkout's spacy_medllm first on the subprocesses' path, as on this one's."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), path]))}
+
+
+def floor_rss_mib() -> float:
+    """RSS of a fresh interpreter after the imports an evaluation needs, in MiB."""
+    out = subprocess.run(
+        [sys.executable, "-c", FLOOR_CODE], check=True, capture_output=True, text=True, env=_env()
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run_one(
+    name: str, path: str, corpus: str, split: str, output: Path, extra: Sequence[str]
+) -> dict[str, Any]:
+    """Score one pipeline in a subprocess; its summary (speed, scores, memory)."""
+    runs = output / "runs"
+    command = [
+        sys.executable,
+        "-m",
+        "spacy_medllm.evaluate",
+        "--pipeline",
+        f"{name}={path}",
+        "--corpus",
+        corpus,
+        "--split",
+        split,
+        "--output",
+        str(runs),
+        "--stem",
+        name,
+        "--no-plot",
+        *extra,
+    ]
+    subprocess.run(command, check=True, env=_env())
+    summary = json.loads((runs / f"{name}.summary.json").read_text(encoding="utf8"))
+    (system,) = summary["systems"]
+    return system
+
+
+def bench_memory(
+    pipelines: Sequence[tuple[str, str]],
+    corpus: str,
+    split: str,
+    output: str | Path,
+    extra: Sequence[str] = (),
+    command: str = "",
+) -> dict[str, Any]:
+    """Run every pipeline alone and write `memory.json` / `memory.md` to `output`."""
+    names = [name for name, _ in pipelines]
+    if len(set(names)) != len(names):
+        raise ValueError(f"pipeline names must be unique, got {names}")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    floor = floor_rss_mib()
+    rows = []
+    for name, path in pipelines:
+        system = run_one(name, path, corpus, split, output, extra)
+        memory = system.get("memory") or {}
+        peak = memory.get("peak_rss_mib")
+        rows.append(
+            {
+                "name": name,
+                "pipeline": path,
+                "peak_rss_mib": peak,
+                "above_floor_mib": None if peak is None else round(peak - floor, 1),
+                "method": memory.get("method"),
+                "n_docs": system["speed"]["n_docs"],
+                "words_per_s": system["speed"]["words_per_s"],
+                "f1": system["strict"]["micro"]["f1"],
+            }
+        )
+    report = {
+        "corpus": corpus,
+        "split": split,
+        "floor_rss_mib": round(floor, 1),
+        "systems": rows,
+        "machine": machine_info(),
+        "command": command,
+    }
+    (output / "memory.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf8")
+    (output / "memory.md").write_text(markdown(report), encoding="utf8")
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    header = ["System", "peak RSS MiB", "above the bare process MiB", "words/s", "strict F1"]
+    rows = [
+        [
+            r["name"],
+            fmt_mib(r["peak_rss_mib"]),
+            fmt_mib(r["above_floor_mib"]),
+            fmt_rate(r["words_per_s"]),
+            fmt_score(r["f1"]),
+        ]
+        for r in report["systems"]
+    ]
+    n_docs = report["systems"][0]["n_docs"] if report["systems"] else 0
+    return "\n".join(
+        [
+            f"# Memory: each system alone on {report['corpus']} ({report['split']}, {n_docs} docs)",
+            "",
+            markdown_table(header, rows),
+            "",
+            "peak RSS: the evaluation process's peak resident memory while the pipeline runs the "
+            "texts, its weights resident (`spacy.load` reads a spaCy pipeline's before; "
+            "`medllm_ner` loads its model inside the window) (`spacy_medllm.memory.PeakMemory`, "
+            "method "
+            f"{', '.join(sorted({str(r['method']) for r in report['systems']}))}); above the bare "
+            f"process: minus {fmt_mib(report['floor_rss_mib'])} MiB, the RSS of an interpreter "
+            "that has imported spaCy, torch and spacy_medllm and loaded nothing. One process per "
+            "system; words/s and F1 from the same run.",
+            "",
+            f"Machine: {machine.get('cpus_available', machine.get('cpu_count'))} CPU(s), torch "
+            f"{machine.get('torch')} with {machine.get('torch_threads')} thread(s), spaCy "
+            f"{machine.get('spacy')}, {machine.get('platform')}.",
+            "",
+            f"Reproduce: `{report['command']}`",
+            "",
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pipeline", action="append", required=True, metavar="NAME=PATH")
+    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--path", default=None, help="the corpus folder (or file)")
+    parser.add_argument("--limit", type=int, default=None, help="the first N documents only")
+    parser.add_argument("--output", required=True, help="folder for memory.{json,md} and runs/")
+    args = parser.parse_args(argv)
+    pipelines = []
+    for spec in args.pipeline:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--pipeline takes NAME=PATH, got {spec!r}")
+        pipelines.append((name, path))
+    extra = [
+        *(["--path", args.path] if args.path else []),
+        *(["--limit", str(args.limit)] if args.limit else []),
+    ]
+    argv_used = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join(["python", "scripts/bench_memory.py", *argv_used])
+    report = bench_memory(pipelines, args.corpus, args.split, args.output, extra, command)
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
