@@ -92,6 +92,7 @@ class PeakMemory:
         self._thread: threading.Thread | None = None
         self._sampled_peak = 0.0
         self._carried_mib = 0.0  # the mark before an inner block reset it
+        self._carried_cuda_mib = 0.0
 
     def __enter__(self) -> PeakMemory:
         self.start_rss_mib = current_rss_mib()
@@ -113,6 +114,9 @@ class PeakMemory:
         if _cuda_in_use():  # else CUDA starts inside the block, if at all: its peak is the block's
             import torch
 
+            cuda_mark = torch.cuda.max_memory_allocated() / MIB
+            for outer in _OPEN:
+                outer._carried_cuda_mib = max(outer._carried_cuda_mib, cuda_mark)
             torch.cuda.reset_peak_memory_stats()
         _OPEN.append(self)
         return self
@@ -140,7 +144,9 @@ class PeakMemory:
         if _cuda_in_use():
             import torch
 
-            self.cuda_peak_mib = torch.cuda.max_memory_allocated() / MIB
+            self.cuda_peak_mib = max(
+                torch.cuda.max_memory_allocated() / MIB, self._carried_cuda_mib
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The figures, rounded to 0.1 MiB; `method` says how the peak was taken."""
