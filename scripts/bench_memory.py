@@ -112,6 +112,9 @@ def bench_memory(
                 "pipeline": path,
                 "peak_rss_mib": peak,
                 "above_floor_mib": None if peak is None else round(peak - floor, 1),
+                "loading_peak_rss_mib": memory.get("loading_peak_rss_mib"),
+                "loaded_rss_mib": memory.get("loaded_rss_mib"),
+                "end_rss_mib": memory.get("end_rss_mib"),
                 "method": memory.get("method"),
                 "n_docs": system["speed"]["n_docs"],
                 "words_per_s": system["speed"]["words_per_s"],
@@ -133,12 +136,24 @@ def bench_memory(
 
 def markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
-    header = ["System", "peak RSS MiB", "above the bare process MiB", "words/s", "strict F1"]
+    header = [
+        "System",
+        "peak RSS MiB",
+        "above the bare process",
+        "peak while loading",
+        "loaded",
+        "at the end",
+        "words/s",
+        "strict F1",
+    ]
     rows = [
         [
             r["name"],
             fmt_mib(r["peak_rss_mib"]),
             fmt_mib(r["above_floor_mib"]),
+            fmt_mib(r.get("loading_peak_rss_mib")),
+            fmt_mib(r.get("loaded_rss_mib")),
+            fmt_mib(r.get("end_rss_mib")),
             fmt_rate(r["words_per_s"]),
             fmt_score(r["f1"]),
         ]
@@ -157,8 +172,10 @@ def markdown(report: dict[str, Any]) -> str:
             "method "
             f"{', '.join(sorted({str(r['method']) for r in report['systems']}))}); above the bare "
             f"process: minus {fmt_mib(report['floor_rss_mib'])} MiB, the RSS of an interpreter "
-            "that has imported spaCy, torch and spacy_medllm and loaded nothing. One process per "
-            "system; words/s and F1 from the same run.",
+            "that has imported spaCy, torch and spacy_medllm and loaded nothing; while loading, "
+            "loaded: the peak while `medllm_ner` models load (other pipelines load in `spacy.load`"
+            ", before) and the RSS once they have; at the end: after the last text. One process "
+            "per system; words/s and F1 from the same run.",
             "",
             f"Machine: {machine.get('cpus_available', machine.get('cpu_count'))} CPU(s), torch "
             f"{machine.get('torch')} with {machine.get('torch_threads')} thread(s), spaCy "

@@ -31,7 +31,8 @@ What is reported (per system)
   initialised first), words (non-space tokens of the predicted docs) and docs per second.
 - `memory`: the process's peak resident memory over loading `medllm_ner` models and the run
   (`memory.PeakMemory`: exact on Linux; `method` says how it was taken), with the RSS at the
-  start (what earlier work in the process already held) and the CUDA allocator's peak on a GPU.
+  start (what earlier work in the process already held), the peak while the models loaded and
+  the RSS once they had, at the end, and the CUDA allocator's peak on a GPU.
 - `seed`: on examples with `answer_entities` (the seed e-mails), the seed's set metric
   (`seed_metric.set_scores`): gold = the answer strings (also those not in the text), predicted
   = the texts of the predicted spans (the "grounded" variant of `seed_benchmark`).
@@ -294,7 +295,8 @@ def evaluate_pipeline(
 
     # memory: the model's loading and the whole run; time: the run only
     with PeakMemory() as memory:
-        initialize_generators(nlp)
+        with PeakMemory() as loading:
+            initialize_generators(nlp)
         start = time.perf_counter()
         kwargs = {} if batch_size is None else {"batch_size": batch_size}
         docs = list(
@@ -363,7 +365,11 @@ def evaluate_pipeline(
             "docs_per_s": len(docs) / seconds if seconds > 0 else None,
             "batch_size": batch_size or nlp.batch_size,
         },
-        "memory": memory.to_dict(),
+        "memory": {
+            **memory.to_dict(),
+            "loading_peak_rss_mib": loading.to_dict()["peak_rss_mib"],
+            "loaded_rss_mib": loading.to_dict()["end_rss_mib"],
+        },
         "seed": None,
         "bertscore_f1": None,
         "medllm": llm_records(nlp, docs),

@@ -217,6 +217,8 @@ def test_a_medllm_ner_pipeline_is_scored_like_any_other():
     assert nlp.get_pipe("medllm_ner").generator.initialized  # loaded before the clock started
     memory = scores["memory"]
     assert memory["method"] and memory["peak_rss_mib"] >= memory["start_rss_mib"] > 0
+    # the loading block sits inside the whole one: its peak is part of the whole's
+    assert 0 < memory["loaded_rss_mib"] <= memory["loading_peak_rss_mib"] <= memory["peak_rss_mib"]
     micro = scores["strict"]["micro"]
     assert (micro["tp"], micro["fp"], micro["fn"]) == (2, 1, 4)
     assert scores["confusion"]["ADVERSE_EVENT"] == {"ADVERSE_EVENT": 1, "DRUG": 1, "MISSED": 1}

@@ -112,6 +112,8 @@ def test_the_memory_benchmark_runs_each_pipeline_alone_and_ranks_them_by_peak(tm
     ]
     markdown = (output / "memory.md").read_text("utf8")
     assert f"| heavy | {rows['heavy']['peak_rss_mib']:,.0f} |" in markdown
+    assert "| peak while loading | loaded | at the end |" in markdown
+    assert rows["heavy"]["end_rss_mib"] <= rows["heavy"]["peak_rss_mib"]
     assert "Reproduce: `python scripts/bench_memory.py --corpus et-dev" in markdown
     with pytest.raises(ValueError, match="unique"):
         bench.bench_memory([("a", str(light)), ("a", str(heavy))], "et-dev", "dev", output)
