@@ -30,13 +30,17 @@ from tqdm import tqdm  # noqa: E402
 from spacy_medllm.models import cpu_supports_bf16  # noqa: E402
 from spacy_medllm.reporting import fmt_rate, machine_info, markdown_table  # noqa: E402
 
-# name: (bf16, share_prefix)
+# name: (bf16, share_prefix, gradient_checkpointing)
 SETTINGS = {
-    "bf16, shared prefix": (True, True),
-    "bf16": (True, False),
-    "float32, shared prefix": (False, True),
-    "float32": (False, False),
+    "bf16, shared prefix": (True, True, False),
+    "bf16": (True, False, False),
+    "float32, shared prefix": (False, True, False),
+    "float32": (False, False, False),
+    # recomputes each layer's activations in the backward pass instead of keeping them: memory
+    # for time (the shared prefix is off under checkpointing); not in the default set
+    "bf16, gradient checkpointing": (True, False, True),
 }
+DEFAULT_SETTINGS = [name for name, (_, _, checkpointing) in SETTINGS.items() if not checkpointing]
 
 # Runs one fine-tuning in a child process and prints its peak resident memory (KiB on Linux).
 CHILD = (
@@ -49,7 +53,7 @@ CHILD = (
 
 
 def run_setting(name: str, args: argparse.Namespace, workdir: Path) -> dict:
-    bf16, share = SETTINGS[name]
+    bf16, share, checkpointing = SETTINGS[name]
     output = workdir / name.replace(", ", "_").replace(" ", "_")
     command = [
         sys.executable, "-c", CHILD,
@@ -60,6 +64,8 @@ def run_setting(name: str, args: argparse.Namespace, workdir: Path) -> dict:
         "--lr", str(args.lr), "--num-threads", str(args.num_threads), "--no-resume",
         "--bf16" if bf16 else "--no-bf16",
         "--share-prefix" if share else "--no-share-prefix",
+        "--gradient-checkpointing" if checkpointing else "--no-gradient-checkpointing",
+        "--lora-r", str(args.lora_r), "--lora-alpha", str(2 * args.lora_r),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -85,6 +91,7 @@ def run_setting(name: str, args: argparse.Namespace, workdir: Path) -> dict:
         "setting": name,
         "bf16": record["effective"]["bf16"],
         "shared_prefix": record["effective"].get("shared_prefix"),
+        "gradient_checkpointing": record["settings"].get("gradient_checkpointing"),
         "steps": record["training"]["global_step"],
         "tokens_per_second": rate,
         "tokens_per_second_all_steps": record["training"]["tokens_per_second"],
@@ -118,7 +125,8 @@ def to_markdown(report: dict) -> str:
     machine = ", ".join(f"{k} {v}" for k, v in report["machine"].items())
     return (
         f"# LoRA fine-tuning speed ({report['base_model']}, {report['steps']} steps, batch "
-        f"{report['batch_size']}, lr {report['learning_rate']:g})\n\n"
+        f"{report['batch_size']}, lr {report['learning_rate']:g}, LoRA rank "
+        f"{report.get('lora_r', 16)})\n\n"
         f"Data: {report['train']} ({report['n_records']} records, "
         f"{report['epoch_tokens']:,} tokens per epoch). Tokens/s: prompt + answer tokens, "
         "padding excluded, over the steps after the first (it warms up); each setting in its "
@@ -139,14 +147,21 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--num-threads", type=int, default=0)
-    parser.add_argument("--settings", nargs="*", choices=sorted(SETTINGS), default=None)
+    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2 x rank)")
+    parser.add_argument(
+        "--settings",
+        nargs="*",
+        choices=sorted(SETTINGS),
+        default=None,
+        help=f"default: {', '.join(DEFAULT_SETTINGS)}",
+    )
     parser.add_argument(
         "--output", type=Path, default=REPO / "training/reports/experiments/finetune_speed"
     )
     args = parser.parse_args()
     if args.steps <= args.logging_steps:
         parser.error("--steps must be larger than --logging-steps")
-    names = args.settings or list(SETTINGS)
+    names = args.settings or DEFAULT_SETTINGS
     if not cpu_supports_bf16():
         names = [n for n in names if not SETTINGS[n][0]]
     results = []
@@ -167,6 +182,7 @@ def main() -> int:
         "logging_steps": args.logging_steps,
         "batch_size": args.batch_size,
         "learning_rate": args.lr,
+        "lora_r": args.lora_r,
         "epoch_tokens": first["epoch_tokens"],
         "n_records": first["n_records"],
         "machine": {**machine_info(), "cpu_bf16": cpu_supports_bf16()},
