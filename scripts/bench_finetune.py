@@ -4,7 +4,8 @@ Each setting trains the same few steps (same data, seed and schedule) in its own
 seed e-mails by default, and reports training tokens/s (prompt + answer, padding excluded) over the
 steps after the first (it warms up), the minutes one epoch over the training records takes at that
 rate, the last logged loss (the settings compute the same thing, so the losses should agree
-closely) and the process's peak memory. Writes JSON and Markdown.
+closely) and the training loop's peak resident memory (from the training record). Writes JSON and
+Markdown.
 
     .venv/bin/python scripts/bench_finetune.py                 # 4 settings x 20 steps, ~6 min
     .venv/bin/python scripts/bench_finetune.py --steps 40 --output training/reports/experiments/x
@@ -42,21 +43,12 @@ SETTINGS = {
 }
 DEFAULT_SETTINGS = [name for name, (_, _, checkpointing) in SETTINGS.items() if not checkpointing]
 
-# Runs one fine-tuning in a child process and prints its peak resident memory (KiB on Linux).
-CHILD = (
-    "import resource, sys\n"
-    "from spacy_medllm.finetune import main\n"
-    "code = main(sys.argv[1:])\n"
-    "print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\n"
-    "sys.exit(code)\n"
-)
-
 
 def run_setting(name: str, args: argparse.Namespace, workdir: Path) -> dict:
     bf16, share, checkpointing = SETTINGS[name]
     output = workdir / name.replace(", ", "_").replace(" ", "_")
     command = [
-        sys.executable, "-c", CHILD,
+        sys.executable, "-m", "spacy_medllm", "finetune",
         "--train", str(args.train), "--exclude", str(args.exclude),
         "--labels", args.labels, "--base-model", args.base_model, "--output", str(output),
         "--max-steps", str(args.steps), "--logging-steps", str(args.logging_steps),
@@ -71,14 +63,6 @@ def run_setting(name: str, args: argparse.Namespace, workdir: Path) -> dict:
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{name}: fine-tuning failed\n{done.stderr[-3000:]}")
-    maxrss = next(
-        (
-            int(line.split()[1])
-            for line in done.stdout.splitlines()
-            if line.startswith("MAXRSS_KIB")
-        ),
-        None,
-    )
     record = json.loads((output / "adapter" / "training_record.json").read_text(encoding="utf8"))
     log = record["training"]["log"]
     # From the first logged step (it warms up) to the last: --steps > --logging-steps, so the log
@@ -100,7 +84,8 @@ def run_setting(name: str, args: argparse.Namespace, workdir: Path) -> dict:
         "minutes_per_epoch": epoch_tokens / rate / 60,
         "final_loss": record["training"]["final_loss"],
         "losses": [entry["loss"] for entry in log],
-        "peak_rss_mib": maxrss / 1024 if maxrss else None,
+        # the training loop's peak resident memory, as the training record keeps it
+        "peak_rss_mib": record["training"]["memory"]["peak_rss_mib"],
         "torch_threads": record["effective"]["torch_threads"],
     }
 

@@ -18,7 +18,8 @@ weights, activations, the key/value cache, Python objects. How the peak is taken
 On CUDA the peak of torch's allocator over the block is added (`cuda_peak_mib`). Memory freed by
 earlier work in the same process may be reused rather than returned to the system, so
 `peak_rss_mib - start_rss_mib` is the block's footprint only roughly; for clean figures run each
-system in its own process (`scripts/bench_speed.py` keeps the results of earlier calls).
+system in its own process (`scripts/bench_memory.py` does; `scripts/bench_speed.py` keeps the
+results of earlier calls, so it can be run one system per call).
 """
 
 from __future__ import annotations
