@@ -27,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from spacy_medllm.evaluate import _pairs
 from spacy_medllm.reporting import (
     fmt_mib,
     fmt_rate,
@@ -196,12 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="the first N documents only")
     parser.add_argument("--output", required=True, help="folder for memory.{json,md} and runs/")
     args = parser.parse_args(argv)
-    pipelines = []
-    for spec in args.pipeline:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            parser.error(f"--pipeline takes NAME=PATH, got {spec!r}")
-        pipelines.append((name, path))
+    pipelines = _pairs(args.pipeline, "--pipeline")  # evaluate's own NAME=PATH reading
     extra = [
         *(["--path", args.path] if args.path else []),
         *(["--limit", str(args.limit)] if args.limit else []),
