@@ -134,14 +134,19 @@ class PeakMemory:
         self.end_rss_mib = current_rss_mib()
         if self.method == "vmhwm":
             kib = _status_kib("VmHWM")
-            self.peak_rss_mib = max(kib / 1024, self._carried_mib) if kib is not None else None
+            peak = max(kib / 1024, self._carried_mib) if kib is not None else None
         elif self.method == "sampled":
             self._stop.set()
             if self._thread is not None:
                 self._thread.join()
-            self.peak_rss_mib = max(self._sampled_peak, self.end_rss_mib or 0.0)
+            peak = self._sampled_peak
         else:
-            self.peak_rss_mib = _process_peak_mib()
+            peak = _process_peak_mib()
+        # The block's first and last readings are part of it. The kernel's mark can sit a little
+        # below the RSS read at the start (RSS counters are batched per thread, and memory freed
+        # between that reading and the reset lowers the mark's base), so it never stands alone.
+        readings = [v for v in (peak, self.start_rss_mib, self.end_rss_mib) if v is not None]
+        self.peak_rss_mib = max(readings) if readings else None
         if _cuda_in_use():
             import torch
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -432,8 +433,11 @@ def test_lora_training_lowers_the_loss_and_writes_a_safe_adapter(
     assert record["training"]["train_tokens"] > 0 and record["training"]["tokens_per_second"] > 0
     assert record["training"]["final_loss"] is not None
     training_memory = record["training"]["memory"]
-    # the model and its optimizer state are resident during the loop
-    assert training_memory["peak_rss_mib"] >= training_memory["start_rss_mib"] > 0
+    # the loop's own block (the high-water mark on Linux), with figures a reader can use
+    assert training_memory["method"] == (
+        "vmhwm" if sys.platform.startswith("linux") else training_memory["method"]
+    )
+    assert training_memory["peak_rss_mib"] >= training_memory["end_rss_mib"] > 0
     assert record["versions"]["peft"] and record["versions"]["transformers"]
     assert record["seed"] == config.seed and record["settings"]["lora_r"] == 4
     assert [entry["step"] for entry in record["training"]["log"]] == list(range(1, 9))
