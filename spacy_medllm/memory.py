@@ -134,7 +134,7 @@ class PeakMemory:
         self.end_rss_mib = current_rss_mib()
         if self.method == "vmhwm":
             kib = _status_kib("VmHWM")
-            peak = max(kib / 1024, self._carried_mib) if kib is not None else None
+            peak = kib / 1024 if kib is not None else None
         elif self.method == "sampled":
             self._stop.set()
             if self._thread is not None:
@@ -146,7 +146,11 @@ class PeakMemory:
         # below the RSS read at the start (RSS counters are batched per thread, and memory freed
         # between that reading and the reset lowers the mark's base), so it never stands alone.
         readings = [v for v in (peak, self.start_rss_mib, self.end_rss_mib) if v is not None]
+        if readings and self._carried_mib:  # what inner blocks reached (and reset away)
+            readings.append(self._carried_mib)
         self.peak_rss_mib = max(readings) if readings else None
+        for outer in _OPEN:  # an enclosing block's peak is at least this one's
+            outer._carried_mib = max(outer._carried_mib, self.peak_rss_mib or 0.0)
         if _cuda_in_use():
             import torch
 
