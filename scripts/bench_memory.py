@@ -8,6 +8,10 @@ model), and writes `<output>/memory.json` and `memory.md` (one row per system: p
 part above the bare interpreter, words/s and strict F1 from the same run). The per-system
 evaluation reports stay in `<output>/runs/`.
 
+`--loading-reference MODEL` adds what transformers alone costs to load that base model straight
+in bfloat16 (no adapter, no float32 output head), in a process of its own: the floor under the
+peak while `medllm_ner` loads (its float32 read, merge and cast).
+
     .venv/bin/python scripts/bench_memory.py --corpus seed-ae-emails --split test \\
         --pipeline cnn=training/baselines/cnn-seed-ae-emails/model-best \\
         --pipeline medllm=training/seed_pipeline --output training/reports/memory
@@ -49,6 +53,32 @@ def _env() -> dict[str, str]:
     """This checkout's spacy_medllm first on the subprocesses' path, as on this one's."""
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), path]))}
+
+
+# transformers alone loading a base model in bfloat16 (argv[1]: a packaged alias, folder or hub id)
+REFERENCE_CODE = (
+    "import json, sys, torch, spacy, spacy_medllm.evaluate\n"
+    "from transformers import AutoModelForCausalLM\n"
+    "from spacy_medllm.generators.hf import HFGenerator\n"
+    "from spacy_medllm.memory import PeakMemory\n"
+    "path = HFGenerator(model=sys.argv[1]).resolved_model()\n"
+    "with PeakMemory() as memory:\n"
+    "    model = AutoModelForCausalLM.from_pretrained(\n"
+    "        path, dtype=torch.bfloat16, use_safetensors=True, trust_remote_code=False)\n"
+    "print(json.dumps(memory.to_dict()))"
+)
+
+
+def loading_reference(model: str) -> dict[str, Any]:
+    """Peak and final RSS of a fresh interpreter loading `model` with transformers in bfloat16."""
+    out = subprocess.run(
+        [sys.executable, "-c", REFERENCE_CODE, model],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    return {"model": model, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
 def floor_rss_mib() -> float:
@@ -94,6 +124,7 @@ def bench_memory(
     output: str | Path,
     extra: Sequence[str] = (),
     command: str = "",
+    reference_model: str | None = None,
 ) -> dict[str, Any]:
     """Run every pipeline alone and write `memory.json` / `memory.md` to `output`."""
     names = [name for name, _ in pipelines]
@@ -127,6 +158,7 @@ def bench_memory(
         "split": split,
         "floor_rss_mib": round(floor, 1),
         "systems": rows,
+        "loading_reference": loading_reference(reference_model) if reference_model else None,
         "machine": machine_info(),
         "command": command,
     }
@@ -161,6 +193,17 @@ def markdown(report: dict[str, Any]) -> str:
         for r in report["systems"]
     ]
     n_docs = report["systems"][0]["n_docs"] if report["systems"] else 0
+    reference = report.get("loading_reference")
+    reference_lines = []
+    if reference:
+        reference_lines = [
+            f"For reference: transformers alone loading `{reference['model']}` straight in "
+            f"bfloat16 (no adapter, no float32 output head) peaks at "
+            f"{fmt_mib(reference['peak_rss_mib'])} MiB "
+            f"({fmt_mib(reference['peak_rss_mib'] - report['floor_rss_mib'])} above the bare "
+            f"process) and holds {fmt_mib(reference['end_rss_mib'])} MiB once loaded.",
+            "",
+        ]
     return "\n".join(
         [
             f"# Memory: each system alone on {report['corpus']} ({report['split']}, {n_docs} docs)",
@@ -178,6 +221,7 @@ def markdown(report: dict[str, Any]) -> str:
             ", before) and the RSS once they have; at the end: after the last text. One process "
             "per system; words/s and F1 from the same run.",
             "",
+            *reference_lines,
             f"Machine: {machine.get('cpus_available', machine.get('cpu_count'))} CPU(s), torch "
             f"{machine.get('torch')} with {machine.get('torch_threads')} thread(s), spaCy "
             f"{machine.get('spacy')}, {machine.get('platform')}.",
@@ -196,6 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--path", default=None, help="the corpus folder (or file)")
     parser.add_argument("--limit", type=int, default=None, help="the first N documents only")
     parser.add_argument("--output", required=True, help="folder for memory.{json,md} and runs/")
+    parser.add_argument(
+        "--loading-reference",
+        default=None,
+        metavar="MODEL",
+        help="also measure transformers alone loading this base model in bfloat16",
+    )
     args = parser.parse_args(argv)
     pipelines = _pairs(args.pipeline, "--pipeline")  # evaluate's own NAME=PATH reading
     extra = [
@@ -204,7 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     argv_used = sys.argv[1:] if argv is None else list(argv)
     command = shlex.join(["python", "scripts/bench_memory.py", *argv_used])
-    report = bench_memory(pipelines, args.corpus, args.split, args.output, extra, command)
+    report = bench_memory(
+        pipelines, args.corpus, args.split, args.output, extra, command, args.loading_reference
+    )
     print(markdown(report))
     return 0
 

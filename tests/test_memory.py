@@ -136,3 +136,44 @@ def test_the_memory_benchmark_runs_each_pipeline_alone_and_ranks_them_by_peak(tm
     assert "Reproduce: `python scripts/bench_memory.py --corpus et-dev" in markdown
     with pytest.raises(ValueError, match="unique"):
         bench.bench_memory([("a", str(light)), ("a", str(heavy))], "et-dev", "dev", output)
+
+
+def test_the_loading_reference_measures_transformers_loading_a_base_model_in_bfloat16(
+    tmp_path, tiny_model_dir
+) -> None:
+    """A base model with 22 M parameters (88 MB of float32 weights on disk) peaks and ends that
+    much above the 2-layer tiny one when transformers loads it alone; the report says so."""
+    import json
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.scripts import load_script
+    from tests.test_evaluate import ET_GOLD, ruler_nlp
+
+    big = tmp_path / "big"
+    shutil.copytree(tiny_model_dir, big)
+    config = LlamaConfig.from_pretrained(tiny_model_dir)
+    config.hidden_size, config.intermediate_size = 1024, 2048
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(str(big), safe_serialization=True)
+
+    bench = load_script("bench_memory")
+    small = bench.loading_reference(str(tiny_model_dir))
+    corpus = tmp_path / "et.jsonl"
+    corpus.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in ET_GOLD), "utf8")
+    ruler_nlp([{"label": "DRUG", "pattern": "aspiriini"}], lang="et").to_disk(tmp_path / "light")
+    output = tmp_path / "memory"
+    argv = ["--corpus", "et-dev", "--split", "dev", "--path", str(corpus), "--output", str(output)]
+    argv += ["--pipeline", f"light={tmp_path / 'light'}", "--loading-reference", str(big)]
+    assert bench.main(argv) == 0
+    report = json.loads((output / "memory.json").read_text("utf8"))
+    reference = report["loading_reference"]
+    assert reference["model"] == str(big) and reference["method"] == small["method"]
+    assert reference["peak_rss_mib"] - small["peak_rss_mib"] >= 60  # read in float32 at least
+    assert reference["end_rss_mib"] - small["end_rss_mib"] >= 20  # 44 MB held in bfloat16
+    assert reference["end_rss_mib"] <= reference["peak_rss_mib"]
+    markdown = (output / "memory.md").read_text("utf8")
+    assert f"loading `{big}` straight in bfloat16" in markdown
+    assert f"peaks at {reference['peak_rss_mib']:,.0f} MiB" in markdown
