@@ -31,13 +31,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spacy_medllm.evaluate import _pairs
 from spacy_medllm.reporting import (
     fmt_mib,
     fmt_rate,
     fmt_score,
     machine_info,
     markdown_table,
+    name_value_pairs,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also measure transformers alone loading this base model in bfloat16",
     )
     args = parser.parse_args(argv)
-    pipelines = _pairs(args.pipeline, "--pipeline")  # evaluate's own NAME=PATH reading
+    pipelines = name_value_pairs(args.pipeline, "--pipeline", "NAME=PATH")
     extra = [
         *(["--path", args.path] if args.path else []),
         *(["--limit", str(args.limit)] if args.limit else []),

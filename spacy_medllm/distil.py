@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any
 from spacy.tokens import Doc, DocBin
 from spacy.util import filter_spans, minibatch
 
-from .reporting import fmt_rate, fmt_score, json_default, markdown_table
+from .reporting import fmt_rate, fmt_score, json_default, markdown_table, name_value_pairs
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -740,13 +740,6 @@ def load_records(
     return records
 
 
-def _pair(value: str) -> tuple[str, str]:
-    name, sep, path = value.partition("=")
-    if not sep or not name or not path:
-        raise SystemExit(f"expected NAME=PATH, got {value!r}")
-    return name, path
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m spacy_medllm.distil",
@@ -900,8 +893,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         result = distillation_report(
-            _pair(args.teacher),
-            [_pair(s) for s in args.student],
+            name_value_pairs([args.teacher], "--teacher", "NAME=PATH")[0],
+            name_value_pairs(args.student, "--student", "NAME=PATH"),
             args.corpus,
             args.split,
             args.output,

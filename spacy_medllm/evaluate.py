@@ -69,7 +69,15 @@ from typing import TYPE_CHECKING, Any
 
 from .corpora import AlignmentCounts, align_spans, check_no_cross_contamination, gold_doc
 from .memory import PeakMemory
-from .reporting import fmt_mib, fmt_rate, fmt_score, json_default, machine_info, markdown_table
+from .reporting import (
+    fmt_mib,
+    fmt_rate,
+    fmt_score,
+    json_default,
+    machine_info,
+    markdown_table,
+    name_value_pairs,
+)
 from .seed_benchmark import iob_tags, resolve_overlaps, span_scores
 from .training_data import Example, example_labels
 
@@ -816,16 +824,6 @@ def plot_f1_vs_speed(reports: Iterable[Mapping[str, Any] | str | Path], path: st
 # -- command line ---------------------------------------------------------------------------------
 
 
-def _pairs(values: Sequence[str], option: str) -> list[tuple[str, str]]:
-    pairs = []
-    for value in values:
-        key, sep, target = value.partition("=")
-        if not sep or not key or not target:
-            raise SystemExit(f"{option} takes NAME=VALUE, got {value!r}")
-        pairs.append((key, target))
-    return pairs
-
-
 def _parse_evaluate(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m spacy_medllm.evaluate",
@@ -874,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(table + "\n")
         return 0
     args = _parse_evaluate(argv)
-    pipelines = _pairs(args.pipeline, "--pipeline")
+    pipelines = name_value_pairs(args.pipeline, "--pipeline", "NAME=PATH")
     if not pipelines:
         raise SystemExit("give at least one --pipeline NAME=PATH")
     report = evaluate_corpus(
@@ -885,7 +883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path=args.path,
         limit=args.limit,
         labels=args.labels.split(",") if args.labels else None,
-        label_map=dict(_pairs(args.label_map, "--label-map")),
+        label_map=dict(name_value_pairs(args.label_map, "--label-map", "FROM=TO")),
         trained_on=args.trained_on,
         stem=args.stem,
         plot=not args.no_plot,

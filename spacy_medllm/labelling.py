@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from spacy.language import Language
 
+from .reporting import name_value_pairs
 from .synth import CONDITION_ET, DRUG_ET, EFFECT_ET, PROCEDURES, plain_phrase, read_records
 
 if TYPE_CHECKING:
@@ -506,13 +507,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.annotator = "llm"
         name = "spacy-llm " + (Path(args.adapter).parent.name if args.adapter else args.model)
         annotators[name] = _labellers(args, langs)
-    for spec in args.silver:
-        name, _, folder = spec.partition("=")
-        if not folder:
-            raise SystemExit(f"--silver takes NAME=DIR, got {spec!r}")
+    for name, folder in name_value_pairs(args.silver, "--silver", "NAME=DIR"):
         log_path = Path(folder) / LOG_FILE
         if not log_path.is_file():
-            raise SystemExit(f"--silver {spec}: {log_path} does not exist; run `label` first")
+            raise SystemExit(
+                f"--silver {name}={folder}: {log_path} does not exist; run `label` first"
+            )
         annotators[name] = {lang: replay_labeller(lang, log_path)[0] for lang in langs}
     if not annotators:
         raise SystemExit("Give --facts (dictionary), --silver NAME=DIR or --adapter (LLM).")

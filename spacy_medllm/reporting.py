@@ -13,6 +13,21 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def name_value_pairs(
+    values: Sequence[str], option: str, metavar: str = "NAME=VALUE"
+) -> list[tuple[str, str]]:
+    """Read repeated command-line values of the form NAME=VALUE (`--pipeline cnn=path`); a value
+    without a name, an "=" or a right-hand side stops the command with a message naming `option`.
+    """
+    pairs = []
+    for value in values:
+        name, sep, target = value.partition("=")
+        if not sep or not name or not target:
+            raise SystemExit(f"{option} takes {metavar}, got {value!r}")
+        pairs.append((name, target))
+    return pairs
+
+
 def machine_info() -> dict[str, Any]:
     """CPU count, torch threads and library versions (torch only if importable)."""
     from importlib import metadata

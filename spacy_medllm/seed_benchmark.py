@@ -56,7 +56,7 @@ from .reporting import fmt_pct as _pct
 from .reporting import fmt_rate as _rate
 from .reporting import fmt_score as _f
 from .reporting import json_default as _json_default
-from .reporting import machine_info
+from .reporting import machine_info, name_value_pairs
 from .reporting import markdown_table as _table
 from .seed_metric import SetScores, seed_answer_strings, set_scores
 
@@ -1254,18 +1254,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not files:
             raise SystemExit(f"no *.json prediction files in {path}")
         systems.extend((f.stem, f) for f in files)
-    for value in args.pipeline:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--pipeline takes NAME=PATH, got {value!r}")
+    for name, path in name_value_pairs(args.pipeline, "--pipeline", "NAME=PATH"):
         systems.append((name, Path(path)))
     if not systems:
         raise SystemExit("nothing to score: give --pipeline NAME=PATH and/or --predictions DIR")
     limits = {}
-    for value in args.limit:
-        name, sep, n = value.partition("=")
-        if not sep or not n.isdigit():
-            raise SystemExit(f"--limit takes NAME=N, got {value!r}")
+    for name, n in name_value_pairs(args.limit, "--limit", "NAME=N"):
+        if not n.isdigit():
+            raise SystemExit(f"--limit takes NAME=N, got {name}={n!r}")
         limits[name] = int(n)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     report = run_seed_benchmark(

@@ -4,6 +4,7 @@ metric, and the command line's JSON/Markdown/PNG outputs and combined tables."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -491,3 +492,24 @@ def test_unscored_gold_labels_and_overlapping_predictions():
     # of the two overlapping predicted spans the longer one is scored
     assert scores["predicted"]["alignment"]["n_overlaps_removed"] == 1
     assert scores["strict"]["per_label"]["ADVERSE_EVENT"]["tp"] == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--pipeline", "cnn"], "--pipeline takes NAME=PATH, got 'cnn'"),
+        (["--pipeline", "=training/cnn"], "--pipeline takes NAME=PATH, got '=training/cnn'"),
+        (["--pipeline", "a=b", "--label-map", "DRUG"], "--label-map takes FROM=TO, got 'DRUG'"),
+    ],
+)
+def test_cli_name_value_options_stop_with_the_option_named(tmp_path, argv, message) -> None:
+    """evaluate, distil and bench_memory read NAME=PATH options the same way (one helper)."""
+    from spacy_medllm import distil
+
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        ev.main(["--corpus", "et-dev", "--output", str(tmp_path), *argv])
+    report = ["report", "--corpus", "et-dev", "--output", str(tmp_path)]
+    with pytest.raises(SystemExit, match=re.escape("--teacher takes NAME=PATH, got 'teacher'")):
+        distil.main([*report, "--teacher", "teacher"])
+    with pytest.raises(SystemExit, match=re.escape("--student takes NAME=PATH, got 'cnn='")):
+        distil.main([*report, "--teacher", "t=path", "--student", "cnn="])
