@@ -55,7 +55,8 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), path]))}
 
 
-# transformers alone loading a base model in bfloat16 (argv[1]: a packaged alias, folder or hub id)
+# transformers alone loading a base model in bfloat16 (argv[1]: a packaged alias, folder or hub id),
+# after the same imports as FLOOR_CODE, so that its figures compare with the floor's
 REFERENCE_CODE = (
     "import json, sys, torch, spacy, spacy_medllm.evaluate\n"
     "from transformers import AutoModelForCausalLM\n"

@@ -1261,7 +1261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = {}
     for name, n in name_value_pairs(args.limit, "--limit", "NAME=N"):
         if not n.isdigit():
-            raise SystemExit(f"--limit takes NAME=N, got {name}={n!r}")
+            raise SystemExit(f"--limit takes NAME=N with N a whole number, got {name}={n}")
         limits[name] = int(n)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     report = run_seed_benchmark(

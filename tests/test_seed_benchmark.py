@@ -522,7 +522,7 @@ def test_limit_scores_a_system_on_the_first_records_only(tmp_path, capsys):
     assert "llama2-lora: scored on the first 20 test records only" in capsys.readouterr().out
     with pytest.raises(ValueError, match="not scored"):
         sb.main([*args, "--limit", "nobody=3"])
-    with pytest.raises(SystemExit, match="NAME=N"):
+    with pytest.raises(SystemExit, match="NAME=N with N a whole number, got llama2-lora=x"):
         sb.main([*args, "--limit", "llama2-lora=x"])
 
 
