@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -372,3 +373,20 @@ def test_data_commands_of_the_project_run_offline_and_a_rerun_skips(tmp_path):
         assert len(docs) == n and sum(len(d.ents) for d in docs) > n
     for step in steps:
         assert f"Skipping '{step}': nothing changed" in run(step)
+
+
+def test_report_silver_takes_name_equals_a_finished_label_folder(tmp_path) -> None:
+    """`report --silver` stops before any scoring: a value without NAME= or a folder without
+    the `label` run's log is named in the message."""
+    from spacy_medllm.labelling import main
+
+    source = tmp_path / "texts.jsonl"
+    record = {"id": "a", "lang": "en", "kind": "t", "text": GOLD[0][0]}
+    source.write_text(json.dumps(record) + "\n", encoding="utf8")
+    argv = ["report", "--input", str(source), "--output", str(tmp_path / "r"), "--langs", "en"]
+    with pytest.raises(SystemExit, match=re.escape("--silver takes NAME=DIR, got 'folder'")):
+        main([*argv, "--silver", "folder"])
+    missing = tmp_path / "never_labelled"
+    with pytest.raises(SystemExit, match=f"--silver llm={re.escape(str(missing))}: .* run `label`"):
+        main([*argv, "--silver", f"llm={missing}"])
+    assert not (tmp_path / "r").exists()
