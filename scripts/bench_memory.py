@@ -42,10 +42,9 @@ from spacy_medllm.reporting import (
 
 REPO = Path(__file__).resolve().parents[1]
 # What every evaluation process holds before it loads a pipeline: the imports, nothing else.
+FLOOR_IMPORTS = "import spacy, torch, spacy_medllm.evaluate\n"
 FLOOR_CODE = (
-    "import spacy, torch, spacy_medllm.evaluate\n"
-    "from spacy_medllm.memory import current_rss_mib\n"
-    "print(current_rss_mib())"
+    FLOOR_IMPORTS + "from spacy_medllm.memory import current_rss_mib\nprint(current_rss_mib())"
 )
 
 
@@ -56,9 +55,9 @@ def _env() -> dict[str, str]:
 
 
 # transformers alone loading a base model in bfloat16 (argv[1]: a packaged alias, folder or hub id),
-# after the same imports as FLOOR_CODE, so that its figures compare with the floor's
+# after the floor's imports, so that its figures compare with the floor's
 REFERENCE_CODE = (
-    "import json, sys, torch, spacy, spacy_medllm.evaluate\n"
+    FLOOR_IMPORTS + "import json, sys\n"
     "from transformers import AutoModelForCausalLM\n"
     "from spacy_medllm.generators.hf import HFGenerator\n"
     "from spacy_medllm.memory import PeakMemory\n"
