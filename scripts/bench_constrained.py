@@ -26,10 +26,10 @@ sys.path.insert(0, str(REPO))
 from tqdm import tqdm  # noqa: E402
 
 from spacy_medllm.cli import build_pipeline  # noqa: E402
-from spacy_medllm.corpora import gold_doc, load_corpus  # noqa: E402
-from spacy_medllm.evaluate import spacy_scores  # noqa: E402
-from spacy_medllm.records import NOT_IN_TEXT  # noqa: E402
-from spacy_medllm.reporting import fmt_pct, fmt_rate, fmt_score, machine_info  # noqa: E402
+from spacy_medllm.core.records import NOT_IN_TEXT  # noqa: E402
+from spacy_medllm.corpora.corpora import gold_doc, load_corpus  # noqa: E402
+from spacy_medllm.evaluation.evaluate import spacy_scores  # noqa: E402
+from spacy_medllm.util.formatting import fmt_pct, fmt_rate, fmt_score, machine_info  # noqa: E402
 
 # name: (constrained, stop_at_json_end, merge_adapter, prefix_cache, dtype, float32_logits)
 SETTINGS = {

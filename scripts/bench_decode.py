@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from spacy_medllm.generators.hf import HFGenerator  # noqa: E402
-from spacy_medllm.reporting import machine_info  # noqa: E402
+from spacy_medllm.util.formatting import machine_info  # noqa: E402
 
 
 def measure(model, batch: int, prompt_tokens: int, steps: int, vocab: int, cache_kw: str) -> dict:

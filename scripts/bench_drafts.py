@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from spacy_medllm.cli import build_pipeline  # noqa: E402
-from spacy_medllm.corpora import load_corpus  # noqa: E402
-from spacy_medllm.reporting import fmt_rate, machine_info, markdown_table  # noqa: E402
-from spacy_medllm.speed_benchmark import WARM_UP_TEXT, adapter_settings  # noqa: E402
+from spacy_medllm.corpora.corpora import load_corpus  # noqa: E402
+from spacy_medllm.evaluation.speed_benchmark import WARM_UP_TEXT, adapter_settings  # noqa: E402
+from spacy_medllm.util.formatting import fmt_rate, machine_info, markdown_table  # noqa: E402
 
 # name: (jump_forward, draft_tokens)
 SETTINGS = {

@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from tqdm import tqdm  # noqa: E402
 
-from spacy_medllm.models import cpu_supports_bf16  # noqa: E402
-from spacy_medllm.reporting import fmt_rate, machine_info, markdown_table  # noqa: E402
+from spacy_medllm.generators.packaged import cpu_supports_bf16  # noqa: E402
+from spacy_medllm.util.formatting import fmt_rate, machine_info, markdown_table  # noqa: E402
 
 # name: (bf16, share_prefix, gradient_checkpointing)
 SETTINGS = {

@@ -1,7 +1,7 @@
 """Memory benchmark: each pipeline scored on a corpus in a process of its own; peak RAM per system.
 
-Runs `python -m spacy_medllm.evaluate` once per pipeline (so no system inherits another's
-memory), reads the peak resident memory each run recorded (`spacy_medllm.memory.PeakMemory`: the
+Runs `python -m spacy_medllm.evaluation.evaluate` once per pipeline (so no system inherits another's
+memory), reads the peak resident memory each run recorded (`spacy_medllm.util.memory.PeakMemory`: the
 pipeline's weights resident, running the texts) and the RSS of a bare interpreter that has
 imported spaCy, torch and spacy_medllm (what any of these processes holds before it loads a
 model), and writes `<output>/memory.json` and `memory.md` (one row per system: peak RSS, the
@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spacy_medllm.reporting import (
+from spacy_medllm.util.formatting import (
     fmt_mib,
     fmt_rate,
     fmt_score,
@@ -42,9 +42,9 @@ from spacy_medllm.reporting import (
 
 REPO = Path(__file__).resolve().parents[1]
 # What every evaluation process holds before it loads a pipeline: the imports, nothing else.
-FLOOR_IMPORTS = "import spacy, torch, spacy_medllm.evaluate\n"
+FLOOR_IMPORTS = "import spacy, torch, spacy_medllm.evaluation.evaluate\n"
 FLOOR_CODE = (
-    FLOOR_IMPORTS + "from spacy_medllm.memory import current_rss_mib\nprint(current_rss_mib())"
+    FLOOR_IMPORTS + "from spacy_medllm.util.memory import current_rss_mib\nprint(current_rss_mib())"
 )
 
 
@@ -60,7 +60,7 @@ REFERENCE_CODE = (
     FLOOR_IMPORTS + "import json, sys\n"
     "from transformers import AutoModelForCausalLM\n"
     "from spacy_medllm.generators.hf import HFGenerator\n"
-    "from spacy_medllm.memory import PeakMemory\n"
+    "from spacy_medllm.util.memory import PeakMemory\n"
     "path = HFGenerator(model=sys.argv[1]).resolved_model()\n"
     "with PeakMemory() as memory:\n"
     "    model = AutoModelForCausalLM.from_pretrained(\n"
@@ -97,7 +97,7 @@ def run_one(
     command = [
         sys.executable,
         "-m",
-        "spacy_medllm.evaluate",
+        "spacy_medllm.evaluation.evaluate",
         "--pipeline",
         f"{name}={path}",
         "--corpus",
@@ -212,7 +212,7 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             "peak RSS: the evaluation process's peak resident memory while the pipeline runs the "
             "texts, its weights resident (`spacy.load` reads a spaCy pipeline's before; "
-            "`medllm_ner` loads its model inside the window) (`spacy_medllm.memory.PeakMemory`, "
+            "`medllm_ner` loads its model inside the window) (`spacy_medllm.util.memory.PeakMemory`, "
             "method "
             f"{', '.join(sorted({str(r['method']) for r in report['systems']}))}); above the bare "
             f"process: minus {fmt_mib(report['floor_rss_mib'])} MiB, the RSS of an interpreter "

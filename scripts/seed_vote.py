@@ -29,8 +29,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spacy_medllm.reporting import fmt_score, machine_info  # noqa: E402
-from spacy_medllm.seed_metric import set_scores  # noqa: E402
+from spacy_medllm.evaluation.seed_metric import set_scores  # noqa: E402
+from spacy_medllm.util.formatting import fmt_score, machine_info  # noqa: E402
 
 EXPERIMENTS = REPO / "training" / "reports" / "experiments"
 RUNS = {

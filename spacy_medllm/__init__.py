@@ -4,10 +4,11 @@
 without importing torch, transformers, peft or openai.
 """
 
+from spacy_medllm.core.labels import DEFAULT_LABEL_DEFINITIONS, DEFAULT_LABELS, LabelSet
+from spacy_medllm.core.prompts import PromptBuilder, PromptTemplate
+from spacy_medllm.pipeline.component import MedLLMNER, get_record, make_medllm_ner, score_entities
+
 from .about import __version__
-from .component import MedLLMNER, get_record, make_medllm_ner, score_entities
-from .labels import DEFAULT_LABEL_DEFINITIONS, DEFAULT_LABELS, LabelSet
-from .prompts import PromptBuilder, PromptTemplate
 
 __all__ = [
     "DEFAULT_LABELS",

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from .finetune import PROMPT_TEMPLATE_FILE, load_prompt_settings
+from spacy_medllm.training.finetune import PROMPT_TEMPLATE_FILE, load_prompt_settings
 
 app = typer.Typer(
     name="spacy-medllm",
@@ -45,8 +45,8 @@ def few_shot_examples(path: Path, n: int, labels: list[str] | None = None) -> li
     Deterministic (ties broken by text) and short, so that the prompt stays within a small model's
     context. Examples come in the PromptTemplate format `{"text", "entities": [{"text", "label"}]}`.
     """
-    from .prompts import PromptBuilder
-    from .training_data import answer_text, deduplicate, read_examples
+    from spacy_medllm.core.prompts import PromptBuilder
+    from spacy_medllm.training.data import answer_text, deduplicate, read_examples
 
     examples = deduplicate(read_examples(path))
     candidates = []
@@ -302,8 +302,8 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help
 
 @app.command(context_settings=_PASS_THROUGH, add_help_option=False)
 def finetune(ctx: typer.Context) -> None:
-    """Fine-tune a LoRA adapter (all options of `python -m spacy_medllm.finetune --help`)."""
-    from .finetune import main as finetune_main
+    """Fine-tune a LoRA adapter (all options of `python -m spacy_medllm.training.finetune --help`)."""
+    from spacy_medllm.training.finetune import main as finetune_main
 
     raise typer.Exit(finetune_main(ctx.args))
 
@@ -311,7 +311,7 @@ def finetune(ctx: typer.Context) -> None:
 @app.command("seed-benchmark", context_settings=_PASS_THROUGH, add_help_option=False)
 def seed_benchmark(ctx: typer.Context) -> None:
     """Score pipelines and the seed's predictions on the seed e-mails (`--help` for options)."""
-    from .seed_benchmark import main as benchmark_main
+    from spacy_medllm.evaluation.seed_benchmark import main as benchmark_main
 
     raise typer.Exit(benchmark_main(ctx.args))
 
@@ -319,7 +319,7 @@ def seed_benchmark(ctx: typer.Context) -> None:
 @app.command("evaluate", context_settings=_PASS_THROUGH, add_help_option=False)
 def evaluate(ctx: typer.Context) -> None:
     """Score spaCy pipelines on a corpus: seqeval, spaCy scorer, overlap F1 (`--help`: options)."""
-    from .evaluate import main as evaluate_main
+    from spacy_medllm.evaluation.evaluate import main as evaluate_main
 
     raise typer.Exit(evaluate_main(ctx.args))
 
@@ -327,7 +327,7 @@ def evaluate(ctx: typer.Context) -> None:
 @app.command("report", context_settings=_PASS_THROUGH, add_help_option=False)
 def report(ctx: typer.Context) -> None:
     """Gather a run's results into report.html and report.md (`--help` for options)."""
-    from .report import main as report_main
+    from spacy_medllm.evaluation.report import main as report_main
 
     raise typer.Exit(report_main(ctx.args))
 

@@ -1,12 +1,12 @@
-"""Tests for spacy_medllm.alignment: finding entity strings in the text and snapping to tokens."""
+"""Tests for spacy_medllm.core.alignment: finding entity strings in the text and snapping to tokens."""
 
 from __future__ import annotations
 
 import pytest
 import spacy
 
-from spacy_medllm.alignment import find_entities, snap_to_tokens
-from spacy_medllm.records import (
+from spacy_medllm.core.alignment import find_entities, snap_to_tokens
+from spacy_medllm.core.records import (
     DUPLICATE,
     EMPTY_TEXT,
     NOT_IN_TEXT,

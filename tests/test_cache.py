@@ -1,4 +1,4 @@
-"""The response cache (`spacy_medllm.cache`) around real generators: a tiny random transformers
+"""The response cache (`spacy_medllm.pipeline.cache`) around real generators: a tiny random transformers
 model with a LoRA adapter (built in the test session), and a real llama.cpp server (slow).
 
 A hit must not call the model at all (the HF generator's batch counter stays at 0 and the model is
@@ -16,13 +16,8 @@ from pathlib import Path
 import pytest
 import spacy
 
-from spacy_medllm.cache import (
-    CACHE_ENV,
-    ResponseCache,
-    cache_key,
-    generator_identity,
-)
-from spacy_medllm.component import CONFIDENCE_ATTR, get_record
+from spacy_medllm.pipeline.cache import CACHE_ENV, ResponseCache, cache_key, generator_identity
+from spacy_medllm.pipeline.component import CONFIDENCE_ATTR, get_record
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
 

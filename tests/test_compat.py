@@ -74,7 +74,10 @@ def test_an_hf_pipeline_saved_by_0_1_0_loads_and_answers_as_a_new_one(
         (e.start_char, e.end_char, e.label_) for e in new_doc.ents
     ]
     # The same prompt: the response cache key and the prompt fingerprint agree.
-    assert component.prompt_builder.fingerprint == new.get_pipe("medllm_ner").prompt_builder.fingerprint
+    assert (
+        component.prompt_builder.fingerprint
+        == new.get_pipe("medllm_ner").prompt_builder.fingerprint
+    )
 
 
 def test_an_openai_pipeline_saved_by_0_1_0_loads_with_its_server_settings(tmp_path: Path) -> None:

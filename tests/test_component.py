@@ -13,8 +13,8 @@ from spacy.tokens import Doc, DocBin, Span
 from spacy.training import Example
 
 from spacy_medllm import get_record
-from spacy_medllm.chunking import ChunkingError
-from spacy_medllm.component import MedLLMParseError
+from spacy_medllm.core.chunking import ChunkingError
+from spacy_medllm.pipeline.component import MedLLMParseError
 from tests.scripted import ScriptedGenerator, lexicon_answer
 
 LEXICON = {"Abilify": "DRUG", "nausea": "ADVERSE_EVENT", "vomiting": "ADVERSE_EVENT"}

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from spacy_medllm.constrained import (
+from spacy_medllm.core.labels import LabelSet
+from spacy_medllm.core.parsing import parse_response
+from spacy_medllm.generators.constrained import (
     DONE,
     AnswerAutomaton,
     JsonEndStopping,
@@ -17,8 +19,6 @@ from spacy_medllm.constrained import (
     json_string_bytes,
     token_bytes,
 )
-from spacy_medllm.labels import LabelSet
-from spacy_medllm.parsing import parse_response
 
 LABELS = ["DRUG", "ADVERSE_EVENT"]
 DOCUMENTS = [
@@ -207,7 +207,7 @@ def test_forced_tokens_are_the_tokenizers_own(tokenizer) -> None:
 
 
 def test_document_drafts_continue_the_entity_from_the_document(tokenizer) -> None:
-    from spacy_medllm.constrained import DocumentDrafts
+    from spacy_medllm.generators.constrained import DocumentDrafts
 
     constraint = TokenConstraint(tokenizer, [tokenizer.eos_token_id])
     document = 'He took "Metformin 500 mg", then metformin again; nausea followed.'
@@ -464,7 +464,7 @@ def _ner(tiny_model_dir: Path, **config):
 
 
 def test_confidence_on_spans_and_threshold(tiny_model_dir: Path) -> None:
-    from spacy_medllm.component import get_record
+    from spacy_medllm.pipeline.component import get_record
 
     texts = [d for d in DOCUMENTS if d.strip()]
     nlp = _ner(tiny_model_dir, confidence=True)

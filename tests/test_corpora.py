@@ -12,8 +12,8 @@ import pytest
 import spacy
 from spacy.util import registry
 
-from spacy_medllm import corpora
-from spacy_medllm.corpora import (
+from spacy_medllm.corpora import corpora
+from spacy_medllm.corpora.corpora import (
     CorpusContaminationError,
     check_no_cross_contamination,
     check_no_text_overlap,
@@ -21,7 +21,7 @@ from spacy_medllm.corpora import (
     hash_split,
     load_corpus,
 )
-from spacy_medllm.training_data import make_example, read_docbin, read_jsonl
+from spacy_medllm.training.data import make_example, read_docbin, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = corpora.corpora_root()
@@ -623,7 +623,7 @@ def test_pyproject_entry_point_names_the_registered_reader():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf8"))["project"]
     target = project["entry-points"]["spacy_readers"]["medllm.Corpus.v1"]
     module, _, attribute = target.partition(":")
-    assert (module, attribute) == ("spacy_medllm.corpora", "create_corpus_reader")
+    assert (module, attribute) == ("spacy_medllm.corpora.corpora", "create_corpus_reader")
     assert registry.readers.get("medllm.Corpus.v1") is corpora.create_corpus_reader
 
 
@@ -694,7 +694,7 @@ def test_corpora_and_evaluate_import_no_heavy_libraries():
     heavy = ("torch", "seqeval", "matplotlib", "transformers", "bert_score")
     code = (
         "import sys, spacy; before = set(sys.modules);"
-        "import spacy_medllm.corpora, spacy_medllm.evaluate;"
+        "import spacy_medllm.corpora.corpora, spacy_medllm.evaluation.evaluate;"
         f"print(sorted(m for m in {heavy!r} if m in set(sys.modules) - before))"
     )
     result = subprocess.run(

@@ -15,9 +15,8 @@ from spacy.language import Language
 from spacy.tokens import DocBin
 from spacy.vocab import Vocab
 
-from spacy_medllm.baselines import build_dictionary_pipeline
-from spacy_medllm.component import get_record
-from spacy_medllm.distil import (
+from spacy_medllm.baselines.dictionary import build_dictionary_pipeline
+from spacy_medllm.distillation.distil import (
     NOT_IN_TEXT,
     SILVER_FILE,
     TEACHER_KEY,
@@ -33,7 +32,8 @@ from spacy_medllm.distil import (
     train_transformer_student,
     write_selection,
 )
-from spacy_medllm.training_data import make_example
+from spacy_medllm.pipeline.component import get_record
+from spacy_medllm.training.data import make_example
 from tests.gold_examples import GOLD, LABELS
 from tests.scripted import ScriptedGenerator, lexicon_answer
 
@@ -309,7 +309,7 @@ def test_selection_writes_train_and_dev_without_losing_documents(tmp_path: Path)
     selection = json.loads((tmp_path / "sel" / "selection.json").read_text())
     assert selection["n_docs_kept"] == len(TEXTS)
     # docs without ids (another labeller's DocBin) are split by a hash of their text
-    from spacy_medllm.distil import split_silver
+    from spacy_medllm.distillation.distil import split_silver
 
     nlp = spacy.blank("en")
     train, dev = split_silver([nlp(text) for text in TEXTS * 3], dev_fraction=0.3)
@@ -348,7 +348,7 @@ def test_tiny_lora_teacher_keeps_its_raw_responses(
 
 
 def test_low_confidence_entities_become_unknown_not_outside(tmp_path: Path) -> None:
-    from spacy_medllm.component import CONFIDENCE_ATTR
+    from spacy_medllm.pipeline.component import CONFIDENCE_ATTR
 
     label_texts(dictionary_teacher(), RECORDS, tmp_path / "s", progress=False)
     silver = read_silver(tmp_path / "s" / SILVER_FILE)
@@ -607,7 +607,7 @@ def test_distillation_report_side_by_side(tmp_path: Path) -> None:
 
 
 def test_command_line_label_then_select(tmp_path: Path) -> None:
-    from spacy_medllm.distil import load_records, main
+    from spacy_medllm.distillation.distil import load_records, main
 
     dictionary_teacher().to_disk(tmp_path / "teacher")
     texts = tmp_path / "texts.jsonl"

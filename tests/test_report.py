@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import spacy
 
-from spacy_medllm import evaluate as ev
-from spacy_medllm import report as rp
+from spacy_medllm.evaluation import evaluate as ev
+from spacy_medllm.evaluation import report as rp
 
 # Three Estonian documents; the two rulers below get different ones wrong.
 GOLD = [

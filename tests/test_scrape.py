@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import pytest
 
-from spacy_medllm.scrape import (
+from spacy_medllm.data.scrape import (
     DrugPageError,
     Fetcher,
     expand_sources,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import spacy
 
-from spacy_medllm import seed_benchmark as sb
-from spacy_medllm.component import get_record
+from spacy_medllm.evaluation import seed_benchmark as sb
+from spacy_medllm.pipeline.component import get_record
 from tests.scripted import ScriptedGenerator
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from spacy_medllm.scrape import DrugFacts, scrape
-from spacy_medllm.synth import (
+from spacy_medllm.data.scrape import DrugFacts, scrape
+from spacy_medllm.data.synth import (
     CONDITION_ET,
     DRUG_ET,
     EFFECT_ET,
@@ -187,8 +187,8 @@ def test_command_line_reports_a_shortfall(facts, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_generator(tmp_path_factory):
     pytest.importorskip("torch")
+    from spacy_medllm.data.synth import LLM_PROMPTS
     from spacy_medllm.generators.hf import HFGenerator
-    from spacy_medllm.synth import LLM_PROMPTS
 
     from .tiny_models import build_tiny_causal_lm
 
@@ -248,7 +248,7 @@ def test_llm_generation_writes_records_and_resumes(facts, tiny_generator, tmp_pa
 
 
 def test_split_is_by_id_hash_stable_and_filters_language(tmp_path: Path) -> None:
-    from spacy_medllm.synth import split_texts
+    from spacy_medllm.data.synth import split_texts
 
     records = [
         {"id": f"t{i}", "text": f"Text {i}.", "lang": "et" if i % 3 else "en"} for i in range(90)

@@ -41,7 +41,7 @@ def run_smoke(
 
 def copy_project(tmp_path: Path) -> Path:
     pytest.importorskip("peft")
-    from spacy_medllm.models import ModelNotAvailableError, resolve_base_model
+    from spacy_medllm.generators.packaged import ModelNotAvailableError, resolve_base_model
 
     try:
         resolve_base_model("smollm2-135m-instruct")

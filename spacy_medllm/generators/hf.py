@@ -4,7 +4,7 @@ Importing this module and building an `HFGenerator` imports neither torch, trans
 they load on the first call or in `initialize()`, so building or loading a pipeline stays cheap.
 
 The base model is given by reference (a packaged alias, a local folder or a hub id; see
-`spacy_medllm.models`). A pipeline saved with `to_disk` holds `generator.json` and, if there is one,
+`spacy_medllm.generators.packaged`). A pipeline saved with `to_disk` holds `generator.json` and, if there is one,
 the adapter (safetensors only); never the base model's weights.
 """
 
@@ -21,9 +21,10 @@ from typing import Any
 
 from spacy.util import registry
 
-from ..chat import render_prompt
-from ..confidence import ScoredResponse
-from ..models import cpu_supports_bf16, file_sha256, resolve_base_model
+from spacy_medllm.core.confidence import ScoredResponse
+from spacy_medllm.generators.chat import render_prompt
+from spacy_medllm.generators.packaged import cpu_supports_bf16, file_sha256, resolve_base_model
+
 from .base import GenerationError, Prompt
 
 logger = logging.getLogger("spacy_medllm")
@@ -31,11 +32,15 @@ logger = logging.getLogger("spacy_medllm")
 CONFIG_FILE = "generator.json"
 ADAPTER_DIR = "adapter"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# Written by spacy_medllm.finetune next to the weights: copied along when present (provenance).
+# Written by spacy_medllm.training.finetune next to the weights: copied along when present (provenance).
 ADAPTER_EXTRA_FILES = ("prompt_template.json", "training_record.json")
 FACTORY_NAME = "medllm.HFGenerator.v1"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-CONSTRAINED_MODES = ("off", "schema", "grounded")  # as spacy_medllm.constrained.CONSTRAINED_MODES
+CONSTRAINED_MODES = (
+    "off",
+    "schema",
+    "grounded",
+)  # as spacy_medllm.generators.constrained.CONSTRAINED_MODES
 QUANTIZE_MODES = ("none", "int8")
 # End-of-turn markers of common chat templates; generation also stops at those the vocab has.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
@@ -196,7 +201,7 @@ class HFGenerator:
         $XDG_CACHE_HOME/spacy_medllm, else ~/.cache/spacy_medllm).
     constrained: "off"; "schema" (every answer is the trained JSON list of {"text", "label"} with
         configured labels only); "grounded" (schema, and each entity text is copied from the
-        document: the last user message of the prompt). See `spacy_medllm.constrained`.
+        document: the last user message of the prompt). See `spacy_medllm.generators.constrained`.
     labels: the labels constrained answers may use; `medllm_ner` sets them (`set_labels`).
     stop_at_json_end: a row whose response starts with `[` stops as soon as that list closes,
         instead of generating text that would be thrown away (other responses run as before).
@@ -422,7 +427,7 @@ class HFGenerator:
         if not self.load_in_4bit:
             model = model.to(device)
         if adapter is not None:
-            from ..models import quiet_optional_kernels
+            from spacy_medllm.generators.packaged import quiet_optional_kernels
 
             quiet_optional_kernels()
             from peft import PeftModel
@@ -467,7 +472,7 @@ class HFGenerator:
     # -- prompts ---------------------------------------------------------------------------------
 
     def render(self, prompt: Prompt) -> str:
-        """The text the model sees for `prompt` (through `spacy_medllm.chat.render_prompt`)."""
+        """The text the model sees for `prompt` (through `spacy_medllm.generators.chat.render_prompt`)."""
         return render_prompt(self.tokenizer, prompt)
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
@@ -520,16 +525,16 @@ class HFGenerator:
         return self._generate(prompts, with_scores=True)
 
     def token_constraint(self) -> Any:
-        """The vocabulary trie of `spacy_medllm.constrained`, built once per loaded tokenizer."""
+        """The vocabulary trie of `spacy_medllm.generators.constrained`, built once per loaded tokenizer."""
         if self._token_constraint is None:
-            from ..constrained import TokenConstraint
+            from spacy_medllm.generators.constrained import TokenConstraint
 
             self.initialize()
             self._token_constraint = TokenConstraint(self._tokenizer, self._stop_ids)
         return self._token_constraint
 
     def _automata(self, prompts: Sequence[Prompt]) -> list[Any]:
-        from ..constrained import AnswerAutomaton
+        from spacy_medllm.generators.constrained import AnswerAutomaton
 
         if not self.labels:
             raise GenerationError(
@@ -576,7 +581,7 @@ class HFGenerator:
         if drafting and automata is None:
             # Unconstrained: an automaton only proposes the schema's forced tokens while the
             # answer follows the schema (the model's own choices decide; none without labels).
-            from ..constrained import AnswerAutomaton
+            from spacy_medllm.generators.constrained import AnswerAutomaton
 
             draft_automata = [
                 AnswerAutomaton(self.labels) if self.labels else None for _ in prompts
@@ -632,12 +637,12 @@ class HFGenerator:
             stopping = StoppingCriteriaList()
             recorder = None
             if with_scores:
-                from ..constrained import TokenLogprobRecorder
+                from spacy_medllm.generators.constrained import TokenLogprobRecorder
 
                 recorder = TokenLogprobRecorder()
                 processors.append(recorder)  # first: it must see the model's own logits
             if automata is not None:
-                from ..constrained import JsonAnswerLogitsProcessor
+                from spacy_medllm.generators.constrained import JsonAnswerLogitsProcessor
 
                 processors.append(
                     JsonAnswerLogitsProcessor(
@@ -645,7 +650,7 @@ class HFGenerator:
                     )
                 )
             elif self.stop_at_json_end:
-                from ..constrained import JsonEndStopping
+                from spacy_medllm.generators.constrained import JsonEndStopping
 
                 stopping.append(JsonEndStopping(constraint.token_bytes, len(batch), width))
             with torch.inference_mode():
@@ -703,7 +708,7 @@ class HFGenerator:
         """
         import torch
 
-        from ..constrained import DocumentDrafts, JsonScanner
+        from spacy_medllm.generators.constrained import DocumentDrafts, JsonScanner
 
         model, device = self._model, self._torch_device
         pad_id = self._tokenizer.pad_token_id

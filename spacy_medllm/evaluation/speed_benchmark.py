@@ -5,14 +5,14 @@ Systems (all run the base model and LoRA adapter given, greedy, with the same ma
 - `medllm_ner`: our component, batched (generator batch size `--batch-size`).
 - `medllm_ner (batch 1)`: the same, one prompt at a time: our unbatched path.
 - `spacy-llm NER.v3`: spacy-llm's `llm` component with its `spacy.NER.v3` task, the model through
-  the registered spacy-llm model `medllm.HF.v1` (`spacy_medllm.spacy_llm_models`), with the same
+  the registered spacy-llm model `medllm.HF.v1` (`spacy_medllm.pipeline.spacy_llm`), with the same
   batch size. NER.v3 writes its own chain-of-thought prompt, which the adapter was not trained on.
 - `spacy-llm NER.v3 (batch 1)`: the same, one prompt per `generate` call, as spacy-llm's own
   Hugging Face models run.
 - `spacy-llm JSONNER.v1` (optional): spacy-llm with `medllm.JSONNER.v1`, the task that prompts as
   the adapter was trained: separates what the framework costs from what the prompt costs.
 
-Each system is scored with `spacy_medllm.evaluate.evaluate_pipeline` (strict seqeval F1 and
+Each system is scored with `spacy_medllm.evaluation.evaluate.evaluate_pipeline` (strict seqeval F1 and
 spaCy's scorer; words = non-space tokens; wall time of `nlp.pipe` over the texts, the model loaded
 and one warm-up document run before the clock starts) on the seed test e-mails and the
 ADE-Corpus-V2 test split. Writes `<output>.json`, `.md` and `.png`; results of earlier calls with
@@ -35,12 +35,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .memory import PeakMemory
-from .reporting import fmt_mib, fmt_rate, fmt_score, json_default, machine_info, markdown_table
+from spacy_medllm.util.formatting import (
+    fmt_mib,
+    fmt_rate,
+    fmt_score,
+    json_default,
+    machine_info,
+    markdown_table,
+)
+from spacy_medllm.util.memory import PeakMemory
 
 logger = logging.getLogger("spacy_medllm")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ADAPTER = "training/seed_lora/adapter"
 DEFAULT_OUTPUT = "training/reports/speed"
 CORPORA = ("seed-ae-emails", "ade-corpus-v2")
@@ -86,7 +93,7 @@ SETUP_KEYS = ("model", "adapter_sha256", "batch_size", "max_new_tokens", "limit"
 
 def adapter_settings(adapter: str | Path) -> dict[str, Any]:
     """The adapter's trained labels, definitions and prompt (its prompt_template.json)."""
-    from .finetune import load_prompt_settings
+    from spacy_medllm.training.finetune import load_prompt_settings
 
     return load_prompt_settings(Path(adapter))
 
@@ -96,7 +103,7 @@ def build_system(name: str, model: str, adapter: str, batch_size: int, max_new_t
     import spacy
 
     if name in (OURS, FLOAT32, NO_DRAFTS, SCHEMA, SCHEMA_NO_DRAFTS, INT8, UNBATCHED):
-        from .cli import build_pipeline
+        from spacy_medllm.cli import build_pipeline
 
         nlp = build_pipeline(
             model=model,
@@ -126,7 +133,7 @@ def build_system(name: str, model: str, adapter: str, batch_size: int, max_new_t
         raise ImportError(
             "the spacy-llm systems need spacy-llm: pip install 'spacy-medllm[data]'"
         ) from error
-    from .spacy_llm_models import HF_MODEL_NAME, JSON_NER_TASK_NAME
+    from spacy_medllm.pipeline.spacy_llm import HF_MODEL_NAME, JSON_NER_TASK_NAME
 
     settings = adapter_settings(adapter)
     if name in (SPACY_LLM_NER, SPACY_LLM_NER_1):
@@ -173,7 +180,7 @@ def run_system(
     name: str, nlp: Any, examples: Sequence[dict[str, Any]], labels: Sequence[str]
 ) -> dict[str, Any]:
     """Load the model, run one warm-up document, then time and score the pipeline."""
-    from .evaluate import evaluate_pipeline
+    from spacy_medllm.evaluation.evaluate import evaluate_pipeline
 
     generator = pipeline_generator(nlp)
     generator.initialize()
@@ -225,7 +232,7 @@ def comparisons(results: dict[str, dict[str, Any]], base: str = OURS) -> dict[st
 
 
 def _load_examples(corpus: str, path: str | None, labels: Sequence[str], limit: int | None):
-    from .corpora import load_corpus
+    from spacy_medllm.corpora.corpora import load_corpus
 
     return load_corpus(corpus, SPLIT, path, labels=labels, limit=limit)
 
@@ -245,8 +252,8 @@ def run_speed_benchmark(
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run `systems` on the test split of `corpora`; write the report after each run."""
-    from .generators.hf import check_adapter_dir
-    from .models import file_sha256
+    from spacy_medllm.generators.hf import check_adapter_dir
+    from spacy_medllm.generators.packaged import file_sha256
 
     adapter_dir = check_adapter_dir(adapter)
     labels = list(adapter_settings(adapter_dir)["labels"])
@@ -386,7 +393,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "docs/s and words/s: wall time of `nlp.pipe` over the texts, the model loaded and one "
         "warm-up document run before the clock starts; words are non-space spaCy tokens. "
-        "F1/P/R: strict exact spans (seqeval IOB2, micro) from `spacy_medllm.evaluate`. "
+        "F1/P/R: strict exact spans (seqeval IOB2, micro) from `spacy_medllm.evaluation.evaluate`. "
         "answer tokens: tokens kept in the responses; decode steps: rounds in which the model "
         "chooses the next token of every row of a batch (one per new token, fewer with "
         "drafts), summed over batches; generate calls: batches. peak RSS: the process's peak "
@@ -418,7 +425,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot_speed(report: dict[str, Any], path: str | Path) -> Path:
     """Bars: documents/s per system for each corpus (log scale), F1 written on each bar."""
-    from .evaluate import _pyplot
+    from spacy_medllm.evaluation.evaluate import _pyplot
 
     plt = _pyplot()
     corpora = list(report["corpora"])

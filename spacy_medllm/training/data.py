@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from .alignment import find_entities
-from .chat import render_training_pair
-from .generators.hf import encode_prompt_text
-from .prompts import PromptBuilder
-from .records import ParsedEntity
+from spacy_medllm.core.alignment import find_entities
+from spacy_medllm.core.prompts import PromptBuilder
+from spacy_medllm.core.records import ParsedEntity
+from spacy_medllm.generators.chat import render_training_pair
+from spacy_medllm.generators.hf import encode_prompt_text
 
 logger = logging.getLogger("spacy_medllm")
 

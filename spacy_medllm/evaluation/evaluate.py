@@ -1,7 +1,7 @@
 """Evaluate any spaCy pipeline that sets `doc.ents` on a gold corpus, and compare systems.
 
 `evaluate_pipeline(nlp, examples)` runs `nlp.pipe` over the examples' texts (timed) and scores the
-predicted entities against the gold spans (`spacy_medllm.corpora.load_corpus` gives examples for
+predicted entities against the gold spans (`spacy_medllm.corpora.corpora.load_corpus` gives examples for
 the registered corpora). It works for `medllm_ner` pipelines, trained spaCy NER, an EntityRuler,
 or anything else that sets `doc.ents` (or `doc.spans[spans_key]`).
 
@@ -49,8 +49,8 @@ Outputs: `write_report` gives `<stem>.json` (no corpus text: spans as offsets on
 several result (or summary) files (rows = systems, columns = corpora, cells = strict micro F1,
 and words/s), and `plot_f1_vs_speed` plots F1 against words/s (log x) across systems and corpora.
 
-    python -m spacy_medllm.evaluate --pipeline NAME=PATH --corpus NAME --split test --output DIR
-    python -m spacy_medllm.evaluate combine DIR/*.summary.json --output table.md --plot speed.png
+    python -m spacy_medllm.evaluation.evaluate --pipeline NAME=PATH --corpus NAME --split test --output DIR
+    python -m spacy_medllm.evaluation.evaluate combine DIR/*.summary.json --output table.md --plot speed.png
 
 Heavy imports (spaCy models, seqeval, matplotlib, torch) happen inside the functions.
 """
@@ -67,9 +67,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .corpora import AlignmentCounts, align_spans, check_no_cross_contamination, gold_doc
-from .memory import PeakMemory
-from .reporting import (
+from spacy_medllm.corpora.corpora import (
+    AlignmentCounts,
+    align_spans,
+    check_no_cross_contamination,
+    gold_doc,
+)
+from spacy_medllm.evaluation.seed_benchmark import iob_tags, resolve_overlaps, span_scores
+from spacy_medllm.training.data import Example, example_labels
+from spacy_medllm.util.formatting import (
     fmt_mib,
     fmt_rate,
     fmt_score,
@@ -78,8 +84,7 @@ from .reporting import (
     markdown_table,
     name_value_pairs,
 )
-from .seed_benchmark import iob_tags, resolve_overlaps, span_scores
-from .training_data import Example, example_labels
+from spacy_medllm.util.memory import PeakMemory
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -208,7 +213,7 @@ def seed_set_metric(
     examples: Sequence[Example], pred: Sequence[Sequence[CharSpan]]
 ) -> dict[str, Any]:
     """The seed's set metric: answer strings vs the texts of the predicted spans."""
-    from .seed_metric import set_scores
+    from spacy_medllm.evaluation.seed_metric import set_scores
 
     gold_sets = [{text for text, _ in e.get("answer_entities") or ()} for e in examples]
     pred_sets = [
@@ -234,7 +239,11 @@ def bertscore_f1(
 ) -> tuple[float | None, dict[str, Any]]:
     """Mean BERTScore F1 of predicted vs gold canonical entity strings; (None, reason) when the
     packaged local encoder is not installed."""
-    from .seed_benchmark import BERTSCORE_PACKAGE, BertScore, default_bertscore_model
+    from spacy_medllm.evaluation.seed_benchmark import (
+        BERTSCORE_PACKAGE,
+        BertScore,
+        default_bertscore_model,
+    )
 
     folder = Path(model) if model else default_bertscore_model()
     if folder is None:
@@ -402,8 +411,8 @@ def llm_records(nlp: Language, docs: Sequence[Doc]) -> dict[str, dict[str, Any]]
     """For each `medllm_ner` component of `nlp`: what it recorded over `docs`, summed
     (`records.summarise_records`: parseable answers, emitted entities, spans, rejections by
     reason). Empty for a pipeline without one."""
-    from .component import get_record
-    from .records import summarise_records
+    from spacy_medllm.core.records import summarise_records
+    from spacy_medllm.pipeline.component import get_record
 
     return {
         name: summarise_records(get_record(doc, name) for doc in docs)
@@ -434,7 +443,7 @@ def load_pipeline(spec: str | Path) -> Language:
     """`spacy.load(spec)` (a path or an installed package), with medllm_ner registered."""
     import spacy
 
-    from . import component as _component  # noqa: F401 - registers the factory
+    from spacy_medllm.pipeline import component as _component  # noqa: F401 - registers the factory
 
     return spacy.load(spec)
 
@@ -461,7 +470,7 @@ def evaluate_corpus(
     `<stem>.json/.md/.png` to `output` (stem: "<corpus>-<split>") when given; returns the report.
     `options` go to `evaluate_pipeline`.
     """
-    from .corpora import corpus_info, corpus_path, load_corpus
+    from spacy_medllm.corpora.corpora import corpus_info, corpus_path, load_corpus
 
     if trained_on:
         check_no_cross_contamination(list(trained_on), f"{corpus}:{split}")
@@ -826,9 +835,9 @@ def plot_f1_vs_speed(reports: Iterable[Mapping[str, Any] | str | Path], path: st
 
 def _parse_evaluate(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.evaluate",
-        description="Score spaCy pipelines on a registered corpus (see spacy_medllm.corpora); "
-        "`python -m spacy_medllm.evaluate combine FILES` makes one table of several results.",
+        prog="python -m spacy_medllm.evaluation.evaluate",
+        description="Score spaCy pipelines on a registered corpus (see spacy_medllm.corpora.corpora); "
+        "`python -m spacy_medllm.evaluation.evaluate combine FILES` makes one table of several results.",
     )
     parser.add_argument("--pipeline", action="append", default=[], metavar="NAME=PATH")
     parser.add_argument("--corpus", required=True)
@@ -849,7 +858,7 @@ def _parse_evaluate(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _parse_combine(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m spacy_medllm.evaluate combine")
+    parser = argparse.ArgumentParser(prog="python -m spacy_medllm.evaluation.evaluate combine")
     parser.add_argument(
         "results", nargs="+", type=Path, help="result files (<stem>.json or <stem>.summary.json)"
     )

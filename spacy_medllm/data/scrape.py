@@ -10,8 +10,8 @@ headings (whatever the layout: headings and lists, definition lists, tables), ht
 a section into text. A page with a missing section gives `DrugFacts` with the problem listed;
 a page that is no drug page at all raises `DrugPageError`, which `scrape` records and skips.
 
-    python -m spacy_medllm.scrape corpus/drug_pages --output corpus/generated/drug_facts.jsonl
-    python -m spacy_medllm.scrape https://example.org/drugs/metformin.html --output facts.jsonl
+    python -m spacy_medllm.data.scrape corpus/drug_pages --output corpus/generated/drug_facts.jsonl
+    python -m spacy_medllm.data.scrape https://example.org/drugs/metformin.html --output facts.jsonl
 """
 
 from __future__ import annotations
@@ -513,7 +513,7 @@ def read_facts(path: str | Path) -> list[DrugFacts]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spacy_medllm.scrape", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m spacy_medllm.data.scrape", description=__doc__)
     parser.add_argument("sources", nargs="+", help="Saved HTML files, folders of them, or URLs.")
     parser.add_argument("--output", required=True, help="JSONL file of DrugFacts.")
     parser.add_argument("--report", help="JSON file with problems and skipped pages.")

@@ -8,11 +8,11 @@ the longest (`spacy.util.filter_spans`: most tokens, then the leftmost). Pattern
 JSON lines (`patterns.jsonl`, EntityRuler's format plus a count) and `cfg.json`; nothing is
 pickled.
 
-The transformer token classifier lives in `spacy_medllm.token_classifier`; the CNN baseline is
+The transformer token classifier lives in `spacy_medllm.baselines.token_classifier`; the CNN baseline is
 plain `spacy train configs/cnn_ner.cfg`. Commands:
 
-    python -m spacy_medllm.baselines build-dictionary --corpus bc5cdr --output DIR
-    python -m spacy_medllm.baselines train-transformer --corpus bc5cdr --output DIR --epochs 3
+    python -m spacy_medllm.baselines.dictionary build-dictionary --corpus bc5cdr --output DIR
+    python -m spacy_medllm.baselines.dictionary train-transformer --corpus bc5cdr --output DIR --epochs 3
 
 This module is imported by spaCy's `spacy_factories` entry point whenever any pipeline is built,
 so it imports only spaCy and the standard library at module level.
@@ -254,7 +254,7 @@ def build_dictionary_pipeline(
     """
     import spacy
 
-    from .corpora import AlignmentCounts, gold_doc
+    from spacy_medllm.corpora.corpora import AlignmentCounts, gold_doc
 
     nlp = spacy.blank(lang)
     component = nlp.add_pipe("medllm_dictionary", config={"attr": attr})
@@ -270,14 +270,14 @@ def build_dictionary_pipeline(
 
 
 def _load_train(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from .corpora import load_corpus
+    from spacy_medllm.corpora.corpora import load_corpus
 
     labels = args.labels.split(",") if args.labels else None
     return load_corpus(args.corpus, args.split, args.path, labels=labels, limit=args.max_train_docs)
 
 
 def _build_dictionary(args: argparse.Namespace) -> dict[str, Any]:
-    from .corpora import corpus_info
+    from spacy_medllm.corpora.corpora import corpus_info
 
     examples = _load_train(args)
     stats: Counter[str] = Counter()
@@ -298,8 +298,8 @@ def _build_dictionary(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train_transformer(args: argparse.Namespace) -> dict[str, Any]:
-    from .corpora import corpus_info
-    from .token_classifier import train_token_classifier
+    from spacy_medllm.baselines.token_classifier import train_token_classifier
+    from spacy_medllm.corpora.corpora import corpus_info
 
     examples = _load_train(args)
     _, record = train_token_classifier(
@@ -323,8 +323,8 @@ def _train_transformer(args: argparse.Namespace) -> dict[str, Any]:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.baselines",
-        description="Classic NER baselines on a registered corpus (see spacy_medllm.corpora).",
+        prog="python -m spacy_medllm.baselines.dictionary",
+        description="Classic NER baselines on a registered corpus (see spacy_medllm.corpora.corpora).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for command, help_text in (

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .confidence import ScoredResponse
+from spacy_medllm.core.confidence import ScoredResponse
 
 logger = logging.getLogger("spacy_medllm")
 

@@ -17,16 +17,16 @@ from spacy.tokens import Doc, Span
 from spacy.training import Example
 from spacy.util import ensure_path, filter_spans, minibatch, registry
 
-from . import records
-from .alignment import find_entities, snap_to_tokens
-from .cache import ResponseCache, cached_generate, resolve_cache_dir
-from .chunking import ChunkingError, piece_budget, plan_chunks
-from .confidence import LOW_CONFIDENCE, ScoredResponse, entity_confidences
-from .generators import Generator
-from .labels import DEFAULT_LABELS, LabelSet
-from .parsing import parse_response
-from .prompts import PromptBuilder, PromptTemplate
-from .records import Rejection
+from spacy_medllm.core import records
+from spacy_medllm.core.alignment import find_entities, snap_to_tokens
+from spacy_medllm.core.chunking import ChunkingError, piece_budget, plan_chunks
+from spacy_medllm.core.confidence import LOW_CONFIDENCE, ScoredResponse, entity_confidences
+from spacy_medllm.core.labels import DEFAULT_LABELS, LabelSet
+from spacy_medllm.core.parsing import parse_response
+from spacy_medllm.core.prompts import PromptBuilder, PromptTemplate
+from spacy_medllm.core.records import Rejection
+from spacy_medllm.generators import Generator
+from spacy_medllm.pipeline.cache import ResponseCache, cached_generate, resolve_cache_dir
 
 RECORD_ATTR = "medllm"
 
@@ -188,7 +188,7 @@ class MedLLMNER(Pipe):
         and the record's chunks[i]["confidence"].
     confidence_threshold: drop entities scored below it (implies confidence); they are recorded
         as rejected with reason "low_confidence".
-    cache_dir: a folder for the response cache (`spacy_medllm.cache`), shared between runs and
+    cache_dir: a folder for the response cache (`spacy_medllm.pipeline.cache`), shared between runs and
         pipelines; None uses $SPACY_MEDLLM_RESPONSE_CACHE if set, else no cache. Each chunk's
         record says "cache": "hit", "miss" or "corrupt"; the record's "cache" counts them.
     """

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from spacy.tokens import Doc, Span
 
-from .records import (
+from spacy_medllm.core.records import (
     DUPLICATE,
     EMPTY_TEXT,
     NOT_IN_TEXT,

@@ -45,7 +45,7 @@ def machine_info() -> dict[str, Any]:
 
         info["torch_threads"] = torch.get_num_threads()
         info["cuda"] = torch.cuda.is_available()
-        from .models import cpu_supports_bf16
+        from spacy_medllm.generators.packaged import cpu_supports_bf16
 
         info["cpu_bf16"] = cpu_supports_bf16()
     except ImportError:

@@ -15,12 +15,12 @@ skips ids already in the log, so an interrupted run resumes without losing or re
 The silver DocBins (`<lang>.spacy`) are rebuilt from the log at the end of every run.
 
 `annotator_report` scores annotators against the offline composer's exact gold with
-`spacy_medllm.evaluate` (strict seqeval and partial-overlap F1 per label) and writes
+`spacy_medllm.evaluation.evaluate` (strict seqeval and partial-overlap F1 per label) and writes
 Markdown, JSON and a PNG.
 
-    python -m spacy_medllm.labelling label --input corpus/generated/synthetic.jsonl \
+    python -m spacy_medllm.data.labelling label --input corpus/generated/synthetic.jsonl \
         --output corpus/generated/silver --annotator llm --adapter training/seed_lora/adapter
-    python -m spacy_medllm.labelling report --input corpus/generated/synthetic.jsonl \
+    python -m spacy_medllm.data.labelling report --input corpus/generated/synthetic.jsonl \
         --facts corpus/generated/drug_facts.jsonl --output training/reports --limit 20
 """
 
@@ -37,11 +37,18 @@ from typing import TYPE_CHECKING, Any
 
 from spacy.language import Language
 
-from .reporting import name_value_pairs
-from .synth import CONDITION_ET, DRUG_ET, EFFECT_ET, PROCEDURES, plain_phrase, read_records
+from spacy_medllm.data.synth import (
+    CONDITION_ET,
+    DRUG_ET,
+    EFFECT_ET,
+    PROCEDURES,
+    plain_phrase,
+    read_records,
+)
+from spacy_medllm.util.formatting import name_value_pairs
 
 if TYPE_CHECKING:
-    from .scrape import DrugFacts
+    from spacy_medllm.data.scrape import DrugFacts
 
 logger = logging.getLogger("spacy_medllm")
 
@@ -67,7 +74,7 @@ def llm_labeller(
     """A blank `lang` pipeline with spacy-llm's `llm` component: our model and our JSON task."""
     import spacy
 
-    from . import spacy_llm_models
+    from spacy_medllm.pipeline import spacy_llm as spacy_llm_models
 
     if base_url:
         model_config: dict[str, Any] = {
@@ -127,7 +134,7 @@ def dictionary_labeller(lang: str, facts: Sequence[DrugFacts]) -> Language:
     """A blank `lang` pipeline with a `medllm_dictionary` of the facts (matched on LOWER)."""
     import spacy
 
-    from . import baselines  # noqa: F401 - registers medllm_dictionary
+    from spacy_medllm.baselines import dictionary as baselines  # noqa: F401 - registers medllm_dictionary
 
     nlp = spacy.blank(lang)
     component = nlp.add_pipe("medllm_dictionary", config={"attr": "LOWER"})
@@ -184,7 +191,7 @@ def initialize_models(nlp: Language) -> None:
 
 def _io_of(doc: Any) -> tuple[Any, Any]:
     """The prompt (as chat messages) and raw response spacy-llm stored on the doc, if any."""
-    from .spacy_llm_models import decode_prompt
+    from spacy_medllm.pipeline.spacy_llm import decode_prompt
 
     io = (doc.user_data.get("llm_io") or {}).get(LLM_PIPE)
     if not io:
@@ -383,8 +390,8 @@ def annotator_report(
     strict (seqeval IOB2) and overlap (partial) P/R/F1, per label. Writes
     `<stem>.json/.md/.png` to `output`.
     """
-    from .evaluate import evaluate_pipeline, write_report
-    from .reporting import machine_info
+    from spacy_medllm.evaluation.evaluate import evaluate_pipeline, write_report
+    from spacy_medllm.util.formatting import machine_info
 
     samples = sample_per_lang(records, limit)
     systems = []
@@ -427,7 +434,7 @@ def annotator_report(
 
 def _labellers(args: argparse.Namespace, langs: Iterable[str]) -> dict[str, Language]:
     if args.annotator == "dictionary":
-        from .scrape import read_facts
+        from spacy_medllm.data.scrape import read_facts
 
         if not args.facts:
             raise SystemExit("--annotator dictionary needs --facts (the scrape step's JSONL)")
@@ -449,7 +456,7 @@ def _labellers(args: argparse.Namespace, langs: Iterable[str]) -> dict[str, Lang
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.labelling",
+        prog="python -m spacy_medllm.data.labelling",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

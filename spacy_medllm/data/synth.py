@@ -1,6 +1,6 @@
 """Synthetic medical texts from drug facts: an offline composer with exact gold, and LLM prompts.
 
-Two ways to turn `DrugFacts` (spacy_medllm.scrape) into texts, in English and Estonian, of three
+Two ways to turn `DrugFacts` (spacy_medllm.data.scrape) into texts, in English and Estonian, of three
 kinds: an adverse-event e-mail to a drug company (the seed's style), a clinical note and a
 patient forum post.
 
@@ -11,13 +11,13 @@ patient forum post.
   Vabamorf synthesiser of estnltk ("metformiin" -> "metformiinist"), from a small bilingual
   lexicon (English side effect or condition -> Estonian lemma) written for this project.
 - `generate_with_llm`: asks one of our generators (HF or OpenAI-compatible) to write the text
-  from a prompt per kind and language. Spans are unknown: spacy_medllm.labelling labels them.
+  from a prompt per kind and language. Spans are unknown: spacy_medllm.data.labelling labels them.
 
 Both write JSONL records `{id, text, lang, kind, spans, meta}` (spans only for offline texts),
 append to the file and skip ids already in it, so an interrupted run resumes. Texts are
 deduplicated by a hash of their normalised text; everything is deterministic given the seed.
 
-    python -m spacy_medllm.synth offline --facts corpus/generated/drug_facts.jsonl \
+    python -m spacy_medllm.data.synth offline --facts corpus/generated/drug_facts.jsonl \
         --output corpus/generated/synthetic.jsonl --n-en 600 --n-et 400 --seed 0
 """
 
@@ -36,7 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .scrape import DrugFacts, read_facts
+from spacy_medllm.data.scrape import DrugFacts, read_facts
 
 KINDS = ("ae_email", "clinical_note", "forum_post")
 LANGS = ("en", "et")
@@ -857,7 +857,7 @@ def split_texts(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.synth",
+        prog="python -m spacy_medllm.data.synth",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -909,7 +909,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = compose_offline(facts, args.output, counts, seed=args.seed, kinds=kinds)
     else:
         if args.base_url:
-            from .generators.openai_compat import OpenAIGenerator
+            from spacy_medllm.generators.openai_compat import OpenAIGenerator
 
             generator: Any = OpenAIGenerator(
                 model=args.model,
@@ -920,7 +920,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 temperature=args.temperature,
             )
         else:
-            from .generators.hf import HFGenerator
+            from spacy_medllm.generators.hf import HFGenerator
 
             generator = HFGenerator(
                 model=args.model,

@@ -52,13 +52,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from .reporting import fmt_pct as _pct
-from .reporting import fmt_rate as _rate
-from .reporting import fmt_score as _f
-from .reporting import json_default as _json_default
-from .reporting import machine_info, name_value_pairs
-from .reporting import markdown_table as _table
-from .seed_metric import SetScores, seed_answer_strings, set_scores
+from spacy_medllm.evaluation.seed_metric import SetScores, seed_answer_strings, set_scores
+from spacy_medllm.util.formatting import fmt_pct as _pct
+from spacy_medllm.util.formatting import fmt_rate as _rate
+from spacy_medllm.util.formatting import fmt_score as _f
+from spacy_medllm.util.formatting import json_default as _json_default
+from spacy_medllm.util.formatting import machine_info, name_value_pairs
+from spacy_medllm.util.formatting import markdown_table as _table
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -326,7 +326,7 @@ def prediction_file_results(
 
 def medllm_components(nlp: Language, component: str | None = None) -> list[str]:
     """Names of the `medllm_ner` components of `nlp` (or just `component`, checked)."""
-    from .component import MedLLMNER
+    from spacy_medllm.pipeline.component import MedLLMNER
 
     names = [name for name, pipe in nlp.pipeline if isinstance(pipe, MedLLMNER)]
     if component is not None:
@@ -392,8 +392,8 @@ def emitted_entities(
 ) -> tuple[list[Entity], bool, dict[str, Any]]:
     """The entities the model emitted for `doc` (task labels only), whether every response could
     be parsed, and counts. Reads the raw responses kept by `save_io=True` with `parse_response`."""
-    from .component import get_record
-    from .parsing import parse_response
+    from spacy_medllm.core.parsing import parse_response
+    from spacy_medllm.pipeline.component import get_record
 
     emitted: list[Entity] = []
     parseable = True
@@ -803,7 +803,7 @@ def evaluate_system(
         if isinstance(spec, (str, Path)):
             import spacy
 
-            from . import component as _component  # noqa: F401 - registers the factory
+            from spacy_medllm.pipeline import component as _component  # noqa: F401 - registers the factory
 
             nlp = spacy.load(spec)
             source = str(spec)
@@ -1209,7 +1209,7 @@ def plot_seed_scores(report: Mapping[str, Any], path: str | Path) -> Path:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.seed_benchmark",
+        prog="python -m spacy_medllm.evaluation.seed_benchmark",
         description="Score pipelines and seed prediction files on the seed AE e-mail test set.",
     )
     parser.add_argument(

@@ -1,7 +1,7 @@
 """LoRA fine-tuning of a causal LM for `medllm_ner` with transformers' Trainer.
 
 `finetune(config, train_examples)` builds training records with the same prompt builder and prompt
-tokenisation as inference (`spacy_medllm.training_data.build_records`), wraps the base model in a
+tokenisation as inference (`spacy_medllm.training.data.build_records`), wraps the base model in a
 PEFT LoRA adapter and trains it with `transformers.Trainer` (loss on the answer tokens only,
 length-grouped batches padded per batch, warmup then cosine or linear decay, gradient accumulation,
 checkpoints). It writes:
@@ -15,7 +15,7 @@ checkpoints). It writes:
         training_record.json             data sha256, settings, versions, time, tokens/s, loss
 
 The base model is named by reference ("smollm2-135m-instruct", a folder or a hub id; see
-`spacy_medllm.models.resolve_base_model`) and never copied. `trust_remote_code` is never set, and
+`spacy_medllm.generators.packaged.resolve_base_model`) and never copied. `trust_remote_code` is never set, and
 weights load from safetensors only.
 
 Resuming: `finetune(..., resume=True)` (the default) continues from the last complete checkpoint
@@ -25,7 +25,7 @@ deletes the old checkpoints and starts again.
 
 Command line (a typer CLI wraps the same function):
 
-    python -m spacy_medllm.finetune --train corpus/seed_ae_emails/train.json \
+    python -m spacy_medllm.training.finetune --train corpus/seed_ae_emails/train.json \
         --exclude corpus/seed_ae_emails/test.json --labels DRUG,ADVERSE_EVENT \
         --output training/seed_lora --epochs 2 --num-threads 2
 
@@ -44,7 +44,7 @@ GPU: the same command runs on a CUDA GPU. `--load-in-4bit` gives QLoRA
 `validate_config` refuses it with a clear message, before any weights load, on a machine without.
 Several GPUs (data parallel), with the same options:
 
-    accelerate launch -m spacy_medllm.finetune --train data.jsonl --output out --bf16
+    accelerate launch -m spacy_medllm.training.finetune --train data.jsonl --output out --bf16
 
 Only the standard library and spaCy are imported at module level; torch, transformers and peft load
 inside the functions.
@@ -66,13 +66,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .generators.hf import cache_keyword, common_prefix_length, forward_parameters
-from .labels import LabelSet
-from .memory import PeakMemory
-from .models import cpu_supports_bf16
-from .prompts import PromptBuilder, PromptTemplate
-from .reporting import fmt_mib
-from .training_data import (
+from spacy_medllm.core.labels import LabelSet
+from spacy_medllm.core.prompts import PromptBuilder, PromptTemplate
+from spacy_medllm.generators.hf import cache_keyword, common_prefix_length, forward_parameters
+from spacy_medllm.generators.packaged import cpu_supports_bf16
+from spacy_medllm.training.data import (
     IGNORE_INDEX,
     Example,
     build_records,
@@ -86,6 +84,8 @@ from .training_data import (
     remove_shared,
     split_example,
 )
+from spacy_medllm.util.formatting import fmt_mib
+from spacy_medllm.util.memory import PeakMemory
 
 logger = logging.getLogger("spacy_medllm")
 
@@ -710,7 +710,7 @@ def library_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     if versions["spacy-medllm"] is None:
-        from .about import __version__
+        from spacy_medllm.about import __version__
 
         versions["spacy-medllm"] = __version__
     return versions
@@ -788,8 +788,8 @@ def chunk_examples(
     """
     import spacy
 
-    from .chat import render_prompt
-    from .chunking import piece_budget, plan_chunks
+    from spacy_medllm.core.chunking import piece_budget, plan_chunks
+    from spacy_medllm.generators.chat import render_prompt
 
     make_doc = spacy.blank("xx").make_doc
 
@@ -846,13 +846,13 @@ def finetune(
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
 
-    from .models import quiet_optional_kernels
+    from spacy_medllm.generators.packaged import quiet_optional_kernels
 
     quiet_optional_kernels()
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
 
-    from .models import resolve_base_model
+    from spacy_medllm.generators.packaged import resolve_base_model
 
     start_time = time.time()
     output = Path(config.output_dir)
@@ -1195,7 +1195,7 @@ def _save_adapter(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.finetune",
+        prog="python -m spacy_medllm.training.finetune",
         description="Fine-tune a LoRA adapter for medllm_ner. Data: .jsonl (text + entities with "
         "start/end/label), .spacy (DocBin) or .json (the seed's input/output records).",
     )

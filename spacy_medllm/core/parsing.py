@@ -37,8 +37,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .labels import LabelSet
-from .records import (
+from spacy_medllm.core.labels import LabelSet
+from spacy_medllm.core.records import (
     EMPTY_TEXT,
     MALFORMED,
     TRUNCATED,

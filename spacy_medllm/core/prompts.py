@@ -15,7 +15,7 @@ from typing import Any
 
 from spacy.util import registry
 
-from .labels import LabelSet
+from spacy_medllm.core.labels import LabelSet
 
 Message = dict[str, str]
 Prompt = list[Message]
