@@ -191,7 +191,8 @@ def assemble(
     ),
 ) -> None:
     """Wrap a base model (+ LoRA adapter) as a `medllm_ner` pipeline and save it (`nlp.to_disk`)."""
-    from .generators.hf import CONSTRAINED_MODES, QUANTIZE_MODES
+    from spacy_medllm.generators.hf.generator import CONSTRAINED_MODES
+    from spacy_medllm.generators.hf.loading import QUANTIZE_MODES
 
     if constrained not in CONSTRAINED_MODES:
         raise typer.BadParameter(

@@ -42,7 +42,7 @@ def _float32_generators_on_any_cpu() -> Iterator[None]:
     "auto" choice itself patch `cpu_supports_bf16` again.
     """
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("spacy_medllm.generators.hf.cpu_supports_bf16", lambda: False)
+        patch.setattr("spacy_medllm.generators.hf.generator.cpu_supports_bf16", lambda: False)
         yield
 
 

@@ -148,7 +148,7 @@ def test_whatever_decides_the_answer_misses(
 
 
 def test_a_model_changed_in_place_gets_another_key(tiny_model_dir, tmp_path) -> None:
-    from spacy_medllm.generators.hf import HFGenerator
+    from spacy_medllm.generators.hf.generator import HFGenerator
 
     folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
     prompt = [{"role": "user", "content": TEXTS[0]}]

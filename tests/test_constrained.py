@@ -10,15 +10,9 @@ import pytest
 
 from spacy_medllm.core.labels import LabelSet
 from spacy_medllm.core.parsing import parse_response
-from spacy_medllm.generators.constrained import (
-    DONE,
-    AnswerAutomaton,
-    JsonEndStopping,
-    JsonScanner,
-    TokenConstraint,
-    json_string_bytes,
-    token_bytes,
-)
+from spacy_medllm.generators.hf.automaton import DONE, AnswerAutomaton, json_string_bytes
+from spacy_medllm.generators.hf.decoding_steps import JsonEndStopping, JsonScanner
+from spacy_medllm.generators.hf.vocabulary import TokenConstraint, token_bytes
 
 LABELS = ["DRUG", "ADVERSE_EVENT"]
 DOCUMENTS = [
@@ -207,7 +201,7 @@ def test_forced_tokens_are_the_tokenizers_own(tokenizer) -> None:
 
 
 def test_document_drafts_continue_the_entity_from_the_document(tokenizer) -> None:
-    from spacy_medllm.generators.constrained import DocumentDrafts
+    from spacy_medllm.generators.hf.decoding_steps import DocumentDrafts
 
     constraint = TokenConstraint(tokenizer, [tokenizer.eos_token_id])
     document = 'He took "Metformin 500 mg", then metformin again; nausea followed.'
@@ -282,7 +276,7 @@ def test_json_end_stopping_is_per_row(tokenizer) -> None:
 
 @pytest.fixture(scope="module")
 def generator(tiny_model_dir: Path):
-    from spacy_medllm.generators.hf import HFGenerator
+    from spacy_medllm.generators.hf.generator import HFGenerator
 
     gen = HFGenerator(
         model=str(tiny_model_dir), batch_size=4, max_new_tokens=48, labels=LABELS, num_threads=1
@@ -402,7 +396,7 @@ def test_unconstrained_drafts_give_generates_answers(generator) -> None:
 
 def test_constrained_without_labels_is_a_clear_error(tiny_model_dir: Path) -> None:
     from spacy_medllm.generators.base import GenerationError
-    from spacy_medllm.generators.hf import HFGenerator
+    from spacy_medllm.generators.hf.generator import HFGenerator
 
     gen = HFGenerator(model=str(tiny_model_dir), constrained="schema", max_new_tokens=8)
     with pytest.raises(GenerationError, match="needs the labels"):

@@ -220,7 +220,7 @@ def test_filter_labels(examples):
 
 
 def test_record_prompt_ids_equal_inference_ids(examples, tiny_base, tiny_tokenizer):
-    from spacy_medllm.generators.hf import HFGenerator
+    from spacy_medllm.generators.hf.generator import HFGenerator
 
     builder = PromptBuilder(LabelSet(LABELS))
     records = build_records(examples, builder, tiny_tokenizer)
@@ -491,7 +491,7 @@ def test_evaluation_loss_with_a_shared_prefix_is_the_full_batch_loss(
 
 
 def test_the_adapter_serves_inference(examples, tiny_base, tmp_path):
-    from spacy_medllm.generators.hf import HFGenerator
+    from spacy_medllm.generators.hf.generator import HFGenerator
 
     adapter = finetune(tiny_config(tiny_base, tmp_path / "run", max_steps=2), examples)
     builder = PromptBuilder(LabelSet(LABELS))
@@ -509,7 +509,7 @@ def test_dora_and_rslora_adapters_train_save_and_merge_for_inference(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from spacy_medllm.generators.hf import HFGenerator
+    from spacy_medllm.generators.hf.generator import HFGenerator
 
     config = tiny_config(tiny_base, tmp_path / "dora", max_steps=4, use_dora=True, use_rslora=True)
     adapter = finetune(config, examples)
@@ -869,7 +869,7 @@ def smollm2_folder() -> Path:
 def test_smollm2_records_match_inference_tokens(smollm2_folder):
     from transformers import AutoTokenizer
 
-    from spacy_medllm.generators.hf import HFGenerator
+    from spacy_medllm.generators.hf.generator import HFGenerator
 
     tokenizer = AutoTokenizer.from_pretrained(str(smollm2_folder))
     builder = PromptBuilder(LabelSet(LABELS))

@@ -15,7 +15,8 @@ import pytest
 from spacy_medllm.generators import packaged as models
 from spacy_medllm.generators.base import GenerationError, Generator
 from spacy_medllm.generators.chat import render_prompt
-from spacy_medllm.generators.hf import HFGenerator, make_hf_generator, validate_quantization
+from spacy_medllm.generators.hf.generator import HFGenerator
+from spacy_medllm.generators.hf.loading import validate_quantization
 from spacy_medllm.generators.packaged import (
     PACKAGED_MODELS,
     ModelNotAvailableError,
@@ -24,6 +25,7 @@ from spacy_medllm.generators.packaged import (
     materialize_packaged_model,
     resolve_base_model,
 )
+from spacy_medllm.generators.registry import make_hf_generator
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM = "Extract the medical entities from the user's text. Answer with a JSON list."
@@ -96,7 +98,7 @@ sys.meta_path.insert(0, Refuse())
 import spacy  # noqa: E402
 
 attempts.clear()
-import spacy_medllm.generators.hf as hf  # noqa: E402
+import spacy_medllm.generators.hf.generator as hf  # noqa: E402
 
 factory = spacy.util.registry.misc.get("medllm.HFGenerator.v1")
 generator = factory(adapter="nowhere", batch_size=2)
@@ -199,12 +201,12 @@ def test_prefix_cache_gives_the_uncached_answers_and_reads_fewer_tokens(
     assert cached(PROMPTS) == tiny_base_outputs
     # The head every prompt shares is the system turn and the user turn's opening: every row of
     # the three batches starts from the cache instead of reading it.
-    head = cached._shared_head(PROMPTS[0])
+    head = cached._prefixes.shared_head(PROMPTS[0])
     rendered_head = cached.tokenizer.decode(head)
     assert SYSTEM in rendered_head and TEXTS[0] not in rendered_head
     assert cached.render(PROMPTS[0]).startswith(rendered_head)
     assert cached.stats["prefix_cached_tokens"] == len(head) * len(PROMPTS)
-    assert len(cached._prefix_kv) == 1  # computed once, reused by every batch
+    assert len(cached._prefixes.stored) == 1  # computed once, reused by every batch
     # Scores (log-probabilities per answer token) agree too.
     for a, b in zip(
         cached.generate_scored(PROMPTS[:5]), uncached.generate_scored(PROMPTS[:5]), strict=True
@@ -249,8 +251,8 @@ def test_prefix_cache_with_few_shot_heads_and_mixed_prompts(tiny_model_dir: Path
     expected = HFGenerator(**kwargs, prefix_cache=False)(prompts)
     assert cached(prompts) == expected
     assert cached.stats["prefix_cached_tokens"] > 0
-    few_shot_head = cached._shared_head(prompts[0])
-    assert len(few_shot_head) > len(cached._shared_head(PROMPTS[0]))
+    few_shot_head = cached._prefixes.shared_head(prompts[0])
+    assert len(few_shot_head) > len(cached._prefixes.shared_head(PROMPTS[0]))
     # A one-token "head" is never cached (nothing to gain), and each row keeps a token to read.
     assert cached._batch_prefix([PROMPTS[0]], [cached.encode_prompt(PROMPTS[0])[:3]]) == 0
 
@@ -350,7 +352,7 @@ def test_auto_dtype_is_bfloat16_where_the_cpu_computes_it(
 ) -> None:
     import torch
 
-    from spacy_medllm.generators import hf
+    from spacy_medllm.generators.hf import generator as hf
 
     monkeypatch.setattr(hf, "cpu_supports_bf16", lambda: native)
     generator = HFGenerator(device="cpu", **kwargs)
@@ -365,7 +367,7 @@ def test_bfloat16_on_cpu_merges_in_float32_and_keeps_a_float32_output_head(
     logits with the float32 output head."""
     import torch
 
-    from spacy_medllm.generators import hf
+    from spacy_medllm.generators.hf import generator as hf
     from spacy_medllm.pipeline.cache import generator_identity
 
     monkeypatch.setattr(hf, "cpu_supports_bf16", lambda: True)
@@ -410,7 +412,7 @@ def test_float32_output_head_unties_a_shared_embedding(monkeypatch, tmp_path: Pa
     and the head keeps a float32 copy of them."""
     import torch
 
-    from spacy_medllm.generators import hf
+    from spacy_medllm.generators.hf import generator as hf
 
     from .conftest import TINY_VOCAB_TEXTS
     from .tiny_models import build_tiny_causal_lm
@@ -435,7 +437,7 @@ def test_float32_logits_off_keeps_the_head_in_the_weights_dtype(
 ) -> None:
     import torch
 
-    from spacy_medllm.generators import hf
+    from spacy_medllm.generators.hf import generator as hf
     from spacy_medllm.pipeline.cache import generator_identity
 
     monkeypatch.setattr(hf, "cpu_supports_bf16", lambda: True)

@@ -26,9 +26,9 @@ from spacy_medllm.generators.openai_compat import (
     LOCAL_PLACEHOLDER_KEY,
     OpenAIGenerator,
     is_local_url,
-    make_openai_generator,
     redact_url,
 )
+from spacy_medllm.generators.registry import make_openai_generator
 from tests.servers import LLAMA_SERVER_MODEL, FakeOpenAIServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def assert_no_secret(generator: OpenAIGenerator, tmp_path: Path, *texts: str) ->
 def test_import_and_construction_do_not_import_openai():
     code = (
         "import sys\n"
-        "from spacy_medllm.generators.openai_compat import make_openai_generator\n"
+        "from spacy_medllm.generators.registry import make_openai_generator\n"
         "from spacy.util import registry\n"
         "g = registry.misc.get('medllm.OpenAIGenerator.v1')(model='m', base_url='http://127.0.0.1:9/v1')\n"
         "g.describe(); g.count_prompt_tokens([{'role': 'user', 'content': 'hi'}]); repr(g)\n"

@@ -114,7 +114,7 @@ def test_spacy_llm_systems_run_the_same_generator_settings(tiny_model_dir, adapt
 def test_the_float32_system_pins_what_the_default_leaves_to_the_cpu(
     tiny_model_dir, adapter, monkeypatch
 ) -> None:
-    from spacy_medllm.generators import hf
+    from spacy_medllm.generators.hf import generator as hf
 
     monkeypatch.setattr(hf, "cpu_supports_bf16", lambda: True)
     ours, pinned = (

@@ -188,7 +188,7 @@ def test_command_line_reports_a_shortfall(facts, tmp_path):
 def tiny_generator(tmp_path_factory):
     pytest.importorskip("torch")
     from spacy_medllm.data.synth import LLM_PROMPTS
-    from spacy_medllm.generators.hf import HFGenerator
+    from spacy_medllm.generators.hf.generator import HFGenerator
 
     from .tiny_models import build_tiny_causal_lm
 

@@ -920,7 +920,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 temperature=args.temperature,
             )
         else:
-            from spacy_medllm.generators.hf import HFGenerator
+            from spacy_medllm.generators.hf.generator import HFGenerator
 
             generator = HFGenerator(
                 model=args.model,

@@ -252,7 +252,7 @@ def run_speed_benchmark(
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run `systems` on the test split of `corpora`; write the report after each run."""
-    from spacy_medllm.generators.hf import check_adapter_dir
+    from spacy_medllm.generators.hf.loading import check_adapter_dir
     from spacy_medllm.generators.packaged import file_sha256
 
     adapter_dir = check_adapter_dir(adapter)

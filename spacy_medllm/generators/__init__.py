@@ -1,20 +1,10 @@
-"""Generators: the backends that answer prompts (transformers, OpenAI-compatible servers).
+"""Generators: the backends that answer prompts (transformers in-process, OpenAI-compatible servers).
 
-Importing this package registers the generator factories with spaCy; it imports neither torch nor
-openai: the modules load those on first use.
+This package exports the protocol only. The registered factories live in `generators.registry`
+and import a backend's module when a generator is built; `generators.hf` (transformers + peft)
+and `generators.openai_compat` (the `openai` client) import their libraries on first use.
 """
 
-from .base import GenerationError, Generator, Message, Prompt
-from .hf import HFGenerator, make_hf_generator
-from .openai_compat import OpenAIGenerator, make_openai_generator
+from spacy_medllm.generators.base import GenerationError, Generator, Message, Prompt
 
-__all__ = [
-    "GenerationError",
-    "Generator",
-    "HFGenerator",
-    "Message",
-    "OpenAIGenerator",
-    "Prompt",
-    "make_hf_generator",
-    "make_openai_generator",
-]
+__all__ = ["GenerationError", "Generator", "Message", "Prompt"]

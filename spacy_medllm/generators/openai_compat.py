@@ -34,14 +34,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from spacy.util import registry
-
-from .base import GenerationError, Prompt
+from spacy_medllm.generators.base import GenerationError, Prompt
+from spacy_medllm.generators.registry import OPENAI_GENERATOR
 
 logger = logging.getLogger("spacy_medllm")
 
 CONFIG_FILE = "generator.json"
-FACTORY_NAME = "medllm.OpenAIGenerator.v1"
+FACTORY_NAME = OPENAI_GENERATOR
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 # Sent to local servers when the key's variable is unset: they do not check it, but the openai
 # client refuses to run without some key.
@@ -492,37 +491,3 @@ class OpenAIGenerator:
             f"max_concurrency={self.max_concurrency}, max_new_tokens={self.max_new_tokens}, "
             f"temperature={self.temperature})"
         )
-
-
-@registry.misc(FACTORY_NAME)
-def make_openai_generator(
-    model: str,
-    base_url: str | None = None,
-    api_key_env: str = "OPENAI_API_KEY",
-    batch_size: int = 8,
-    max_concurrency: int = 4,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    timeout: float = 60.0,
-    max_retries: int = 3,
-    max_prompt_tokens: int | None = None,
-    response_format_json: bool = False,
-    extra_body: dict[str, Any] | None = None,
-    health_check: bool = False,
-) -> OpenAIGenerator:
-    """A generator backed by an OpenAI-compatible server; the client is built on first use."""
-    return OpenAIGenerator(
-        model=model,
-        base_url=base_url,
-        api_key_env=api_key_env,
-        batch_size=batch_size,
-        max_concurrency=max_concurrency,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        timeout=timeout,
-        max_retries=max_retries,
-        max_prompt_tokens=max_prompt_tokens,
-        response_format_json=response_format_json,
-        extra_body=extra_body,
-        health_check=health_check,
-    )

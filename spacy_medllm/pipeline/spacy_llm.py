@@ -3,7 +3,7 @@
 Registered names (spacy-llm's registries, entry points in pyproject.toml):
 
 - `medllm.HF.v1` (`llm_models`): a transformers model plus an optional LoRA adapter
-  (`spacy_medllm.generators.hf.HFGenerator`), greedy and batched.
+  (`spacy_medllm.generators.hf.generator.HFGenerator`), greedy and batched.
 - `medllm.OpenAICompatible.v1` (`llm_models`): any OpenAI-compatible server
   (`spacy_medllm.generators.openai_compat.OpenAIGenerator`).
 - `medllm.JSONNER.v1` (`llm_tasks`): prompts with `spacy_medllm.core.prompts.PromptBuilder` (the
@@ -36,7 +36,7 @@ from spacy_medllm.core.labels import LabelSet
 from spacy_medllm.core.parsing import parse_response
 from spacy_medllm.core.prompts import PromptBuilder, PromptTemplate
 from spacy_medllm.generators.base import Generator, Prompt
-from spacy_medllm.generators.hf import HFGenerator
+from spacy_medllm.generators.hf.generator import HFGenerator
 from spacy_medllm.generators.openai_compat import OpenAIGenerator
 from spacy_medllm.pipeline.component import RECORD_ATTR
 

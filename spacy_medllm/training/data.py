@@ -17,7 +17,7 @@ Readers: `read_jsonl` (`{"text", "entities"|"spans": [{"start", "end", "label"}]
 which picks one by the file's suffix.
 
 `build_records` turns examples into training records with the SAME prompt builder and the SAME
-prompt tokenisation that inference uses (`spacy_medllm.generators.hf.encode_prompt_text`), so the
+prompt tokenisation that inference uses (`spacy_medllm.generators.hf.loading.encode_prompt_text`), so the
 prompt ids of a record equal, token for token, what the generator feeds the model for that text.
 
 Only the standard library and spaCy are imported here.
@@ -37,7 +37,7 @@ from spacy_medllm.core.alignment import find_entities
 from spacy_medllm.core.prompts import PromptBuilder
 from spacy_medllm.core.records import ParsedEntity
 from spacy_medllm.generators.chat import render_training_pair
-from spacy_medllm.generators.hf import encode_prompt_text
+from spacy_medllm.generators.hf.loading import encode_prompt_text
 
 logger = logging.getLogger("spacy_medllm")
 

@@ -68,7 +68,8 @@ from typing import Any
 
 from spacy_medllm.core.labels import LabelSet
 from spacy_medllm.core.prompts import PromptBuilder, PromptTemplate
-from spacy_medllm.generators.hf import cache_keyword, common_prefix_length, forward_parameters
+from spacy_medllm.generators.hf.decoding import common_prefix_length
+from spacy_medllm.generators.hf.loading import cache_keyword, forward_parameters
 from spacy_medllm.generators.packaged import cpu_supports_bf16
 from spacy_medllm.training.data import (
     IGNORE_INDEX,
