@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from spacy_medllm.training.finetune import PROMPT_TEMPLATE_FILE, load_prompt_settings
+from spacy_medllm.core.adapter_settings import PROMPT_TEMPLATE_FILE, load_prompt_settings
 
 app = typer.Typer(
     name="spacy-medllm",
@@ -45,8 +45,8 @@ def few_shot_examples(path: Path, n: int, labels: list[str] | None = None) -> li
     Deterministic (ties broken by text) and short, so that the prompt stays within a small model's
     context. Examples come in the PromptTemplate format `{"text", "entities": [{"text", "label"}]}`.
     """
+    from spacy_medllm.core.examples import answer_text, deduplicate, read_examples
     from spacy_medllm.core.prompts import PromptBuilder
-    from spacy_medllm.training.data import answer_text, deduplicate, read_examples
 
     examples = deduplicate(read_examples(path))
     candidates = []
@@ -304,7 +304,7 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help
 @app.command(context_settings=_PASS_THROUGH, add_help_option=False)
 def finetune(ctx: typer.Context) -> None:
     """Fine-tune a LoRA adapter (all options of `python -m spacy_medllm.training.finetune --help`)."""
-    from spacy_medllm.training.finetune import main as finetune_main
+    from spacy_medllm.training.cli_args import main as finetune_main
 
     raise typer.Exit(finetune_main(ctx.args))
 

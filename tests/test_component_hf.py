@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import spacy
 
+from spacy_medllm.core.examples import make_example
 from spacy_medllm.pipeline.component import get_record
-from spacy_medllm.training.data import make_example
 from tests.gold_examples import GOLD, LABELS, VOCAB_TEXTS
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
@@ -48,7 +48,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny base model and a LoRA adapter that has memorised the GOLD answers."""
     pytest.importorskip("torch")
     pytest.importorskip("peft")
-    from spacy_medllm.training.finetune import FinetuneConfig, finetune
+    from spacy_medllm.training.config import FinetuneConfig
+    from spacy_medllm.training.trainer import finetune
 
     from .tiny_models import build_tiny_causal_lm
 
@@ -119,7 +120,7 @@ def batched_docs(nlp) -> list:
 
 
 def test_the_adapter_was_trained_with_the_prompt_the_component_uses(nlp, trained) -> None:
-    from spacy_medllm.training.finetune import load_prompt_settings
+    from spacy_medllm.core.adapter_settings import load_prompt_settings
 
     settings = load_prompt_settings(trained["adapter"])
     component = nlp.get_pipe("medllm_ner")

@@ -12,6 +12,7 @@ import pytest
 import spacy
 from spacy.util import registry
 
+from spacy_medllm.core.examples import make_example, read_docbin, read_jsonl
 from spacy_medllm.corpora import corpora
 from spacy_medllm.corpora.corpora import (
     CorpusContaminationError,
@@ -21,7 +22,6 @@ from spacy_medllm.corpora.corpora import (
     hash_split,
     load_corpus,
 )
-from spacy_medllm.training.data import make_example, read_docbin, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = corpora.corpora_root()

@@ -16,6 +16,7 @@ from spacy.tokens import DocBin
 from spacy.vocab import Vocab
 
 from spacy_medllm.baselines.dictionary import build_dictionary_pipeline
+from spacy_medllm.core.examples import make_example
 from spacy_medllm.distillation.distil import (
     NOT_IN_TEXT,
     SILVER_FILE,
@@ -33,7 +34,6 @@ from spacy_medllm.distillation.distil import (
     write_selection,
 )
 from spacy_medllm.pipeline.component import get_record
-from spacy_medllm.training.data import make_example
 from tests.gold_examples import GOLD, LABELS
 from tests.scripted import ScriptedGenerator, lexicon_answer
 

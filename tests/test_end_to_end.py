@@ -29,7 +29,9 @@ LABELS = ["DRUG", "ADVERSE_EVENT"]
 def short_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("peft")
     from spacy_medllm.generators.packaged import ModelNotAvailableError, resolve_base_model
-    from spacy_medllm.training.finetune import FinetuneConfig, finetune, load_training_examples
+    from spacy_medllm.training.config import FinetuneConfig
+    from spacy_medllm.training.examples import load_training_examples
+    from spacy_medllm.training.trainer import finetune
 
     try:
         resolve_base_model("smollm2-135m-instruct")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import spacy
 
+from spacy_medllm.core.examples import make_example
 from spacy_medllm.corpora.corpora import CorpusContaminationError, load_corpus
 from spacy_medllm.evaluation import evaluate as ev
-from spacy_medllm.training.data import make_example
 from tests.scripted import lexicon_answer  # noqa: F401 - registers test.ScriptedLexiconGenerator.v1
 
 LABELS = ["DRUG", "ADVERSE_EVENT"]

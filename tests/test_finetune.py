@@ -14,13 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from spacy_medllm.core.labels import LabelSet
-from spacy_medllm.core.prompts import PromptBuilder
-from spacy_medllm.training.data import (
-    IGNORE_INDEX,
+from spacy_medllm.core.adapter_settings import load_prompt_settings
+from spacy_medllm.core.examples import (
     SeedRecovery,
-    boundary_is_stable,
-    build_records,
     deduplicate,
     filter_labels,
     make_example,
@@ -28,26 +24,26 @@ from spacy_medllm.training.data import (
     read_examples,
     read_jsonl,
     read_seed_json,
-    records_sha256,
     remove_shared,
     seed_answer_order,
     shared_inputs,
     split_example,
 )
-from spacy_medllm.training.finetune import (
-    FinetuneConfig,
-    PaddingCollator,
-    chunk_examples,
-    completion_loss,
-    cpu_supports_bf16,
-    finetune,
-    last_checkpoint,
-    load_prompt_settings,
-    main,
-    prefix_cache_inputs,
-    resolve_bf16,
-    validate_config,
+from spacy_medllm.core.labels import LabelSet
+from spacy_medllm.core.prompts import PromptBuilder
+from spacy_medllm.generators.packaged import cpu_supports_bf16
+from spacy_medllm.training.checkpoints import last_checkpoint
+from spacy_medllm.training.cli_args import main
+from spacy_medllm.training.collate import PaddingCollator, completion_loss, prefix_cache_inputs
+from spacy_medllm.training.config import FinetuneConfig, resolve_bf16, validate_config
+from spacy_medllm.training.examples import chunk_examples
+from spacy_medllm.training.records import (
+    IGNORE_INDEX,
+    boundary_is_stable,
+    build_records,
+    records_sha256,
 )
+from spacy_medllm.training.trainer import finetune
 from tests.gold_examples import GOLD, LABELS, VOCAB_TEXTS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -833,7 +829,7 @@ def test_finetuning_on_pieces_records_them_and_the_pipeline_reads_in_pieces(
 
 
 def test_command_line_max_chunk_tokens_zero_means_whole_texts(tmp_path):
-    from spacy_medllm.training.finetune import _parse_args, config_from_args
+    from spacy_medllm.training.cli_args import _parse_args, config_from_args
 
     def setting(*extra):
         args = _parse_args(["--train", "x.jsonl", "--output", str(tmp_path), *extra])

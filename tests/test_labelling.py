@@ -136,7 +136,7 @@ def test_task_alignment_records_what_did_not_become_a_span():
 
 
 def test_task_from_an_adapter_folder_prompts_as_trained(trained):  # noqa: F811
-    from spacy_medllm.training.finetune import load_prompt_settings
+    from spacy_medllm.core.adapter_settings import load_prompt_settings
 
     settings = load_prompt_settings(trained["adapter"])
     task = make_json_ner_task(adapter=str(trained["adapter"]))

@@ -67,8 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 from spacy.util import registry
 
-from spacy_medllm.evaluation.seed_benchmark import resolve_overlaps
-from spacy_medllm.training.data import (
+from spacy_medllm.core.examples import (
     Example,
     SeedRecovery,
     Span3,
@@ -79,6 +78,7 @@ from spacy_medllm.training.data import (
     remove_shared,
     shared_inputs,
 )
+from spacy_medllm.evaluation.seed_benchmark import resolve_overlaps
 
 if TYPE_CHECKING:
     from spacy.language import Language

@@ -67,6 +67,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spacy_medllm.core.examples import Example, example_labels
 from spacy_medllm.corpora.corpora import (
     AlignmentCounts,
     align_spans,
@@ -74,7 +75,6 @@ from spacy_medllm.corpora.corpora import (
     gold_doc,
 )
 from spacy_medllm.evaluation.seed_benchmark import iob_tags, resolve_overlaps, span_scores
-from spacy_medllm.training.data import Example, example_labels
 from spacy_medllm.util.formatting import (
     fmt_mib,
     fmt_rate,

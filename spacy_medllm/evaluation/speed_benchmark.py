@@ -93,7 +93,7 @@ SETUP_KEYS = ("model", "adapter_sha256", "batch_size", "max_new_tokens", "limit"
 
 def adapter_settings(adapter: str | Path) -> dict[str, Any]:
     """The adapter's trained labels, definitions and prompt (its prompt_template.json)."""
-    from spacy_medllm.training.finetune import load_prompt_settings
+    from spacy_medllm.core.adapter_settings import load_prompt_settings
 
     return load_prompt_settings(Path(adapter))
 

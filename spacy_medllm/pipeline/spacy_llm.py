@@ -318,7 +318,7 @@ def make_json_ner_task(
     definitions = dict(label_definitions or {})
     trained_labels: list[str] = []
     if adapter:
-        from spacy_medllm.training.finetune import PROMPT_TEMPLATE_FILE, load_prompt_settings
+        from spacy_medllm.core.adapter_settings import PROMPT_TEMPLATE_FILE, load_prompt_settings
 
         folder = Path(adapter)
         if (folder / "adapter" / PROMPT_TEMPLATE_FILE).is_file():

@@ -335,7 +335,7 @@ class AnswerAutomaton:
 
 
 def answer_automata(
-    prompts: Sequence[Any], labels: Sequence[str], mode: str
+    prompts: Sequence[Sequence[dict[str, str]]], labels: Sequence[str], mode: str
 ) -> list[AnswerAutomaton]:
     """One automaton per prompt for constrained decoding in `mode` ("schema" or "grounded": the
     document is the prompt's last user message)."""

@@ -1,0 +1,97 @@
+"""The training examples of a run: read, deduplicated, held-out texts removed, labels filtered, cut
+into the pieces `medllm_ner` reads (`max_chunk_tokens`), and turned into token records.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from spacy_medllm.core.examples import (
+    Example,
+    deduplicate,
+    read_examples,
+    remove_shared,
+    split_example,
+)
+from spacy_medllm.core.prompts import PromptBuilder
+from spacy_medllm.training.records import (
+    build_records,
+    encode_prompt,
+)
+from spacy_medllm.util.progress import say
+
+logger = logging.getLogger("spacy_medllm")
+
+
+def chunk_examples(
+    examples: Sequence[Example], builder: PromptBuilder, tokenizer: Any, max_chunk_tokens: int
+) -> list[Example]:
+    """The examples cut into the pieces `medllm_ner` prompts with `max_chunk_tokens` set.
+
+    The plan is the component's: the same budget (`chunking.piece_budget`: the prompt head plus
+    `max_chunk_tokens`; the context is left to max_length here), prompt tokens counted with the
+    same rendering and tokenisation, and `chunking.plan_chunks` packing sentences (found by the
+    punctuation rule, as in a blank pipeline) into pieces that fit. Pieces that would cut a gold
+    span are joined (`split_example`). Texts that fit stay whole.
+    """
+    import spacy
+
+    from spacy_medllm.core.chunking import piece_budget, plan_chunks
+    from spacy_medllm.generators.chat import render_prompt
+
+    make_doc = spacy.blank("xx").make_doc
+
+    def count_tokens(text: str) -> int:
+        return len(encode_prompt(tokenizer, render_prompt(tokenizer, builder.messages(text))))
+
+    budget = piece_budget(count_tokens, max_chunk_tokens)
+    pieces: list[Example] = []
+    for example in examples:
+        ranges = plan_chunks(make_doc(example["text"]), budget=budget, count_tokens=count_tokens)
+        pieces.extend(split_example(example, ranges))
+    return pieces
+
+
+def prepare_records(
+    examples: Sequence[Example], builder: PromptBuilder, tokenizer: Any, max_length: int, what: str
+) -> tuple[list[dict[str, Any]], int]:
+    records = build_records(examples, builder, tokenizer)
+    kept = [r for r in records if len(r["input_ids"]) <= max_length]
+    dropped = len(records) - len(kept)
+    if dropped:
+        logger.warning(
+            "Dropped %d of %d %s records longer than max_length = %d tokens (they are never "
+            "truncated: a cut answer would teach the model to stop mid-JSON).",
+            dropped,
+            len(records),
+            what,
+            max_length,
+        )
+    return kept, dropped
+
+
+def load_training_examples(
+    paths: Sequence[str | Path],
+    exclude: Sequence[str | Path] = (),
+    dedupe: bool = True,
+) -> list[Example]:
+    """Read and join training files; drop repeated texts and texts that occur in `exclude`."""
+    examples: list[Example] = []
+    for path in paths:
+        examples.extend(read_examples(path))
+    n_read = len(examples)
+    if dedupe:
+        examples = deduplicate(examples)
+    excluded: list[Example] = []
+    for path in exclude:
+        excluded.extend(read_examples(path))
+    if excluded:
+        examples = remove_shared(examples, excluded)
+    say(
+        f"{n_read} training examples read, {n_read - len(examples)} removed as repeats or "
+        f"texts of {', '.join(map(str, exclude)) or 'excluded files'}: {len(examples)} left"
+    )
+    return examples
