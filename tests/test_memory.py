@@ -100,7 +100,6 @@ def test_the_memory_benchmark_runs_each_pipeline_alone_and_ranks_them_by_peak(tm
     import numpy
     from spacy.vectors import Vectors
 
-    from tests.scripts import load_script
     from tests.test_evaluate import ET_GOLD, ruler_nlp
 
     corpus = tmp_path / "et.jsonl"
@@ -116,7 +115,8 @@ def test_the_memory_benchmark_runs_each_pipeline_alone_and_ranks_them_by_peak(tm
     )
     nlp.to_disk(heavy)
 
-    bench = load_script("bench_memory")
+    from benchmarks import memory as bench
+
     output = tmp_path / "memory"
     argv = ["--corpus", "et-dev", "--split", "dev", "--path", str(corpus), "--output", str(output)]
     assert bench.main([*argv, "--pipeline", f"light={light}", "--pipeline", f"heavy={heavy}"]) == 0
@@ -133,7 +133,7 @@ def test_the_memory_benchmark_runs_each_pipeline_alone_and_ranks_them_by_peak(tm
     assert f"| heavy | {rows['heavy']['peak_rss_mib']:,.0f} |" in markdown
     assert "| peak while loading | loaded | at the end |" in markdown
     assert rows["heavy"]["end_rss_mib"] <= rows["heavy"]["peak_rss_mib"]
-    assert "Reproduce: `python scripts/bench_memory.py --corpus et-dev" in markdown
+    assert "Reproduce: `python -m benchmarks.memory --corpus et-dev" in markdown
     with pytest.raises(ValueError, match="unique"):
         bench.bench_memory([("a", str(light)), ("a", str(heavy))], "et-dev", "dev", output)
 
@@ -149,7 +149,6 @@ def test_the_loading_reference_measures_transformers_loading_a_base_model_in_bfl
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.scripts import load_script
     from tests.test_evaluate import ET_GOLD, ruler_nlp
 
     big = tmp_path / "big"
@@ -159,7 +158,8 @@ def test_the_loading_reference_measures_transformers_loading_a_base_model_in_bfl
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(str(big), safe_serialization=True)
 
-    bench = load_script("bench_memory")
+    from benchmarks import memory as bench
+
     small = bench.loading_reference(str(tiny_model_dir))
     corpus = tmp_path / "et.jsonl"
     corpus.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in ET_GOLD), "utf8")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import spacy
 
-from spacy_medllm.evaluation import seed_benchmark as sb
+from benchmarks import seed_benchmark as sb
 from spacy_medllm.pipeline.component import get_record
 from tests.scripted import ScriptedGenerator
 
@@ -153,7 +153,7 @@ def test_seqeval_strict_on_a_hand_made_case():
     g = [sb.iob_tags(d, s) for d, s in zip((doc1, doc2), gold, strict=True)]
     p = [sb.iob_tags(d, s) for d, s in zip((doc1, doc2), pred, strict=True)]
     assert g[0] == ["B-DRUG", "O", "B-ADVERSE_EVENT", "I-ADVERSE_EVENT", "O"]
-    scores = sb.span_scores(g, p)
+    scores = sb.span_scores(g, p, sb.SEED_LABELS)
     # TP: Abilify, rash; FP: nausea, Lipitor/AE; FN: severe nausea, Lipitor/DRUG
     assert {k: scores["micro"][k] for k in ("tp", "fp", "fn")} == {"tp": 2, "fp": 2, "fn": 2}
     assert scores["micro"]["precision"] == pytest.approx(0.5)
@@ -167,7 +167,7 @@ def test_seqeval_strict_on_a_hand_made_case():
 
 
 def test_seqeval_with_no_entities_at_all():
-    scores = sb.span_scores([["O", "O"]], [["O", "O"]])
+    scores = sb.span_scores([["O", "O"]], [["O", "O"]], sb.SEED_LABELS)
     assert scores["micro"]["f1"] == 0.0 and scores["per_label"]["DRUG"]["tp"] == 0
 
 

@@ -1,4 +1,4 @@
-"""scripts/seed_vote.py: votes of finished runs on the seed metric, from their report files."""
+"""benchmarks/seed_vote.py: votes of finished runs on the seed metric, from their report files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.scripts import load_script
+from benchmarks import seed_vote as seed_vote_module
+from benchmarks.seed_vote import vote as seed_vote
 
 
 def write_report(path: Path, gold: list[list[str]], predicted: list[list[str] | None]) -> Path:
@@ -29,7 +30,7 @@ def write_report(path: Path, gold: list[list[str]], predicted: list[list[str] | 
 
 
 def test_vote_counts_runs_per_string_and_unparseable_answers_as_nothing():
-    vote = load_script("seed_vote").vote
+    vote = seed_vote
     runs = [[{"a", "b"}, {"x"}], [{"a"}, None], [{"a", "c"}, {"x", "y"}]]
     assert vote(runs, 1) == [{"a", "b", "c"}, {"x", "y"}]
     assert vote(runs, 2) == [{"a"}, {"x"}]
@@ -39,13 +40,13 @@ def test_vote_counts_runs_per_string_and_unparseable_answers_as_nothing():
 
 
 def test_needed_for_bar_matches_the_seed_gold():
-    needed = load_script("seed_vote").needed_for_bar(174, 0.92, 0.91)
+    needed = seed_vote_module.needed_for_bar(174, 0.92, 0.91)
     # 158/174 = 0.908 < 0.91 <= 159/174; 159/(159+13) = 0.924 >= 0.92 > 159/(159+14)
     assert needed == {"min_tp": 159, "max_fp_at_min_tp": 13}
 
 
 def test_run_scores_singles_declared_vote_search_and_union(tmp_path):
-    script = load_script("seed_vote")
+    script = seed_vote_module
     gold = [["nausea", "rash"], ["headache"]]
     a = write_report(tmp_path / "a.json", gold, [["nausea", "itch"], ["headache"]])
     b = write_report(tmp_path / "b.json", gold, [["nausea", "rash"], None])
@@ -68,7 +69,7 @@ def test_run_scores_singles_declared_vote_search_and_union(tmp_path):
 
 
 def test_run_refuses_reports_of_different_gold(tmp_path):
-    script = load_script("seed_vote")
+    script = seed_vote_module
     a = write_report(tmp_path / "a.json", [["nausea"]], [["nausea"]])
     b = write_report(tmp_path / "b.json", [["rash"]], [["rash"]])
     with pytest.raises(ValueError, match="different gold"):

@@ -1,4 +1,4 @@
-"""The speed benchmark (`spacy_medllm.evaluation.speed_benchmark`) end to end on a tiny random model and three
+"""The speed benchmark (`benchmarks.speed`) end to end on a tiny random model and three
 seed test e-mails: what it measures must be consistent (the batched and unbatched paths give the
 same answers, in fewer `generate` calls), its files must be written and merged across calls.
 Speeds themselves are never asserted; spacy-llm's systems are built but not run here (the tiny
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import speed as bench
 from spacy_medllm.core.prompts import PromptTemplate
-from spacy_medllm.evaluation import speed_benchmark as bench
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
 

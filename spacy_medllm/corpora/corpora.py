@@ -78,7 +78,7 @@ from spacy_medllm.core.examples import (
     remove_shared,
     shared_inputs,
 )
-from spacy_medllm.evaluation.seed_benchmark import resolve_overlaps
+from spacy_medllm.evaluation.metrics import resolve_overlaps
 
 if TYPE_CHECKING:
     from spacy.language import Language

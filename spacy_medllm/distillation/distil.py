@@ -709,7 +709,8 @@ def distillation_report(
     """Score teacher and students on one gold split in one run (`evaluate.evaluate_corpus`,
     which writes `<stem>.json/.md/.png`), then `distillation-<stem>.json/.md` (the side-by-side
     summary) and `distillation-<stem>.png` (F1 against words/s). Returns the summary."""
-    from spacy_medllm.evaluation.evaluate import evaluate_corpus, plot_f1_vs_speed
+    from spacy_medllm.evaluation.evaluate import evaluate_corpus
+    from spacy_medllm.evaluation.plots import plot_f1_vs_speed
 
     stem = stem or f"{corpus}-{split}"
     output = Path(output)

@@ -57,12 +57,10 @@ Heavy imports (spaCy models, seqeval, matplotlib, torch) happen inside the funct
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,139 +72,30 @@ from spacy_medllm.corpora.corpora import (
     check_no_cross_contamination,
     gold_doc,
 )
-from spacy_medllm.evaluation.seed_benchmark import iob_tags, resolve_overlaps, span_scores
+from spacy_medllm.evaluation.metrics import (
+    CharSpan,
+    confusion_table,
+    iob_tags,
+    label_mapper,
+    overlap_scores,
+    resolve_overlaps,
+    spacy_scores,
+    strict_scores,
+)
+from spacy_medllm.evaluation.plots import plot_per_label_f1
+from spacy_medllm.evaluation.tables import markdown_report
 from spacy_medllm.util.formatting import (
-    fmt_mib,
-    fmt_rate,
-    fmt_score,
     json_default,
     machine_info,
-    markdown_table,
-    name_value_pairs,
 )
 from spacy_medllm.util.memory import PeakMemory
+
+logger = logging.getLogger("spacy_medllm")
+
 
 if TYPE_CHECKING:
     from spacy.language import Language
     from spacy.tokens import Doc
-
-logger = logging.getLogger("spacy_medllm")
-
-CharSpan = tuple[int, int, str]
-MISSED = "MISSED"
-SPURIOUS = "SPURIOUS"
-
-
-# -- labels ---------------------------------------------------------------------------------------
-
-
-def label_mapper(labels: Sequence[str], label_map: Mapping[str, str] | None = None) -> Any:
-    """A function from a predicted label to the label it is scored as: `label_map` first, then a
-    scored label equal to it ignoring case, else the label unchanged."""
-    explicit = dict(label_map or {})
-    by_case = {label.lower(): label for label in labels}
-
-    def mapped(label: str) -> str:
-        if label in explicit:
-            return explicit[label]
-        if label in labels:
-            return label
-        return by_case.get(label.lower(), label)
-
-    return mapped
-
-
-# -- metrics --------------------------------------------------------------------------------------
-
-
-def _prf(tp_pred: int, n_pred: int, tp_gold: int, n_gold: int) -> dict[str, float]:
-    p = tp_pred / n_pred if n_pred else 0.0
-    r = tp_gold / n_gold if n_gold else 0.0
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
-
-
-def _overlaps(a: CharSpan, b: CharSpan) -> bool:
-    return a[0] < b[1] and b[0] < a[1]
-
-
-def strict_scores(
-    gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]], labels: Sequence[str]
-) -> dict[str, Any]:
-    """seqeval strict IOB2 scores: micro (with TP/FP/FN), per label, and seqeval's macro avg."""
-    import warnings
-
-    from seqeval.metrics import classification_report
-    from seqeval.scheme import IOB2
-
-    scores = span_scores(gold_tags, pred_tags, labels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        report = classification_report(
-            [list(t) for t in gold_tags],
-            [list(t) for t in pred_tags],
-            mode="strict",
-            scheme=IOB2,
-            zero_division=0,
-            output_dict=True,
-        )
-    macro = report.get("macro avg")
-    scores["macro"] = {
-        "precision": float(macro["precision"]) if macro else 0.0,
-        "recall": float(macro["recall"]) if macro else 0.0,
-        "f1": float(macro["f1-score"]) if macro else 0.0,
-    }
-    return scores
-
-
-def overlap_scores(
-    gold: Sequence[Sequence[CharSpan]], pred: Sequence[Sequence[CharSpan]], labels: Sequence[str]
-) -> dict[str, Any]:
-    """Partial-match P/R/F1: overlapping spans of the same label count (see the module doc)."""
-    per: dict[str, Counter[str]] = {label: Counter() for label in labels}
-    for gold_spans, pred_spans in zip(gold, pred, strict=True):
-        for span in pred_spans:
-            counts = per.setdefault(span[2], Counter())
-            counts["n_pred"] += 1
-            counts["tp_pred"] += any(_overlaps(span, g) and g[2] == span[2] for g in gold_spans)
-        for span in gold_spans:
-            counts = per.setdefault(span[2], Counter())
-            counts["n_gold"] += 1
-            counts["tp_gold"] += any(_overlaps(span, p) and p[2] == span[2] for p in pred_spans)
-    keys = ("tp_pred", "n_pred", "tp_gold", "n_gold")
-    per_label = {
-        label: {**{k: c[k] for k in keys}, **_prf(*(c[k] for k in keys))}
-        for label, c in per.items()
-    }
-    total = {k: sum(c[k] for c in per.values()) for k in keys}
-    return {"micro": {**total, **_prf(*(total[k] for k in keys))}, "per_label": per_label}
-
-
-def confusion_table(
-    gold: Sequence[Sequence[CharSpan]], pred: Sequence[Sequence[CharSpan]]
-) -> dict[str, dict[str, int]]:
-    """{gold label: {predicted label | MISSED: n}, SPURIOUS: {predicted label: n}} (module doc)."""
-    table: dict[str, Counter[str]] = defaultdict(Counter)
-    for gold_spans, pred_spans in zip(gold, pred, strict=True):
-        for g in gold_spans:
-            best, best_overlap = None, 0
-            for p in pred_spans:
-                overlap = min(g[1], p[1]) - max(g[0], p[0])
-                if overlap > best_overlap:
-                    best, best_overlap = p, overlap
-            table[g[2]][best[2] if best else MISSED] += 1
-        for p in pred_spans:
-            if not any(_overlaps(p, g) for g in gold_spans):
-                table[SPURIOUS][p[2]] += 1
-    return {row: dict(sorted(cells.items())) for row, cells in sorted(table.items())}
-
-
-def spacy_scores(gold_docs: Sequence[Doc], pred_docs: Sequence[Doc]) -> dict[str, Any]:
-    """spaCy's own `Scorer.score_spans(..., "ents")` on (predicted, gold) pairs."""
-    from spacy.scorer import Scorer
-    from spacy.training import Example as SpacyExample
-
-    examples = [SpacyExample(p, g) for p, g in zip(pred_docs, gold_docs, strict=True)]
-    return Scorer.score_spans(examples, "ents")
 
 
 def seed_set_metric(
@@ -239,7 +128,7 @@ def bertscore_f1(
 ) -> tuple[float | None, dict[str, Any]]:
     """Mean BERTScore F1 of predicted vs gold canonical entity strings; (None, reason) when the
     packaged local encoder is not installed."""
-    from spacy_medllm.evaluation.seed_benchmark import (
+    from spacy_medllm.evaluation.bertscore import (
         BERTSCORE_PACKAGE,
         BertScore,
         default_bertscore_model,
@@ -262,9 +151,6 @@ def bertscore_f1(
     values = scorer.f1(candidates, references)
     info = {"enabled": True, "model": folder.name, "num_layers": scorer.num_layers}
     return (sum(values) / len(values) if values else None), info
-
-
-# -- running a pipeline ---------------------------------------------------------------------------
 
 
 def initialize_generators(nlp: Language) -> None:
@@ -436,9 +322,6 @@ def make_doc_with_ents(
     return doc
 
 
-# -- loading and reports --------------------------------------------------------------------------
-
-
 def load_pipeline(spec: str | Path) -> Language:
     """`spacy.load(spec)` (a path or an installed package), with medllm_ner registered."""
     import spacy
@@ -542,368 +425,3 @@ def write_report(
         paths["png"] = plot_per_label_f1(report, output / f"{stem}.png")
     return paths
 
-
-COLUMNS = {
-    "Strict P / R / F1": "seqeval, IOB2, mode='strict', micro; gold and predicted spans snapped "
-    "to the pipeline's tokens (alignment_mode='expand')",
-    "Macro F1": "seqeval's macro average over the labels in gold or predictions",
-    "spaCy P / R / F": "spaCy's Scorer.score_spans(examples, 'ents') on the same docs",
-    "Overlap P / R / F1": "a predicted span counts if it overlaps a gold span of the same label; "
-    "a gold span is found if a predicted span of its label overlaps it",
-    "words/s": "non-space tokens of the predicted docs / wall time of list(nlp.pipe(texts)), "
-    "models loaded before the clock starts",
-    "peak RSS MiB": "the process's peak resident memory while medllm_ner models load and the "
-    "texts run (everything the process holds counts, other pipelines loaded for the same report "
-    "too; the JSON has the RSS at the start; scripts/bench_memory.py runs one per process)",
-    "F1 <label>": "strict F1 per label; n/a when the label has neither gold nor predicted spans",
-    "Seed P / R / F1": "seed e-mails only: the seed's set metric, gold answer strings vs the "
-    "texts of the predicted spans",
-    "BERTScore F1": "mean over documents of BERTScore F1 (local all-MiniLM-L6-v2, 6 layers, no "
-    "baseline rescaling) between 'LABEL: a, b; ...' strings of predicted and gold entities",
-}
-
-
-def _f(value: Any) -> str:
-    return fmt_score(None if value is None else float(value))
-
-
-def _label_f1(scores: Mapping[str, Any]) -> str:
-    """Per-label F1, or n/a for a label with no gold and no predicted span."""
-    return _f(scores["f1"]) if scores["tp"] + scores["fp"] + scores["fn"] else "n/a"
-
-
-def markdown_report(report: Mapping[str, Any]) -> str:
-    """Tables for one corpus split: scores per system, per-label F1, confusion per system."""
-    labels = report["labels"]
-    seed = any(s.get("seed") for s in report["systems"])
-    bert = any(s.get("bertscore_f1") is not None for s in report["systems"])
-    header = [
-        "System",
-        "Strict P",
-        "Strict R",
-        "Strict F1",
-        "Macro F1",
-        "spaCy P",
-        "spaCy R",
-        "spaCy F",
-        "Overlap P",
-        "Overlap R",
-        "Overlap F1",
-        *(f"F1 {label}" for label in labels),
-        "TP/FP/FN",
-        "words/s",
-        "peak RSS MiB",
-    ]
-    header += ["Seed P", "Seed R", "Seed F1"] if seed else []
-    header += ["BERTScore F1"] if bert else []
-    rows = []
-    for system in report["systems"]:
-        strict, sp, ov = system["strict"], system["spacy"], system["overlap"]["micro"]
-        micro = strict["micro"]
-        row = [
-            system["name"],
-            _f(micro["precision"]),
-            _f(micro["recall"]),
-            _f(micro["f1"]),
-            _f(strict["macro"]["f1"]),
-            _f(sp["ents_p"]),
-            _f(sp["ents_r"]),
-            _f(sp["ents_f"]),
-            _f(ov["precision"]),
-            _f(ov["recall"]),
-            _f(ov["f1"]),
-            *(_label_f1(strict["per_label"][label]) for label in labels),
-            f"{micro['tp']}/{micro['fp']}/{micro['fn']}",
-            fmt_rate(system["speed"]["words_per_s"]),
-            fmt_mib((system.get("memory") or {}).get("peak_rss_mib")),
-        ]
-        if seed:
-            s = system.get("seed") or {}
-            row += [_f(s.get("precision")), _f(s.get("recall")), _f(s.get("f1"))]
-        if bert:
-            row += [_f(system.get("bertscore_f1"))]
-        rows.append(row)
-    first = report["systems"][0] if report["systems"] else None
-    gold = first["gold"] if first else None
-    parts = [
-        f"## {report['corpus']} ({report['split']})",
-        "",
-        f"{report['n_docs']} documents"
-        + (f" (first {report['limit']})" if report.get("limit") else "")
-        + f"; labels {', '.join(labels)}; licence: {report.get('licence', 'n/a')}.",
-    ]
-    if gold:
-        a = gold["alignment"]
-        parts.append(
-            f"Gold spans: {gold['n_spans']} after snapping to the tokens of "
-            f"{first['name']} ({a['n_snapped']} widened, {a['n_unaligned']} unaligned, "
-            f"{a['n_overlaps_removed']} overlaps removed)."
-        )
-    parts += ["", markdown_table(header, rows), ""]
-    llm_rows = [
-        [
-            system["name"],
-            component,
-            f"{r['n_chunks'] - r['n_parse_errors']}/{r['n_chunks']}",
-            str(r["n_emitted"]),
-            str(r["n_spans"]),
-            str(r["rejected"].get("not_in_text", 0)),
-            str(r["rejected"].get("truncated", 0)),
-            str(
-                sum(r["rejected"].values())
-                - r["rejected"].get("not_in_text", 0)
-                - r["rejected"].get("truncated", 0)
-            ),
-            str(r["n_errors"]),
-        ]
-        for system in report["systems"]
-        for component, r in (system.get("medllm") or {}).items()
-    ]
-    if llm_rows:
-        parts += [
-            "What the LLM components recorded (entities the model emitted that did not become "
-            "spans are counted, not hidden):",
-            "",
-            markdown_table(
-                [
-                    "System",
-                    "Component",
-                    "Answers parsed",
-                    "Entities emitted",
-                    "Spans",
-                    "Rejected: not in text",
-                    "Rejected: truncated",
-                    "Rejected: other",
-                    "Doc errors",
-                ],
-                llm_rows,
-            ),
-            "",
-        ]
-    for system in report["systems"]:
-        parts += [f"Confusion ({system['name']}): rows gold, columns predicted", ""]
-        parts += [confusion_markdown(system["confusion"]), ""]
-    machine = report.get("machine", {})
-    parts += ["Columns:", ""]
-    skip = {"Seed P / R / F1"} if not seed else set()
-    skip |= {"BERTScore F1"} if not bert else set()
-    parts += [f"- **{key}**: {text}." for key, text in COLUMNS.items() if key not in skip]
-    parts += [
-        "",
-        f"Machine: {machine.get('cpu_count')} CPUs, Python {machine.get('python')}, "
-        f"spaCy {machine.get('spacy')}, torch {machine.get('torch')}.",
-        "",
-    ]
-    return "\n".join(parts)
-
-
-def confusion_markdown(confusion: Mapping[str, Mapping[str, int]]) -> str:
-    """The confusion table as Markdown: gold labels (and SPURIOUS) by predicted labels (and
-    MISSED)."""
-    rows_labels = [r for r in confusion if r != SPURIOUS] + (
-        [SPURIOUS] if SPURIOUS in confusion else []
-    )
-    columns = sorted({c for cells in confusion.values() for c in cells} - {MISSED})
-    columns += [MISSED] if any(MISSED in cells for cells in confusion.values()) else []
-    rows = [
-        [row, *(str(confusion[row].get(column, 0)) for column in columns)] for row in rows_labels
-    ]
-    return markdown_table(["gold \\ predicted", *columns], rows) if rows else "(no spans)"
-
-
-# -- plots and combined tables --------------------------------------------------------------------
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_per_label_f1(report: Mapping[str, Any], path: str | Path) -> Path:
-    """Grouped bars: strict F1 per label (and micro) for each system; labels with no gold and no
-    predicted span in any system are left out."""
-    plt = _pyplot()
-    systems = report["systems"]
-    shown = [
-        label
-        for label in report["labels"]
-        if any(_label_f1(s["strict"]["per_label"][label]) != "n/a" for s in systems)
-    ]
-    groups = [*shown, "micro"]
-    width = 0.8 / max(len(systems), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(groups) * max(len(systems), 1) + 2), 4.0))
-    for k, system in enumerate(systems):
-        strict = system["strict"]
-        values = [strict["per_label"][label]["f1"] for label in shown]
-        values.append(strict["micro"]["f1"])
-        xs = [i + (k - (len(systems) - 1) / 2) * width for i in range(len(groups))]
-        bars = ax.bar(xs, values, width, label=system["name"])
-        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=6, padding=1)
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(groups, rotation=15, ha="right")
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("strict F1 (seqeval)")
-    ax.set_title(f"{report['corpus']} ({report['split']}, n={report['n_docs']})")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def read_reports(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    return [json.loads(Path(p).read_text("utf8")) for p in paths]
-
-
-def combine_results(reports: Iterable[Mapping[str, Any] | str | Path]) -> str:
-    """One Markdown table: rows = systems, columns = corpus (split), cells = strict micro F1, and
-    words/s = all words / all seconds of that system over the corpora."""
-    loaded = [r if isinstance(r, Mapping) else read_reports([r])[0] for r in reports]
-    columns: dict[str, None] = {}
-    cells: dict[str, dict[str, str]] = defaultdict(dict)
-    speed: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for report in loaded:
-        column = _column(report)
-        columns.setdefault(column, None)
-        for system in report["systems"]:
-            cells[system["name"]][column] = _f(system["strict"]["micro"]["f1"])
-            speed[system["name"]][0] += system["speed"]["n_words"]
-            speed[system["name"]][1] += system["speed"]["seconds"]
-    rows = []
-    for name, row in cells.items():
-        words, seconds = speed[name]
-        rows.append(
-            [
-                name,
-                *(row.get(c, "n/a") for c in columns),
-                fmt_rate(words / seconds if seconds > 0 else None),
-            ]
-        )
-    return markdown_table(["System", *columns, "words/s"], rows)
-
-
-def _column(report: Mapping[str, Any]) -> str:
-    return f"{report['corpus']} ({report['split']}, n={report['n_docs']})"
-
-
-def plot_f1_vs_speed(reports: Iterable[Mapping[str, Any] | str | Path], path: str | Path) -> Path:
-    """Strict micro F1 against words/s (log x): one point per system and corpus; the colour is
-    the system, the marker the corpus."""
-    plt = _pyplot()
-    from matplotlib.lines import Line2D
-
-    loaded = [r if isinstance(r, Mapping) else read_reports([r])[0] for r in reports]
-    corpora = list(dict.fromkeys(_column(r) for r in loaded))
-    systems = list(dict.fromkeys(s["name"] for r in loaded for s in r["systems"]))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    markers = "osD^v<>pX*"
-    colour = {name: colours[i % len(colours)] for i, name in enumerate(systems)}
-    marker = {corpus: markers[i % len(markers)] for i, corpus in enumerate(corpora)}
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for report in loaded:
-        for system in report["systems"]:
-            x, y = system["speed"]["words_per_s"], system["strict"]["micro"]["f1"]
-            if not x:
-                continue
-            ax.scatter([x], [y], color=colour[system["name"]], marker=marker[_column(report)])
-            ax.annotate(
-                system["name"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
-            )
-    handles = [Line2D([], [], color=colour[n], marker="o", ls="", label=n) for n in systems]
-    handles += [Line2D([], [], color="grey", marker=marker[c], ls="", label=c) for c in corpora]
-    ax.set_xscale("log")
-    ax.set_xlabel("words per second (log)")
-    ax.set_ylabel("strict micro F1 (seqeval)")
-    ax.set_ylim(0, 1.05)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(handles=handles, fontsize=7, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-# -- command line ---------------------------------------------------------------------------------
-
-
-def _parse_evaluate(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.evaluation.evaluate",
-        description="Score spaCy pipelines on a registered corpus (see spacy_medllm.corpora.corpora); "
-        "`python -m spacy_medllm.evaluation.evaluate combine FILES` makes one table of several results.",
-    )
-    parser.add_argument("--pipeline", action="append", default=[], metavar="NAME=PATH")
-    parser.add_argument("--corpus", required=True)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--output", required=True, type=Path)
-    parser.add_argument("--path", default=None, type=Path, help="the corpus folder (or file)")
-    parser.add_argument("--limit", type=int, default=None, help="the first N documents only")
-    parser.add_argument("--labels", default=None, help="comma-separated labels to score")
-    parser.add_argument("--label-map", action="append", default=[], metavar="PREDICTED=GOLD")
-    parser.add_argument("--spans-key", default=None, help="read doc.spans[KEY] instead of ents")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--trained-on", action="append", default=[], metavar="CORPUS[:SPLIT]")
-    parser.add_argument("--bertscore", action="store_true")
-    parser.add_argument("--bertscore-model", type=Path, default=None)
-    parser.add_argument("--stem", default=None, help="output file stem (default CORPUS-SPLIT)")
-    parser.add_argument("--no-plot", action="store_true")
-    return parser.parse_args(argv)
-
-
-def _parse_combine(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m spacy_medllm.evaluation.evaluate combine")
-    parser.add_argument(
-        "results", nargs="+", type=Path, help="result files (<stem>.json or <stem>.summary.json)"
-    )
-    parser.add_argument("--output", type=Path, default=None, help="Markdown file to write")
-    parser.add_argument("--plot", type=Path, default=None, help="F1 vs words/s PNG to write")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if argv and argv[0] == "combine":
-        args = _parse_combine(argv[1:])
-        table = combine_results(args.results)
-        if args.output:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(table + "\n", "utf8")
-        if args.plot:
-            plot_f1_vs_speed(args.results, args.plot)
-        sys.stdout.write(table + "\n")
-        return 0
-    args = _parse_evaluate(argv)
-    pipelines = name_value_pairs(args.pipeline, "--pipeline", "NAME=PATH")
-    if not pipelines:
-        raise SystemExit("give at least one --pipeline NAME=PATH")
-    report = evaluate_corpus(
-        pipelines,
-        args.corpus,
-        args.split,
-        args.output,
-        path=args.path,
-        limit=args.limit,
-        labels=args.labels.split(",") if args.labels else None,
-        label_map=dict(name_value_pairs(args.label_map, "--label-map", "FROM=TO")),
-        trained_on=args.trained_on,
-        stem=args.stem,
-        plot=not args.no_plot,
-        spans_key=args.spans_key,
-        batch_size=args.batch_size,
-        bertscore=args.bertscore,
-        bertscore_model=args.bertscore_model,
-    )
-    sys.stdout.write(markdown_report(report))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

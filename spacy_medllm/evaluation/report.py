@@ -246,7 +246,8 @@ def build_report(
     title: str = "spacy-medllm report",
 ) -> dict[str, Path]:
     """Write `report.md` and `report.html` into `output` (default: `reports_dir`); return paths."""
-    from spacy_medllm.evaluation.evaluate import combine_results, plot_f1_vs_speed, read_reports
+    from spacy_medllm.evaluation.plots import plot_f1_vs_speed
+    from spacy_medllm.evaluation.tables import combine_results, read_reports
     from spacy_medllm.util.formatting import machine_info
 
     reports_dir = Path(reports_dir)

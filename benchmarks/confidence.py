@@ -15,8 +15,8 @@ gold spans (exact characters and label, as spaCy's scorer). Reports:
   string the model wrote, at the same thresholds (issue 3's metric, which counts the gold's
   paraphrases that are not in the text).
 
-    .venv/bin/python scripts/bench_confidence.py --seed-json corpus/seed_ae_emails/test.json
-    .venv/bin/python scripts/bench_confidence.py --pipeline training/ade_pipeline \
+    .venv/bin/python -m benchmarks.confidence --seed-json corpus/seed_ae_emails/test.json
+    .venv/bin/python -m benchmarks.confidence --pipeline training/ade_pipeline \
         --corpus ade-corpus-v2 --output training/reports/experiments/confidence_ade
 
 Writes <output>/confidence.json, .md and .png.
@@ -34,15 +34,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import spacy  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 import spacy_medllm  # noqa: E402,F401  (registers the component)
+from benchmarks.seed_benchmark import load_seed_json  # noqa: E402
 from spacy_medllm.core.records import NOT_IN_TEXT  # noqa: E402
 from spacy_medllm.corpora.corpora import gold_doc, load_corpus  # noqa: E402
-from spacy_medllm.evaluation.seed_benchmark import load_seed_json  # noqa: E402
 from spacy_medllm.evaluation.seed_metric import seed_answer_strings, set_scores  # noqa: E402
 from spacy_medllm.pipeline.component import CONFIDENCE_ATTR  # noqa: E402
 from spacy_medllm.util.formatting import fmt_score, machine_info  # noqa: E402
@@ -290,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": seconds,
         "labels": labels,
         "machine": machine_info(),
-        "command": ".venv/bin/python scripts/bench_confidence.py "
+        "command": ".venv/bin/python -m benchmarks.confidence "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "summary": summarise(collected, seed_gold),
         "spans": collected["spans"],

@@ -12,7 +12,7 @@ evaluation reports stay in `<output>/runs/`.
 in bfloat16 (no adapter, no float32 output head), in a process of its own: the floor under the
 peak while `medllm_ner` loads (its float32 read, merge and cast).
 
-    .venv/bin/python scripts/bench_memory.py --corpus seed-ae-emails --split test \\
+    .venv/bin/python -m benchmarks.memory --corpus seed-ae-emails --split test \\
         --pipeline cnn=training/baselines/cnn-seed-ae-emails/model-best \\
         --pipeline medllm=training/seed_pipeline --output training/reports/memory
 """
@@ -28,8 +28,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spacy_medllm.util.formatting import (
     fmt_mib,
@@ -59,7 +57,7 @@ def _env() -> dict[str, str]:
 REFERENCE_CODE = (
     FLOOR_IMPORTS + "import json, sys\n"
     "from transformers import AutoModelForCausalLM\n"
-    "from spacy_medllm.generators.hf import HFGenerator\n"
+    "from spacy_medllm.generators.hf.generator import HFGenerator\n"
     "from spacy_medllm.util.memory import PeakMemory\n"
     "path = HFGenerator(model=sys.argv[1]).resolved_model()\n"
     "with PeakMemory() as memory:\n"
@@ -97,7 +95,8 @@ def run_one(
     command = [
         sys.executable,
         "-m",
-        "spacy_medllm.evaluation.evaluate",
+        "spacy_medllm",
+        "evaluate",
         "--pipeline",
         f"{name}={path}",
         "--corpus",
@@ -253,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         *(["--limit", str(args.limit)] if args.limit else []),
     ]
     argv_used = sys.argv[1:] if argv is None else list(argv)
-    command = shlex.join(["python", "scripts/bench_memory.py", *argv_used])
+    command = shlex.join(["python", "-m", "benchmarks.memory", *argv_used])
     report = bench_memory(
         pipelines, args.corpus, args.split, args.output, extra, command, args.loading_reference
     )

@@ -7,7 +7,7 @@ decoding step reads every weight once whatever the batch size, so where it costs
 for 8 rows as a prefill of 8 tokens per row would, decoding is bound by memory bandwidth, and
 larger batches or smaller weights are what speed it up. Writes training/reports/decode.json/.md.
 
-    nice -n 19 .venv/bin/python scripts/bench_decode.py            # about two minutes
+    nice -n 19 .venv/bin/python -m benchmarks.decode            # about two minutes
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from spacy_medllm.generators.hf import HFGenerator  # noqa: E402
+from spacy_medllm.generators.hf.generator import HFGenerator  # noqa: E402
 from spacy_medllm.util.formatting import machine_info  # noqa: E402
 
 
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "rows": rows,
         "machine": machine_info(),
-        "command": "nice -n 19 .venv/bin/python scripts/bench_decode.py"
+        "command": "nice -n 19 .venv/bin/python -m benchmarks.decode"
         + (" --int8" if args.int8 else ""),
     }
     out = Path(args.output)

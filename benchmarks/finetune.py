@@ -7,8 +7,8 @@ rate, the last logged loss (the settings compute the same thing, so the losses s
 closely) and the training loop's peak resident memory (from the training record). Writes JSON and
 Markdown.
 
-    .venv/bin/python scripts/bench_finetune.py                 # 4 settings x 20 steps, ~6 min
-    .venv/bin/python scripts/bench_finetune.py --steps 40 --output training/reports/experiments/x
+    .venv/bin/python -m benchmarks.finetune                 # 4 settings x 20 steps, ~6 min
+    .venv/bin/python -m benchmarks.finetune --steps 40 --output training/reports/experiments/x
 
 bf16 settings run only where the CPU (or GPU) computes bfloat16 natively.
 """
@@ -24,7 +24,6 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from tqdm import tqdm  # noqa: E402
 
@@ -116,7 +115,7 @@ def to_markdown(report: dict) -> str:
         f"{report['epoch_tokens']:,} tokens per epoch). Tokens/s: prompt + answer tokens, "
         "padding excluded, over the steps after the first (it warms up); each setting in its "
         "own process; "
-        "`python scripts/bench_finetune.py`.\n\n"
+        "`python -m benchmarks.finetune`.\n\n"
         f"{markdown_table(header, rows)}\n\nMachine: {machine}\n"
     )
 

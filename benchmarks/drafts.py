@@ -6,7 +6,7 @@ switched between settings, each timed over the same documents after a warm-up do
 baseline setting ("none": transformers' `generate`, one token per step) gives the reference
 answers; every other setting's answers are compared with them document by document.
 
-    nice -n 19 .venv/bin/python scripts/bench_drafts.py --adapter training/ade_lora/adapter \\
+    nice -n 19 .venv/bin/python -m benchmarks.drafts --adapter training/ade_lora/adapter \\
         --corpora ade-corpus-v2 --limit 16 --output training/reports/experiments/drafts/ade
 
 Writes OUTPUT.json and OUTPUT.md.
@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
+from benchmarks.speed import WARM_UP_TEXT, adapter_settings  # noqa: E402
 from spacy_medllm.cli import build_pipeline  # noqa: E402
 from spacy_medllm.corpora.corpora import load_corpus  # noqa: E402
-from spacy_medllm.evaluation.speed_benchmark import WARM_UP_TEXT, adapter_settings  # noqa: E402
 from spacy_medllm.util.formatting import fmt_rate, machine_info, markdown_table  # noqa: E402
 
 # name: (jump_forward, draft_tokens)

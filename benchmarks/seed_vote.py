@@ -9,8 +9,8 @@ LLM pipeline of each, and scores on the seed metric (set-based, exact, case-sens
   upper bound: the choice sees the answers it is scored on);
 - the union of every run's correct strings: the highest recall any vote of these runs can reach.
 
-    .venv/bin/python scripts/seed_vote.py                       # the committed rank-16/64/128 runs
-    .venv/bin/python scripts/seed_vote.py --run a=path/seed_benchmark.json --run b=... --vote a,b
+    .venv/bin/python -m benchmarks.seed_vote                       # the committed rank-16/64/128 runs
+    .venv/bin/python -m benchmarks.seed_vote --run a=path/seed_benchmark.json --run b=... --vote a,b
 
 Writes training/reports/experiments/seed_vote/seed_vote.json and .md.
 """
@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from spacy_medllm.evaluation.seed_metric import set_scores  # noqa: E402
 from spacy_medllm.util.formatting import fmt_score, machine_info  # noqa: E402
@@ -188,7 +186,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"Correct strings in the union of all runs: {union['tp']} (recall "
         f"{fmt_score(union['recall'])}), the most any vote of these runs can find.",
         "",
-        "Reproduce: `.venv/bin/python scripts/seed_vote.py` (reads the runs' committed "
+        "Reproduce: `.venv/bin/python -m benchmarks.seed_vote` (reads the runs' committed "
         "seed_benchmark.json; no model is run).",
         "",
     ]

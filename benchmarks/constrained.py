@@ -6,8 +6,8 @@ For each setting: strict F1 (spaCy's exact-span scorer), parseable answers, emit
 in the text, answer tokens kept, decoding steps run, documents/s. Writes
 training/reports/constrained.json and .md.
 
-    nice -n 19 .venv/bin/python scripts/bench_constrained.py --limit 15      # a few minutes
-    nice -n 19 .venv/bin/python scripts/bench_constrained.py                 # all 59 e-mails
+    nice -n 19 .venv/bin/python -m benchmarks.constrained --limit 15      # a few minutes
+    nice -n 19 .venv/bin/python -m benchmarks.constrained                 # all 59 e-mails
 
 `--settings` runs some of the settings; results of earlier calls with the same setup are kept.
 """
@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from tqdm import tqdm  # noqa: E402
 
 from spacy_medllm.cli import build_pipeline  # noqa: E402
 from spacy_medllm.core.records import NOT_IN_TEXT  # noqa: E402
 from spacy_medllm.corpora.corpora import gold_doc, load_corpus  # noqa: E402
-from spacy_medllm.evaluation.evaluate import spacy_scores  # noqa: E402
+from spacy_medllm.evaluation.metrics import spacy_scores  # noqa: E402
 from spacy_medllm.util.formatting import fmt_pct, fmt_rate, fmt_score, machine_info  # noqa: E402
 
 # name: (constrained, stop_at_json_end, merge_adapter, prefix_cache, dtype, float32_logits)
@@ -185,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_new_tokens": args.max_new_tokens,
         "labels": labels,
         "machine": machine_info(),
-        "command": "nice -n 19 .venv/bin/python scripts/bench_constrained.py "
+        "command": "nice -n 19 .venv/bin/python -m benchmarks.constrained "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "settings": {},
     }
