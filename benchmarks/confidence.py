@@ -41,7 +41,8 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 import spacy_medllm  # noqa: E402,F401  (registers the component)
 from benchmarks.seed_benchmark import load_seed_json  # noqa: E402
 from spacy_medllm.core.records import NOT_IN_TEXT  # noqa: E402
-from spacy_medllm.corpora.corpora import gold_doc, load_corpus  # noqa: E402
+from spacy_medllm.corpora.docs import gold_doc  # noqa: E402
+from spacy_medllm.corpora.registry import load_corpus  # noqa: E402
 from spacy_medllm.evaluation.seed_metric import seed_answer_strings, set_scores  # noqa: E402
 from spacy_medllm.pipeline.component import CONFIDENCE_ATTR  # noqa: E402
 from spacy_medllm.util.formatting import fmt_score, machine_info  # noqa: E402

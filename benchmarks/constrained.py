@@ -26,7 +26,8 @@ from tqdm import tqdm  # noqa: E402
 
 from spacy_medllm.cli import build_pipeline  # noqa: E402
 from spacy_medllm.core.records import NOT_IN_TEXT  # noqa: E402
-from spacy_medllm.corpora.corpora import gold_doc, load_corpus  # noqa: E402
+from spacy_medllm.corpora.docs import gold_doc  # noqa: E402
+from spacy_medllm.corpora.registry import load_corpus  # noqa: E402
 from spacy_medllm.evaluation.metrics import spacy_scores  # noqa: E402
 from spacy_medllm.util.formatting import fmt_pct, fmt_rate, fmt_score, machine_info  # noqa: E402
 

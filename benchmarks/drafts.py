@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from benchmarks.speed import WARM_UP_TEXT, adapter_settings  # noqa: E402
 from spacy_medllm.cli import build_pipeline  # noqa: E402
-from spacy_medllm.corpora.corpora import load_corpus  # noqa: E402
+from spacy_medllm.corpora.registry import load_corpus  # noqa: E402
 from spacy_medllm.util.formatting import fmt_rate, machine_info, markdown_table  # noqa: E402
 
 # name: (jump_forward, draft_tokens)

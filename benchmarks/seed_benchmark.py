@@ -50,8 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from spacy_medllm.core.examples import resolve_overlaps
 from spacy_medllm.evaluation.bertscore import BERTSCORE_PACKAGE, BertScore, default_bertscore_model
-from spacy_medllm.evaluation.metrics import iob_tags, resolve_overlaps, span_scores
+from spacy_medllm.evaluation.metrics import iob_tags, span_scores
 from spacy_medllm.evaluation.seed_metric import SetScores, seed_answer_strings, set_scores
 from spacy_medllm.util.formatting import fmt_pct as _pct
 from spacy_medllm.util.formatting import fmt_rate as _rate

@@ -232,7 +232,7 @@ def comparisons(results: dict[str, dict[str, Any]], base: str = OURS) -> dict[st
 
 
 def _load_examples(corpus: str, path: str | None, labels: Sequence[str], limit: int | None):
-    from spacy_medllm.corpora.corpora import load_corpus
+    from spacy_medllm.corpora.registry import load_corpus
 
     return load_corpus(corpus, SPLIT, path, labels=labels, limit=limit)
 

@@ -20,7 +20,7 @@ from spacy.util import load_config
 from spacy_medllm.baselines import dictionary as baselines
 from spacy_medllm.baselines.dictionary import build_dictionary_pipeline, dictionary_patterns
 from spacy_medllm.core.examples import make_example
-from spacy_medllm.corpora.corpora import gold_doc
+from spacy_medllm.corpora.docs import gold_doc
 
 ROOT = Path(__file__).resolve().parent.parent
 

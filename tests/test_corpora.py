@@ -13,18 +13,19 @@ import spacy
 from spacy.util import registry
 
 from spacy_medllm.core.examples import make_example, read_docbin, read_jsonl
-from spacy_medllm.corpora import corpora
-from spacy_medllm.corpora.corpora import (
+from spacy_medllm.corpora import cli_args as corpora_cli
+from spacy_medllm.corpora import docs, paths, readers, splits
+from spacy_medllm.corpora import registry as corpora_registry
+from spacy_medllm.corpora.registry import corpus_stats, load_corpus
+from spacy_medllm.corpora.splits import (
     CorpusContaminationError,
     check_no_cross_contamination,
     check_no_text_overlap,
-    corpus_stats,
     hash_split,
-    load_corpus,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = corpora.corpora_root()
+SHARED = paths.corpora_root()
 
 
 def needs(folder: str):
@@ -37,9 +38,9 @@ def needs(folder: str):
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    corpora._read_cached.cache_clear()
+    corpora_registry._read_cached.cache_clear()
     yield
-    corpora._read_cached.cache_clear()
+    corpora_registry._read_cached.cache_clear()
 
 
 def by_id(examples):
@@ -191,7 +192,7 @@ def test_ade_split_is_disjoint_by_pmid_and_deterministic():
     n = sum(map(len, pmids.values()))
     assert 0.75 < len(pmids["train"]) / n < 0.85
     first = [e["id"] for e in load_corpus("ade-corpus-v2", "test")]
-    corpora._read_cached.cache_clear()
+    corpora_registry._read_cached.cache_clear()
     assert [e["id"] for e in load_corpus("ade-corpus-v2", "test")] == first
     stats = corpus_stats("ade-corpus-v2")
     assert stats["texts_shared_between_splits"] == {"train/dev": 0, "train/test": 0, "dev/test": 0}
@@ -224,7 +225,7 @@ def test_pubtator_fixture_mismatches_duplicates_and_repeated_documents(tmp_path)
     path = tmp_path / "docs.txt"
     path.write_text(PUBTATOR, "utf8")
     counts: Counter[str] = Counter()
-    examples = corpora.read_pubtator(path, "fixture", counts)
+    examples = readers.read_pubtator(path, "fixture", counts)
     assert [e["id"] for e in examples] == ["1", "2"]
     assert examples[0]["text"] == "Aspirin and rash. The rash went."
     assert examples[0]["spans"] == [(0, 7, "Chemical"), (12, 16, "Disease"), (22, 26, "Disease")]
@@ -506,7 +507,7 @@ def test_phee_and_ade_really_share_sentences():
     """Why the refusal exists: most PHEE test sentences are ADE sentences."""
     ade = [e for s in ("train", "dev", "test") for e in load_corpus("ade-corpus-v2", s)]
     phee_test = load_corpus("phee", "test")
-    shared = corpora.shared_texts(ade, phee_test, normalize=False)
+    shared = splits.shared_texts(ade, phee_test, normalize=False)
     assert len(shared) > 0.8 * len(phee_test)
     with pytest.raises(CorpusContaminationError):
         check_no_text_overlap(ade, phee_test)
@@ -556,8 +557,8 @@ def test_seed_corpus_fixture_removes_leaks_and_duplicates(tmp_path):
 
 
 @pytest.mark.skipif(
-    not corpora.corpus_path("et-dev").exists(),
-    reason=f"{corpora.corpus_path('et-dev')} not available",
+    not corpora_registry.corpus_path("et-dev").exists(),
+    reason=f"{corpora_registry.corpus_path('et-dev')} not available",
 )
 def test_et_dev_first_documents_by_hand():
     dev = load_corpus("et-dev", "dev")
@@ -623,13 +624,13 @@ def test_pyproject_entry_point_names_the_registered_reader():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf8"))["project"]
     target = project["entry-points"]["spacy_readers"]["medllm.Corpus.v1"]
     module, _, attribute = target.partition(":")
-    assert (module, attribute) == ("spacy_medllm.corpora.corpora", "create_corpus_reader")
-    assert registry.readers.get("medllm.Corpus.v1") is corpora.create_corpus_reader
+    assert (module, attribute) == ("spacy_medllm.corpora.docs", "create_corpus_reader")
+    assert registry.readers.get("medllm.Corpus.v1") is docs.create_corpus_reader
 
 
 def test_convert_cli_writes_docbins_jsonl_and_stats(et_file, tmp_path, capsys):
     out = tmp_path / "converted"
-    assert corpora.main(["convert", "et-dev", "--path", str(et_file), "--output", str(out)]) == 0
+    assert corpora_cli.main(["convert", "et-dev", "--path", str(et_file), "--output", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["dev.jsonl", "dev.spacy", "stats.json"]
     stats = json.loads((out / "stats.json").read_text("utf8"))
     assert stats["splits"]["dev"]["n_spans"] == 3
@@ -655,7 +656,7 @@ def test_convert_seed_fixture_writes_every_split(tmp_path):
     other = {**record, "input": "Advil gave me a rash again."}
     (tmp_path / "train.json").write_text(json.dumps([record]), "utf8")
     (tmp_path / "test.json").write_text(json.dumps([other]), "utf8")
-    stats = corpora.convert_corpus("seed-ae-emails", tmp_path / "out", tmp_path)
+    stats = docs.convert_corpus("seed-ae-emails", tmp_path / "out", tmp_path)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == [
         "stats.json",
@@ -672,7 +673,7 @@ def test_convert_seed_fixture_writes_every_split(tmp_path):
 
 
 def test_missing_corpus_and_unknown_names_are_clear_errors(tmp_path):
-    with pytest.raises(corpora.CorpusNotFoundError, match="MEDLLM_CORPORA"):
+    with pytest.raises(paths.CorpusNotFoundError, match="MEDLLM_CORPORA"):
         load_corpus("bc5cdr", "train", tmp_path / "nowhere")
     with pytest.raises(KeyError, match="unknown corpus"):
         load_corpus("i2b2", "train")
@@ -680,11 +681,11 @@ def test_missing_corpus_and_unknown_names_are_clear_errors(tmp_path):
 
 def test_default_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MEDLLM_CORPORA", str(tmp_path))
-    assert corpora.corpora_root() == tmp_path
-    assert corpora.corpus_path("phee") == tmp_path / "phee"
+    assert paths.corpora_root() == tmp_path
+    assert corpora_registry.corpus_path("phee") == tmp_path / "phee"
     # Shipped in the repo (written for this project, MIT), so it does not follow the variable.
-    assert corpora.corpus_path("et-dev") == corpora.REPO_ROOT / "corpus/et_dev/et-dev.jsonl"
-    assert corpora.corpus_path("phee", "/x") == Path("/x")
+    assert corpora_registry.corpus_path("et-dev") == paths.REPO_ROOT / "corpus/et_dev/et-dev.jsonl"
+    assert corpora_registry.corpus_path("phee", "/x") == Path("/x")
 
 
 def test_corpora_and_evaluate_import_no_heavy_libraries():
@@ -694,7 +695,7 @@ def test_corpora_and_evaluate_import_no_heavy_libraries():
     heavy = ("torch", "seqeval", "matplotlib", "transformers", "bert_score")
     code = (
         "import sys, spacy; before = set(sys.modules);"
-        "import spacy_medllm.corpora.corpora, spacy_medllm.evaluation.evaluate;"
+        "import spacy_medllm.corpora.registry, spacy_medllm.corpora.docs, spacy_medllm.evaluation.evaluate;"
         f"print(sorted(m for m in {heavy!r} if m in set(sys.modules) - before))"
     )
     result = subprocess.run(

@@ -11,7 +11,8 @@ import pytest
 import spacy
 
 from spacy_medllm.core.examples import make_example
-from spacy_medllm.corpora.corpora import CorpusContaminationError, load_corpus
+from spacy_medllm.corpora.registry import load_corpus
+from spacy_medllm.corpora.splits import CorpusContaminationError
 from spacy_medllm.evaluation import cli_args as evaluate_cli
 from spacy_medllm.evaluation import evaluate as ev
 from spacy_medllm.evaluation import tables
@@ -434,7 +435,9 @@ def test_combined_words_per_second_pools_all_runs():
         system["speed"] = {"n_words": words, "seconds": seconds, "words_per_s": words / seconds}
         return {"corpus": corpus, "split": "test", "n_docs": 1, "systems": [system]}
 
-    table = tables.combine_results([report("a", "x", 100, 1.0, 0.5), report("b", "x", 300, 1.0, 0.25)])
+    table = tables.combine_results(
+        [report("a", "x", 100, 1.0, 0.5), report("b", "x", 300, 1.0, 0.25)]
+    )
     assert table.splitlines()[2] == "| x | 0.500 | 0.250 | 200 |"
 
 

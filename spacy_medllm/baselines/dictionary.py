@@ -254,7 +254,7 @@ def build_dictionary_pipeline(
     """
     import spacy
 
-    from spacy_medllm.corpora.corpora import AlignmentCounts, gold_doc
+    from spacy_medllm.corpora.docs import AlignmentCounts, gold_doc
 
     nlp = spacy.blank(lang)
     component = nlp.add_pipe("medllm_dictionary", config={"attr": attr})
@@ -270,14 +270,14 @@ def build_dictionary_pipeline(
 
 
 def _load_train(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from spacy_medllm.corpora.corpora import load_corpus
+    from spacy_medllm.corpora.registry import load_corpus
 
     labels = args.labels.split(",") if args.labels else None
     return load_corpus(args.corpus, args.split, args.path, labels=labels, limit=args.max_train_docs)
 
 
 def _build_dictionary(args: argparse.Namespace) -> dict[str, Any]:
-    from spacy_medllm.corpora.corpora import corpus_info
+    from spacy_medllm.corpora.registry import corpus_info
 
     examples = _load_train(args)
     stats: Counter[str] = Counter()
@@ -299,7 +299,7 @@ def _build_dictionary(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train_transformer(args: argparse.Namespace) -> dict[str, Any]:
     from spacy_medllm.baselines.token_classifier import train_token_classifier
-    from spacy_medllm.corpora.corpora import corpus_info
+    from spacy_medllm.corpora.registry import corpus_info
 
     examples = _load_train(args)
     _, record = train_token_classifier(

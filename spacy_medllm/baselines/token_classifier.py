@@ -511,7 +511,7 @@ def train_pipeline(
         set_seed,
     )
 
-    from spacy_medllm.corpora.corpora import AlignmentCounts, gold_doc
+    from spacy_medllm.corpora.docs import AlignmentCounts, gold_doc
 
     if num_threads:
         torch.set_num_threads(num_threads)

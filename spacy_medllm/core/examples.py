@@ -373,3 +373,14 @@ def answer_text(builder: PromptBuilder, example: Example) -> str:
     if example.get("answer_entities") is not None:
         return builder.answer(example["answer_entities"])
     return builder.answer_for_spans(example["text"], example["spans"])
+
+
+def resolve_overlaps(spans: Sequence[Span3]) -> list[Span3]:
+    """Non-overlapping spans: the longest first, then the leftmost, then the earlier in `spans`."""
+    ranked = sorted(range(len(spans)), key=lambda i: (-(spans[i][1] - spans[i][0]), spans[i][0], i))
+    kept: list[Span3] = []
+    for i in ranked:
+        start, end, label = spans[i]
+        if all(end <= s or start >= e for s, e, _ in kept):
+            kept.append((start, end, label))
+    return sorted(set(kept))

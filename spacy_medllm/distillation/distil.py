@@ -521,7 +521,7 @@ def _outside_ents(spans: Sequence[Any], ents: Sequence[Any]) -> list[Any]:
 
 def split_silver(docs: Sequence[Doc], dev_fraction: float = 0.1) -> tuple[list[Doc], list[Doc]]:
     """(train, dev) by a hash of each doc's id (`corpora.hash_split`): stable across runs."""
-    from spacy_medllm.corpora.corpora import hash_split
+    from spacy_medllm.corpora.splits import hash_split
 
     if not 0 < dev_fraction < 1:
         raise ValueError(f"dev_fraction must lie in (0, 1), got {dev_fraction}")
@@ -734,7 +734,7 @@ def load_records(
     "corpus:NAME" or "corpus:NAME:SPLIT" (default split train; gold labels are ignored)."""
     if not spec.startswith("corpus:"):
         return read_texts(spec, limit, lang)
-    from spacy_medllm.corpora.corpora import load_corpus
+    from spacy_medllm.corpora.registry import load_corpus
 
     _, name, *rest = spec.split(":")
     split = rest[0] if rest else "train"

@@ -1,7 +1,7 @@
 """Evaluate any spaCy pipeline that sets `doc.ents` on a gold corpus, and compare systems.
 
 `evaluate_pipeline(nlp, examples)` runs `nlp.pipe` over the examples' texts (timed) and scores the
-predicted entities against the gold spans (`spacy_medllm.corpora.corpora.load_corpus` gives examples for
+predicted entities against the gold spans (`spacy_medllm.corpora.registry.load_corpus` gives examples for
 the registered corpora). It works for `medllm_ner` pipelines, trained spaCy NER, an EntityRuler,
 or anything else that sets `doc.ents` (or `doc.spans[spans_key]`).
 
@@ -65,20 +65,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spacy_medllm.core.examples import Example, example_labels
-from spacy_medllm.corpora.corpora import (
-    AlignmentCounts,
-    align_spans,
-    check_no_cross_contamination,
-    gold_doc,
-)
+from spacy_medllm.core.examples import Example, example_labels, resolve_overlaps
+from spacy_medllm.corpora.docs import AlignmentCounts, align_spans, gold_doc
+from spacy_medllm.corpora.splits import check_no_cross_contamination
 from spacy_medllm.evaluation.metrics import (
     CharSpan,
     confusion_table,
     iob_tags,
     label_mapper,
     overlap_scores,
-    resolve_overlaps,
     spacy_scores,
     strict_scores,
 )
@@ -353,7 +348,7 @@ def evaluate_corpus(
     `<stem>.json/.md/.png` to `output` (stem: "<corpus>-<split>") when given; returns the report.
     `options` go to `evaluate_pipeline`.
     """
-    from spacy_medllm.corpora.corpora import corpus_info, corpus_path, load_corpus
+    from spacy_medllm.corpora.registry import corpus_info, corpus_path, load_corpus
 
     if trained_on:
         check_no_cross_contamination(list(trained_on), f"{corpus}:{split}")
@@ -424,4 +419,3 @@ def write_report(
     if plot and report["systems"]:
         paths["png"] = plot_per_label_f1(report, output / f"{stem}.png")
     return paths
-

@@ -129,17 +129,6 @@ def spacy_scores(gold_docs: Sequence[Doc], pred_docs: Sequence[Doc]) -> dict[str
     return Scorer.score_spans(examples, "ents")
 
 
-def resolve_overlaps(spans: Sequence[CharSpan]) -> list[CharSpan]:
-    """Non-overlapping spans: the longest first, then the leftmost, then the earlier in `spans`."""
-    ranked = sorted(range(len(spans)), key=lambda i: (-(spans[i][1] - spans[i][0]), spans[i][0], i))
-    kept: list[CharSpan] = []
-    for i in ranked:
-        start, end, label = spans[i]
-        if all(end <= s or start >= e for s, e, _ in kept):
-            kept.append((start, end, label))
-    return sorted(set(kept))
-
-
 def iob_tags(doc: Doc, spans: Sequence[CharSpan]) -> list[str]:
     """IOB2 tags of `doc` for token-aligned, non-overlapping character spans."""
     from spacy.training import biluo_to_iob, offsets_to_biluo_tags

@@ -160,7 +160,7 @@ def corpus_texts(report: Mapping[str, Any], ids: Sequence[str]) -> dict[str, str
     """The texts of documents `ids` of the report's corpus split; {} if the corpus is not here."""
     if not ids:
         return {}
-    from spacy_medllm.corpora.corpora import load_corpus
+    from spacy_medllm.corpora.registry import load_corpus
 
     try:
         examples = load_corpus(report["corpus"], report["split"], report.get("corpus_path"))
