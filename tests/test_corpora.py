@@ -630,7 +630,9 @@ def test_pyproject_entry_point_names_the_registered_reader():
 
 def test_convert_cli_writes_docbins_jsonl_and_stats(et_file, tmp_path, capsys):
     out = tmp_path / "converted"
-    assert corpora_cli.main(["convert", "et-dev", "--path", str(et_file), "--output", str(out)]) == 0
+    assert (
+        corpora_cli.main(["convert", "et-dev", "--path", str(et_file), "--output", str(out)]) == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["dev.jsonl", "dev.spacy", "stats.json"]
     stats = json.loads((out / "stats.json").read_text("utf8"))
     assert stats["splits"]["dev"]["n_spans"] == 3

@@ -17,21 +17,23 @@ from spacy.vocab import Vocab
 
 from spacy_medllm.baselines.dictionary import build_dictionary_pipeline
 from spacy_medllm.core.examples import make_example
-from spacy_medllm.distillation.distil import (
+from spacy_medllm.distillation.report import distillation_report
+from spacy_medllm.distillation.silver import (
+    mark_read_tokens_outside,
+    select_silver,
+    write_selection,
+)
+from spacy_medllm.distillation.students import train_transformer_student
+from spacy_medllm.distillation.teacher import (
     NOT_IN_TEXT,
     SILVER_FILE,
     TEACHER_KEY,
     UNPARSEABLE,
-    distillation_report,
     finished_ids,
     label_texts,
-    mark_read_tokens_outside,
     read_texts,
-    select_silver,
     teacher_fingerprint,
     teacher_identity,
-    train_transformer_student,
-    write_selection,
 )
 from spacy_medllm.pipeline.component import get_record
 from tests.gold_examples import GOLD, LABELS
@@ -309,7 +311,7 @@ def test_selection_writes_train_and_dev_without_losing_documents(tmp_path: Path)
     selection = json.loads((tmp_path / "sel" / "selection.json").read_text())
     assert selection["n_docs_kept"] == len(TEXTS)
     # docs without ids (another labeller's DocBin) are split by a hash of their text
-    from spacy_medllm.distillation.distil import split_silver
+    from spacy_medllm.distillation.silver import split_silver
 
     nlp = spacy.blank("en")
     train, dev = split_silver([nlp(text) for text in TEXTS * 3], dev_fraction=0.3)
@@ -607,7 +609,8 @@ def test_distillation_report_side_by_side(tmp_path: Path) -> None:
 
 
 def test_command_line_label_then_select(tmp_path: Path) -> None:
-    from spacy_medllm.distillation.distil import load_records, main
+    from spacy_medllm.distillation.cli_args import main
+    from spacy_medllm.distillation.report import load_records
 
     dictionary_teacher().to_disk(tmp_path / "teacher")
     texts = tmp_path / "texts.jsonl"
