@@ -28,7 +28,8 @@ from spacy_medllm.data.labelling import (
     read_log,
 )
 from spacy_medllm.data.scrape import scrape
-from spacy_medllm.data.synth import compose_offline, read_records
+from spacy_medllm.data.synth.offline import compose_offline
+from spacy_medllm.data.synth.records import read_records
 from spacy_medllm.pipeline.spacy_llm import (
     CHAT_PREFIX,
     GeneratorModel,

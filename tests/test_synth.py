@@ -9,19 +9,14 @@ from pathlib import Path
 import pytest
 
 from spacy_medllm.data.scrape import DrugFacts, scrape
-from spacy_medllm.data.synth import (
-    CONDITION_ET,
-    DRUG_ET,
-    EFFECT_ET,
+from spacy_medllm.data.synth.cli_args import main
+from spacy_medllm.data.synth.lexicon import CONDITION_ET, DRUG_ET, EFFECT_ET, inflect_et
+from spacy_medllm.data.synth.llm import generate_with_llm, plan_llm_jobs
+from spacy_medllm.data.synth.offline import OfflineComposer, compose_offline
+from spacy_medllm.data.synth.records import (
     KINDS,
     JSONLAppender,
-    OfflineComposer,
-    compose_offline,
-    generate_with_llm,
-    inflect_et,
-    main,
     normalise_for_dedup,
-    plan_llm_jobs,
     read_records,
     text_hash,
 )
@@ -187,7 +182,7 @@ def test_command_line_reports_a_shortfall(facts, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_generator(tmp_path_factory):
     pytest.importorskip("torch")
-    from spacy_medllm.data.synth import LLM_PROMPTS
+    from spacy_medllm.data.synth.llm import LLM_PROMPTS
     from spacy_medllm.generators.hf.generator import HFGenerator
 
     from .tiny_models import build_tiny_causal_lm
@@ -248,7 +243,7 @@ def test_llm_generation_writes_records_and_resumes(facts, tiny_generator, tmp_pa
 
 
 def test_split_is_by_id_hash_stable_and_filters_language(tmp_path: Path) -> None:
-    from spacy_medllm.data.synth import split_texts
+    from spacy_medllm.data.synth.records import split_texts
 
     records = [
         {"id": f"t{i}", "text": f"Text {i}.", "lang": "et" if i % 3 else "en"} for i in range(90)

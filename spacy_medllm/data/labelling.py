@@ -37,14 +37,14 @@ from typing import TYPE_CHECKING, Any
 
 from spacy.language import Language
 
-from spacy_medllm.data.synth import (
+from spacy_medllm.data.synth.lexicon import (
     CONDITION_ET,
     DRUG_ET,
     EFFECT_ET,
     PROCEDURES,
     plain_phrase,
-    read_records,
 )
+from spacy_medllm.data.synth.records import read_records
 from spacy_medllm.util.formatting import name_value_pairs
 
 if TYPE_CHECKING:
