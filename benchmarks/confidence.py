@@ -33,19 +33,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import spacy
+from sklearn.metrics import roc_auc_score
+
+import spacy_medllm  # noqa: F401 (registers the component)
+from benchmarks.seed_benchmark import load_seed_json
+from spacy_medllm.core.records import NOT_IN_TEXT
+from spacy_medllm.corpora.docs import gold_doc
+from spacy_medllm.corpora.registry import load_corpus
+from spacy_medllm.evaluation.seed_metric import seed_answer_strings, set_scores
+from spacy_medllm.pipeline.component import CONFIDENCE_ATTR
+from spacy_medllm.util.formatting import fmt_score
+from spacy_medllm.util.machine import machine_info
+
 REPO = Path(__file__).resolve().parents[1]
-
-import spacy  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-
-import spacy_medllm  # noqa: E402,F401  (registers the component)
-from benchmarks.seed_benchmark import load_seed_json  # noqa: E402
-from spacy_medllm.core.records import NOT_IN_TEXT  # noqa: E402
-from spacy_medllm.corpora.docs import gold_doc  # noqa: E402
-from spacy_medllm.corpora.registry import load_corpus  # noqa: E402
-from spacy_medllm.evaluation.seed_metric import seed_answer_strings, set_scores  # noqa: E402
-from spacy_medllm.pipeline.component import CONFIDENCE_ATTR  # noqa: E402
-from spacy_medllm.util.formatting import fmt_score, machine_info  # noqa: E402
 
 DROP_SHARES = (0.0, 0.05, 0.1, 0.2, 0.3)
 

@@ -20,16 +20,17 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
+from spacy_medllm.core.records import NOT_IN_TEXT
+from spacy_medllm.corpora.docs import gold_doc
+from spacy_medllm.corpora.registry import load_corpus
+from spacy_medllm.evaluation.metrics import spacy_scores
+from spacy_medllm.pipeline.assemble import build_pipeline
+from spacy_medllm.util.formatting import fmt_pct, fmt_rate, fmt_score
+from spacy_medllm.util.machine import machine_info
+
 REPO = Path(__file__).resolve().parents[1]
-
-from tqdm import tqdm  # noqa: E402
-
-from spacy_medllm.cli import build_pipeline  # noqa: E402
-from spacy_medllm.core.records import NOT_IN_TEXT  # noqa: E402
-from spacy_medllm.corpora.docs import gold_doc  # noqa: E402
-from spacy_medllm.corpora.registry import load_corpus  # noqa: E402
-from spacy_medllm.evaluation.metrics import spacy_scores  # noqa: E402
-from spacy_medllm.util.formatting import fmt_pct, fmt_rate, fmt_score, machine_info  # noqa: E402
 
 # name: (constrained, stop_at_json_end, merge_adapter, prefix_cache, dtype, float32_logits)
 SETTINGS = {

@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from spacy_medllm.generators.hf.generator import HFGenerator
+from spacy_medllm.util.machine import machine_info
 
-from spacy_medllm.generators.hf.generator import HFGenerator  # noqa: E402
-from spacy_medllm.util.formatting import machine_info  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def measure(model, batch: int, prompt_tokens: int, steps: int, vocab: int, cache_kw: str) -> dict:

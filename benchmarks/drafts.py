@@ -19,12 +19,13 @@ import json
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.speed import WARM_UP_TEXT, adapter_settings
+from spacy_medllm.corpora.registry import load_corpus
+from spacy_medllm.pipeline.assemble import build_pipeline
+from spacy_medllm.util.formatting import fmt_rate, markdown_table
+from spacy_medllm.util.machine import machine_info
 
-from benchmarks.speed import WARM_UP_TEXT, adapter_settings  # noqa: E402
-from spacy_medllm.cli import build_pipeline  # noqa: E402
-from spacy_medllm.corpora.registry import load_corpus  # noqa: E402
-from spacy_medllm.util.formatting import fmt_rate, machine_info, markdown_table  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # name: (jump_forward, draft_tokens)
 SETTINGS = {

@@ -23,12 +23,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tqdm import tqdm
+
+from spacy_medllm.util.formatting import fmt_rate, markdown_table
+from spacy_medllm.util.machine import (
+    cpu_supports_bf16,
+    machine_info,
+)
+
 REPO = Path(__file__).resolve().parents[1]
-
-from tqdm import tqdm  # noqa: E402
-
-from spacy_medllm.generators.packaged import cpu_supports_bf16  # noqa: E402
-from spacy_medllm.util.formatting import fmt_rate, machine_info, markdown_table  # noqa: E402
 
 # name: (bf16, share_prefix, gradient_checkpointing)
 SETTINGS = {

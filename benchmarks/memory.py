@@ -1,8 +1,8 @@
 """Memory benchmark: each pipeline scored on a corpus in a process of its own; peak RAM per system.
 
-Runs `python -m spacy_medllm.evaluation.evaluate` once per pipeline (so no system inherits another's
-memory), reads the peak resident memory each run recorded (`spacy_medllm.util.memory.PeakMemory`: the
-pipeline's weights resident, running the texts) and the RSS of a bare interpreter that has
+Runs `python -m spacy_medllm evaluate` once per pipeline (so no system inherits another's
+memory), reads the peak resident memory each run recorded (`spacy_medllm.util.memory.PeakMemory`:
+the pipeline's weights resident, running the texts) and the RSS of a bare interpreter that has
 imported spaCy, torch and spacy_medllm (what any of these processes holds before it loads a
 model), and writes `<output>/memory.json` and `memory.md` (one row per system: peak RSS, the
 part above the bare interpreter, words/s and strict F1 from the same run). The per-system
@@ -33,12 +33,13 @@ from spacy_medllm.util.formatting import (
     fmt_mib,
     fmt_rate,
     fmt_score,
-    machine_info,
     markdown_table,
     name_value_pairs,
 )
+from spacy_medllm.util.machine import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
+
 # What every evaluation process holds before it loads a pipeline: the imports, nothing else.
 FLOOR_IMPORTS = "import spacy, torch, spacy_medllm.evaluation.evaluate\n"
 FLOOR_CODE = (
@@ -211,7 +212,8 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             "peak RSS: the evaluation process's peak resident memory while the pipeline runs the "
             "texts, its weights resident (`spacy.load` reads a spaCy pipeline's before; "
-            "`medllm_ner` loads its model inside the window) (`spacy_medllm.util.memory.PeakMemory`, "
+            "`medllm_ner` loads its model inside the window) "
+            "(`spacy_medllm.util.memory.PeakMemory`, "
             "method "
             f"{', '.join(sorted({str(r['method']) for r in report['systems']}))}); above the bare "
             f"process: minus {fmt_mib(report['floor_rss_mib'])} MiB, the RSS of an interpreter "

@@ -58,8 +58,9 @@ from spacy_medllm.util.formatting import fmt_pct as _pct
 from spacy_medllm.util.formatting import fmt_rate as _rate
 from spacy_medllm.util.formatting import fmt_score as _f
 from spacy_medllm.util.formatting import json_default as _json_default
-from spacy_medllm.util.formatting import machine_info, name_value_pairs
 from spacy_medllm.util.formatting import markdown_table as _table
+from spacy_medllm.util.formatting import name_value_pairs
+from spacy_medllm.util.machine import machine_info
 
 logger = logging.getLogger("spacy_medllm")
 
@@ -870,6 +871,7 @@ def run_seed_benchmark(
         json.dumps(report, indent=2, ensure_ascii=False, default=_json_default), "utf8"
     )
     (output_dir / "seed_benchmark.md").write_text(markdown_report(report), "utf8")
+    (output_dir / "seed_benchmark_headline.md").write_text(headline_markdown(report), "utf8")
     if plot and entries:
         plot_seed_scores(report, output_dir / "seed_benchmark.png")
     return report
@@ -910,6 +912,27 @@ def table_rows(report: Mapping[str, Any], subset: str) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def headline_markdown(report: Mapping[str, Any]) -> str:
+    """The README's compact table: each system's seed metric, span F1 and speed on all records."""
+    rows = []
+    for entry in report["systems"]:
+        m = entry["metrics"]["all"]
+        speed = entry.get("speed")
+        rows.append(
+            [
+                entry["name"],
+                _f(m["seed"]["precision"]),
+                _f(m["seed"]["recall"]),
+                _f(m["seed"]["f1"]),
+                _f(m["spans"]["micro"]["f1"]),
+                _pct(m["parseable"]["share"]),
+                _rate(speed["words_per_s"]) if speed else "n/a",
+            ]
+        )
+    header = ["System", "Seed P", "Seed R", "Seed F1", "Span F1", "Parseable", "words/s"]
+    return _table(header, rows) + "\n"
 
 
 def _count(value: int | None) -> str:

@@ -9,8 +9,9 @@ LLM pipeline of each, and scores on the seed metric (set-based, exact, case-sens
   upper bound: the choice sees the answers it is scored on);
 - the union of every run's correct strings: the highest recall any vote of these runs can reach.
 
-    .venv/bin/python -m benchmarks.seed_vote                       # the committed rank-16/64/128 runs
-    .venv/bin/python -m benchmarks.seed_vote --run a=path/seed_benchmark.json --run b=... --vote a,b
+    .venv/bin/python -m benchmarks.seed_vote                       # the committed rank-16/64/128
+    runs .venv/bin/python -m benchmarks.seed_vote --run a=path/seed_benchmark.json --run b=...
+    --vote a,b
 
 Writes training/reports/experiments/seed_vote/seed_vote.json and .md.
 """
@@ -25,10 +26,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from spacy_medllm.evaluation.seed_metric import set_scores
+from spacy_medllm.util.formatting import fmt_score
+from spacy_medllm.util.machine import machine_info
 
-from spacy_medllm.evaluation.seed_metric import set_scores  # noqa: E402
-from spacy_medllm.util.formatting import fmt_score, machine_info  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 EXPERIMENTS = REPO / "training" / "reports" / "experiments"
 RUNS = {

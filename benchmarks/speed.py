@@ -12,9 +12,9 @@ Systems (all run the base model and LoRA adapter given, greedy, with the same ma
 - `spacy-llm JSONNER.v1` (optional): spacy-llm with `medllm.JSONNER.v1`, the task that prompts as
   the adapter was trained: separates what the framework costs from what the prompt costs.
 
-Each system is scored with `spacy_medllm.evaluation.evaluate.evaluate_pipeline` (strict seqeval F1 and
-spaCy's scorer; words = non-space tokens; wall time of `nlp.pipe` over the texts, the model loaded
-and one warm-up document run before the clock starts) on the seed test e-mails and the
+Each system is scored with `spacy_medllm.evaluation.evaluate.evaluate_pipeline` (strict seqeval F1
+and spaCy's scorer; words = non-space tokens; wall time of `nlp.pipe` over the texts, the model
+loaded and one warm-up document run before the clock starts) on the seed test e-mails and the
 ADE-Corpus-V2 test split. Writes `<output>.json`, `.md` and `.png`; results of earlier calls with
 the same setup are kept, so systems and corpora can be run one call at a time.
 
@@ -35,19 +35,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from spacy_medllm.util.formatting import (
-    fmt_mib,
-    fmt_rate,
-    fmt_score,
-    json_default,
-    machine_info,
-    markdown_table,
-)
+from spacy_medllm.util.formatting import fmt_mib, fmt_rate, fmt_score, json_default, markdown_table
+from spacy_medllm.util.machine import machine_info
 from spacy_medllm.util.memory import PeakMemory
+
+REPO = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("spacy_medllm")
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ADAPTER = "training/seed_lora/adapter"
 DEFAULT_OUTPUT = "training/reports/speed"
 CORPORA = ("seed-ae-emails", "ade-corpus-v2")
@@ -103,7 +98,7 @@ def build_system(name: str, model: str, adapter: str, batch_size: int, max_new_t
     import spacy
 
     if name in (OURS, FLOAT32, NO_DRAFTS, SCHEMA, SCHEMA_NO_DRAFTS, INT8, UNBATCHED):
-        from spacy_medllm.cli import build_pipeline
+        from spacy_medllm.pipeline.assemble import build_pipeline
 
         nlp = build_pipeline(
             model=model,

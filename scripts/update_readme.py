@@ -1,9 +1,12 @@
-"""Put a generated Markdown report into README.md between `<!-- NAME:start/end -->` markers.
+"""Put generated Markdown reports into README.md (or a docs page) between `<!-- NAME:start/end -->`.
 
-    python scripts/update_readme.py training/reports/seed_benchmark.md --name seed-benchmark
+    python scripts/update_readme.py training/reports/seed_benchmark.md --name seed-benchmark \
+        --readme docs/seed-benchmark.md
+    python scripts/update_readme.py A.md B.md --name distil-headline --tables-only
 
-The README's figures are then exactly what the last workflow run wrote; rerunning the workflow
-regenerates them. The report's own top-level heading is dropped (the README has its own).
+The page's figures are then exactly what the last workflow run wrote; rerunning the workflow
+regenerates them. A report's own top-level heading is dropped (the page has its own); with
+several reports, or with --tables-only, it becomes a bold caption above the report's tables.
 """
 
 from __future__ import annotations
@@ -18,21 +21,32 @@ def replace_block(readme: str, name: str, content: str) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), flags=re.DOTALL)
     if not pattern.search(readme):
-        raise SystemExit(f"README has no {start} ... {end} block")
+        raise SystemExit(f"no {start} ... {end} block")
     return pattern.sub(lambda _: f"{start}\n{content.strip()}\n{end}", readme, count=1)
+
+
+def report_text(path: Path, caption: bool, tables_only: bool) -> str:
+    lines = path.read_text(encoding="utf8").splitlines()
+    heading = None
+    if lines and lines[0].startswith("## "):
+        heading, lines = lines[0][3:].strip(), lines[1:]
+    if tables_only:
+        lines = [line for line in lines if line.startswith("|")]
+    text = "\n".join(lines).strip()
+    if caption and heading:
+        text = f"*{heading}*\n\n{text}"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("report", type=Path)
+    parser.add_argument("reports", type=Path, nargs="+")
     parser.add_argument("--name", required=True)
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument("--tables-only", action="store_true", help="keep the reports' tables")
     args = parser.parse_args(argv)
-    lines = args.report.read_text(encoding="utf8").splitlines()
-    if lines and lines[0].startswith("## "):
-        lines = lines[1:]
-    # The report's ### headings sit under the README's ## section.
-    text = "\n".join(lines)
+    caption = len(args.reports) > 1 or args.tables_only
+    text = "\n\n".join(report_text(p, caption, args.tables_only) for p in args.reports)
     readme = args.readme.read_text(encoding="utf8")
     args.readme.write_text(replace_block(readme, args.name, text), encoding="utf8")
     sys.stdout.write(f"Updated the {args.name} block of {args.readme}\n")

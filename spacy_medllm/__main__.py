@@ -1,5 +1,6 @@
 """`python -m spacy_medllm ...`: the typer command line."""
 
-from .cli import main
+from spacy_medllm.cli import main
 
-main()
+if __name__ == "__main__":
+    raise SystemExit(main())

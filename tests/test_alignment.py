@@ -1,4 +1,4 @@
-"""Tests for spacy_medllm.core.alignment: finding entity strings in the text and snapping to tokens."""
+"""spacy_medllm.core.alignment: finding entity strings in the text and snapping to tokens."""
 
 from __future__ import annotations
 

@@ -17,8 +17,8 @@ from spacy.tokens import DocBin
 from spacy.training import Example as SpacyExample
 from spacy.util import load_config
 
-from spacy_medllm.baselines import dictionary as baselines
 from spacy_medllm.baselines.dictionary import build_dictionary_pipeline, dictionary_patterns
+from spacy_medllm.cli import main as cli
 from spacy_medllm.core.examples import make_example
 from spacy_medllm.corpora.docs import gold_doc
 
@@ -237,7 +237,7 @@ def tiny_bert(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tiny_bert):
     """(nlp, loss before, loss after, training record): 60 steps on the four sentences."""
-    from spacy_medllm.baselines.token_classifier import (
+    from spacy_medllm.baselines.tagger_training import (
         build_token_classifier_pipeline,
         train_pipeline,
     )
@@ -379,7 +379,7 @@ def test_train_transformer_cli_on_the_seed_emails(tiny_bert, tmp_path, capsys):
         "--stride",
         "16",
     ]
-    assert baselines.main(argv) == 0
+    assert cli(["baseline", *argv]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["steps"] == 2 and record["n_docs"] == 3
     assert record["trained_on"] == "seed-ae-emails:train"
@@ -391,7 +391,7 @@ def test_train_transformer_cli_on_the_seed_emails(tiny_bert, tmp_path, capsys):
 def test_build_dictionary_cli_on_the_seed_emails(tmp_path, capsys):
     out = tmp_path / "dictionary"
     argv = ["build-dictionary", "--corpus", "seed-ae-emails", "--output", str(out)]
-    assert baselines.main([*argv, "--max-train-docs", "50"]) == 0
+    assert cli(["baseline", *argv, "--max-train-docs", "50"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["n_docs"] == 50 and record["n_strings"] > 20
     nlp = spacy.load(out)

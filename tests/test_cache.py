@@ -1,5 +1,6 @@
-"""The response cache (`spacy_medllm.pipeline.cache`) around real generators: a tiny random transformers
-model with a LoRA adapter (built in the test session), and a real llama.cpp server (slow).
+"""The response cache (`spacy_medllm.pipeline.cache`) around real generators: a tiny random
+transformers model with a LoRA adapter (built in the test session), and a real llama.cpp server
+(slow).
 
 A hit must not call the model at all (the HF generator's batch counter stays at 0 and the model is
 never loaded); anything that decides the answer (model, adapter, generation settings, prompt

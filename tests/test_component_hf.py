@@ -87,7 +87,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def build_nlp(trained: dict, batch_size: int = 8, **component) -> spacy.language.Language:
-    from spacy_medllm.cli import build_pipeline
+    from spacy_medllm.pipeline.assemble import build_pipeline
 
     nlp = build_pipeline(
         model=str(trained["base"]),
@@ -293,7 +293,7 @@ def test_command_line_assemble_extract_and_info(trained, batched_docs, tmp_path)
 
 
 def test_few_shot_examples_come_from_training_data_and_enter_the_prompt() -> None:
-    from spacy_medllm.cli import few_shot_examples
+    from spacy_medllm.pipeline.assemble import few_shot_examples
 
     seed_train = Path(__file__).resolve().parent.parent / "corpus/seed_ae_emails/train.json"
     shots = few_shot_examples(seed_train, 3, LABELS)

@@ -12,8 +12,8 @@ import pytest
 import spacy
 from spacy.util import registry
 
+from spacy_medllm.cli import main as cli
 from spacy_medllm.core.examples import make_example, read_docbin, read_jsonl
-from spacy_medllm.corpora import cli_args as corpora_cli
 from spacy_medllm.corpora import docs, paths, readers, splits
 from spacy_medllm.corpora import registry as corpora_registry
 from spacy_medllm.corpora.registry import corpus_stats, load_corpus
@@ -630,9 +630,7 @@ def test_pyproject_entry_point_names_the_registered_reader():
 
 def test_convert_cli_writes_docbins_jsonl_and_stats(et_file, tmp_path, capsys):
     out = tmp_path / "converted"
-    assert (
-        corpora_cli.main(["convert", "et-dev", "--path", str(et_file), "--output", str(out)]) == 0
-    )
+    assert cli(["corpus", "convert", "et-dev", "--path", str(et_file), "--output", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["dev.jsonl", "dev.spacy", "stats.json"]
     stats = json.loads((out / "stats.json").read_text("utf8"))
     assert stats["splits"]["dev"]["n_spans"] == 3
@@ -697,7 +695,8 @@ def test_corpora_and_evaluate_import_no_heavy_libraries():
     heavy = ("torch", "seqeval", "matplotlib", "transformers", "bert_score")
     code = (
         "import sys, spacy; before = set(sys.modules);"
-        "import spacy_medllm.corpora.registry, spacy_medllm.corpora.docs, spacy_medllm.evaluation.evaluate;"
+        "import spacy_medllm.corpora.registry, spacy_medllm.corpora.docs;"
+        "import spacy_medllm.evaluation.evaluate;"
         f"print(sorted(m for m in {heavy!r} if m in set(sys.modules) - before))"
     )
     result = subprocess.run(

@@ -217,7 +217,8 @@ def test_token_classifier_student_on_the_converted_encoder(
 ) -> None:
     import spacy
 
-    from spacy_medllm.baselines.token_classifier import resolve_encoder, train_token_classifier
+    from spacy_medllm.baselines.tagger_training import train_token_classifier
+    from spacy_medllm.baselines.token_classifier import resolve_encoder
 
     cache, converted = converted_e5
     monkeypatch.setenv("SPACY_MEDLLM_CACHE", str(cache))

@@ -54,7 +54,7 @@ def short_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_packaged_model_with_lora_as_a_spacy_component(short_lora: Path, tmp_path: Path) -> None:
-    from spacy_medllm.cli import build_pipeline
+    from spacy_medllm.pipeline.assemble import build_pipeline
 
     test = json.loads((SEED / "test.json").read_text(encoding="utf8"))[:6]
     texts = [record["input"] for record in test]
@@ -90,7 +90,7 @@ def test_draft_tokens_keep_the_real_models_answers(short_lora: Path) -> None:
     """On the real model, which answers in the trained JSON: drafts (forced schema tokens, document
     continuations) are mostly kept, decoding takes fewer steps, and every answer is what
     `generate` writes one token per step, unconstrained and constrained."""
-    from spacy_medllm.cli import build_pipeline
+    from spacy_medllm.pipeline.assemble import build_pipeline
 
     test = json.loads((SEED / "test.json").read_text(encoding="utf8"))[6:12]
     texts = [record["input"] for record in test]

@@ -4,16 +4,15 @@ metric, and the command line's JSON/Markdown/PNG outputs and combined tables."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 import spacy
 
+from spacy_medllm.cli import main as cli
 from spacy_medllm.core.examples import make_example
 from spacy_medllm.corpora.registry import load_corpus
 from spacy_medllm.corpora.splits import CorpusContaminationError
-from spacy_medllm.evaluation import cli_args as evaluate_cli
 from spacy_medllm.evaluation import evaluate as ev
 from spacy_medllm.evaluation import tables
 from tests.scripted import lexicon_answer  # noqa: F401 - registers test.ScriptedLexiconGenerator.v1
@@ -363,7 +362,7 @@ def test_cli_writes_json_markdown_and_png(tmp_path, et_corpus, et_pipelines, cap
     argv = ["--corpus", "et-dev", "--split", "dev", "--path", str(et_corpus), "--output", str(out)]
     for name, path in et_pipelines.items():
         argv += ["--pipeline", f"{name}={path}"]
-    assert evaluate_cli.main(argv) == 0
+    assert cli(["evaluate", *argv]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "et-dev-dev.json",
         "et-dev-dev.md",
@@ -405,11 +404,11 @@ def test_cli_writes_json_markdown_and_png(tmp_path, et_corpus, et_pipelines, cap
 
     # a second run on the first document only, then one table of both
     again = [*argv[:-4], "--pipeline", f"drugs={et_pipelines['drugs']}", "--limit", "1"]
-    evaluate_cli.main([*again, "--stem", "first"])
+    cli(["evaluate", *again, "--stem", "first"])
     combined = tmp_path / "table.md"
     plot = tmp_path / "speed.png"
     assert (
-        evaluate_cli.main(
+        cli(
             [
                 "combine",
                 str(out / "et-dev-dev.summary.json"),
@@ -448,7 +447,7 @@ def test_cli_seed_corpus_reports_the_seed_metric(tmp_path):
     )
     out = tmp_path / "seed"
     argv = ["--pipeline", f"titles={pipeline}", "--corpus", "seed-ae-emails", "--output", str(out)]
-    evaluate_cli.main([*argv, "--limit", "4", "--no-plot"])
+    cli(["evaluate", *argv, "--limit", "4", "--no-plot"])
     report = json.loads((out / "seed-ae-emails-test.json").read_text("utf8"))
     system = report["systems"][0]
     assert system["seed"]["n_records"] == 4
@@ -460,12 +459,15 @@ def test_cli_seed_corpus_reports_the_seed_metric(tmp_path):
     assert not (out / "seed-ae-emails-test.png").exists()
 
 
-def test_cli_refuses_phee_trained_pipelines_on_ade_before_running(tmp_path, et_pipelines):
+def test_cli_refuses_phee_trained_pipelines_on_ade_before_running(tmp_path, et_pipelines, capsys):
     out = tmp_path / "never"
     argv = ["--pipeline", f"x={et_pipelines['drugs']}", "--corpus", "ade-corpus-v2"]
-    with pytest.raises(CorpusContaminationError, match="PHEE"):
-        evaluate_cli.main([*argv, "--trained-on", "phee:train", "--output", str(out)])
+    assert cli(["evaluate", *argv, "--trained-on", "phee:train", "--output", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "PHEE" in error and "Traceback" not in error
     assert not out.exists()
+    with pytest.raises(CorpusContaminationError, match="PHEE"):  # --verbose: the exception itself
+        cli(["--verbose", "evaluate", *argv, "--trained-on", "phee:train", "--output", str(out)])
 
 
 def test_system_names_must_be_unique(et_corpus):
@@ -504,17 +506,18 @@ def test_unscored_gold_labels_and_overlapping_predictions():
     [
         (["--pipeline", "cnn"], "--pipeline takes NAME=PATH, got 'cnn'"),
         (["--pipeline", "=training/cnn"], "--pipeline takes NAME=PATH, got '=training/cnn'"),
-        (["--pipeline", "a=b", "--label-map", "DRUG"], "--label-map takes FROM=TO, got 'DRUG'"),
+        (
+            ["--pipeline", "a=b", "--label-map", "DRUG"],
+            "--label-map takes PREDICTED=GOLD, got 'DRUG'",
+        ),
     ],
 )
-def test_cli_name_value_options_stop_with_the_option_named(tmp_path, argv, message) -> None:
+def test_cli_name_value_options_stop_with_the_option_named(tmp_path, argv, message, capsys):
     """evaluate, distil and bench_memory read NAME=PATH options the same way (one helper)."""
-    from spacy_medllm.distillation import distil
-
-    with pytest.raises(SystemExit, match=re.escape(message)):
-        evaluate_cli.main(["--corpus", "et-dev", "--output", str(tmp_path), *argv])
-    report = ["report", "--corpus", "et-dev", "--output", str(tmp_path)]
-    with pytest.raises(SystemExit, match=re.escape("--teacher takes NAME=PATH, got 'teacher'")):
-        distil.main([*report, "--teacher", "teacher"])
-    with pytest.raises(SystemExit, match=re.escape("--student takes NAME=PATH, got 'cnn='")):
-        distil.main([*report, "--teacher", "t=path", "--student", "cnn="])
+    assert cli(["evaluate", "--corpus", "et-dev", "--output", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+    report = ["distil", "report", "--corpus", "et-dev", "--output", str(tmp_path)]
+    assert cli([*report, "--teacher", "teacher"]) == 2
+    assert "--teacher takes NAME=PATH, got 'teacher'" in capsys.readouterr().err
+    assert cli([*report, "--teacher", "t=path", "--student", "cnn="]) == 2
+    assert "--student takes NAME=PATH, got 'cnn='" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from spacy_medllm.cli import main as cli
 from spacy_medllm.core.adapter_settings import load_prompt_settings
 from spacy_medllm.core.examples import (
     SeedRecovery,
@@ -31,9 +32,7 @@ from spacy_medllm.core.examples import (
 )
 from spacy_medllm.core.labels import LabelSet
 from spacy_medllm.core.prompts import PromptBuilder
-from spacy_medllm.generators.packaged import cpu_supports_bf16
 from spacy_medllm.training.checkpoints import last_checkpoint
-from spacy_medllm.training.cli_args import main
 from spacy_medllm.training.collate import PaddingCollator, completion_loss, prefix_cache_inputs
 from spacy_medllm.training.config import FinetuneConfig, resolve_bf16, validate_config
 from spacy_medllm.training.examples import chunk_examples
@@ -44,6 +43,7 @@ from spacy_medllm.training.records import (
     records_sha256,
 )
 from spacy_medllm.training.trainer import finetune
+from spacy_medllm.util.machine import cpu_supports_bf16
 from tests.gold_examples import GOLD, LABELS, VOCAB_TEXTS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -679,6 +679,7 @@ def test_command_line_with_top_layers_only(tiny_base, tmp_path):
     data.write_text("\n".join(lines) + "\n", encoding="utf8")
     output = tmp_path / "cli"
     argv = [
+        "finetune",
         "--train",
         str(data),
         "--output",
@@ -698,7 +699,7 @@ def test_command_line_with_top_layers_only(tiny_base, tmp_path):
         "--no-group-by-length",
         "--gradient-checkpointing",
     ]
-    assert main(argv) == 0
+    assert cli(argv) == 0
     adapter = output / "adapter"
     record = json.loads((adapter / "training_record.json").read_text())
     assert record["data"]["n_examples"] == len(GOLD)
@@ -804,7 +805,7 @@ def test_training_pieces_are_the_pieces_medllm_ner_prompts(
 def test_finetuning_on_pieces_records_them_and_the_pipeline_reads_in_pieces(
     examples, tiny_base, tmp_path
 ):
-    from spacy_medllm.cli import build_pipeline
+    from spacy_medllm.pipeline.assemble import build_pipeline
 
     adapter = finetune(
         tiny_config(tiny_base, tmp_path / "run", max_steps=2, max_chunk_tokens=12),
@@ -828,12 +829,11 @@ def test_finetuning_on_pieces_records_them_and_the_pipeline_reads_in_pieces(
     )
 
 
-def test_command_line_max_chunk_tokens_zero_means_whole_texts(tmp_path):
-    from spacy_medllm.training.cli_args import _parse_args, config_from_args
-
+def test_command_line_max_chunk_tokens_zero_means_whole_texts(tmp_path, capsys):
     def setting(*extra):
-        args = _parse_args(["--train", "x.jsonl", "--output", str(tmp_path), *extra])
-        return config_from_args(args).max_chunk_tokens
+        argv = ["finetune", "--train", "x.jsonl", "--output", str(tmp_path), "--show-config"]
+        assert cli([*argv, *extra]) == 0
+        return json.loads(capsys.readouterr().out)["max_chunk_tokens"]
 
     assert setting() is None
     assert setting("--max-chunk-tokens", "0") is None

@@ -220,7 +220,7 @@ def test_a_killed_run_resumes_without_loss_or_duplicates(trained, tmp_path):  # 
     command = [
         sys.executable,
         "-m",
-        "spacy_medllm.data.labelling",
+        "spacy_medllm",
         "label",
         "--input",
         str(source),
@@ -376,18 +376,20 @@ def test_data_commands_of_the_project_run_offline_and_a_rerun_skips(tmp_path):
         assert f"Skipping '{step}': nothing changed" in run(step)
 
 
-def test_report_silver_takes_name_equals_a_finished_label_folder(tmp_path) -> None:
+def test_report_silver_takes_name_equals_a_finished_label_folder(tmp_path, capsys) -> None:
     """`report --silver` stops before any scoring: a value without NAME= or a folder without
     the `label` run's log is named in the message."""
-    from spacy_medllm.data.labelling import main
+    from spacy_medllm.cli import main
 
     source = tmp_path / "texts.jsonl"
     record = {"id": "a", "lang": "en", "kind": "t", "text": GOLD[0][0]}
     source.write_text(json.dumps(record) + "\n", encoding="utf8")
-    argv = ["report", "--input", str(source), "--output", str(tmp_path / "r"), "--langs", "en"]
-    with pytest.raises(SystemExit, match=re.escape("--silver takes NAME=DIR, got 'folder'")):
-        main([*argv, "--silver", "folder"])
+    argv = ["annotator-report", "--input", str(source), "--output", str(tmp_path / "r")]
+    argv += ["--langs", "en"]
+    assert main([*argv, "--silver", "folder"]) == 2
+    assert "--silver takes NAME=DIR, got 'folder'" in capsys.readouterr().err
     missing = tmp_path / "never_labelled"
-    with pytest.raises(SystemExit, match=f"--silver llm={re.escape(str(missing))}: .* run `label`"):
-        main([*argv, "--silver", f"llm={missing}"])
+    assert main([*argv, "--silver", f"llm={missing}"]) == 1
+    error = capsys.readouterr().err
+    assert re.search(f"llm={re.escape(str(missing))}: .* run `label`", error), error
     assert not (tmp_path / "r").exists()

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from spacy_medllm.profiles import (
+from spacy_medllm.cli import main as cli
+from spacy_medllm.cli.profile import (
     DEFAULT_PROFILES,
     ProfileError,
     get_profile,
     load_profiles,
-    main,
     markdown,
     substitute,
 )
@@ -38,7 +38,7 @@ def test_every_placeholder_in_project_yml_is_set_by_every_profile() -> None:
     used = 0
     for command in project["commands"]:
         for line in command["script"]:
-            if "spacy_medllm.profiles" not in line:
+            if "spacy_medllm profile" not in line:
                 continue
             used += 1
             assert "configs/profiles.cfg" in command.get("deps", []), command["name"]
@@ -75,10 +75,14 @@ def test_main_runs_the_command_with_the_values_and_returns_its_status(
         "import sys, os; "
         "open(sys.argv[1], 'w').write(sys.argv[2] + ' ' + os.environ['SPACY_MEDLLM_PROFILE'])"
     )
+
+    def main(argv):
+        return cli(["profile", *argv])
+
     assert main(["full", "--", sys.executable, "-c", code, str(out), "{seed_epochs}"]) == 0
     assert out.read_text() == f"{load_profiles()['full']['seed_epochs']} full"
     assert main(["fast", "--", sys.executable, "-c", "raise SystemExit(7)"]) == 7
-    assert main(["fast", "--", sys.executable, "-c", "", "{missing}"]) == 2
+    assert main(["fast", "--", sys.executable, "-c", "", "{missing}"]) == 1
     assert "{missing}" in capsys.readouterr().err
     assert main(["--show"]) == 0
     assert "| `seed_epochs` |" in capsys.readouterr().out
@@ -86,7 +90,7 @@ def test_main_runs_the_command_with_the_values_and_returns_its_status(
 
 
 def test_readme_profile_table_is_the_shipped_profiles() -> None:
-    """The README's table is `python -m spacy_medllm.profiles --show` of configs/profiles.cfg
+    """The README's table is `python -m spacy_medllm profile --show` of configs/profiles.cfg
     (regenerate: `--show > t.md && python scripts/update_readme.py t.md --name profiles`)."""
     readme = (ROOT / "README.md").read_text(encoding="utf8")
     block = readme.split("<!-- profiles:start -->")[1].split("<!-- profiles:end -->")[0]

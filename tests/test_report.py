@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import spacy
 
+from spacy_medllm.cli import main as cli
 from spacy_medllm.evaluation import evaluate as ev
 from spacy_medllm.evaluation import report as rp
 
@@ -195,7 +196,7 @@ def test_command_line_writes_into_the_reports_folder(reports_dir, tmp_path, caps
 
     copy = tmp_path / "copy"
     shutil.copytree(reports_dir, copy)
-    assert rp.main([str(copy), "--samples", "0"]) == 0
+    assert cli(["report", str(copy), "--samples", "0"]) == 0
     page = (copy / "report.html").read_text("utf8")
     assert "displacy" not in page.lower() and 'class="entities"' not in page
     assert "report.html" in capsys.readouterr().out

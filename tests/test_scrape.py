@@ -11,11 +11,11 @@ from typing import ClassVar
 
 import pytest
 
+from spacy_medllm.cli import main as cli
 from spacy_medllm.data.scrape import (
     DrugPageError,
     Fetcher,
     expand_sources,
-    main,
     parse_drug_page,
     read_facts,
     scrape,
@@ -109,7 +109,7 @@ def test_batch_skips_broken_pages_and_keeps_going(tmp_path):
 def test_shipped_pages_all_parse_completely(tmp_path):
     output = tmp_path / "facts.jsonl"
     report_path = tmp_path / "report.json"
-    assert main([str(SHIPPED), "--output", str(output), "--report", str(report_path)]) == 0
+    assert cli(["scrape", str(SHIPPED), "--output", str(output), "--report", str(report_path)]) == 0
     facts = read_facts(output)
     assert len(facts) == len(expand_sources([SHIPPED])) >= 25
     assert all(f.uses and f.common_side_effects and f.serious_side_effects for f in facts)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from spacy_medllm.cli import main as cli
 from spacy_medllm.data.scrape import DrugFacts, scrape
-from spacy_medllm.data.synth.cli_args import main
 from spacy_medllm.data.synth.lexicon import CONDITION_ET, DRUG_ET, EFFECT_ET, inflect_et
 from spacy_medllm.data.synth.llm import generate_with_llm, plan_llm_jobs
 from spacy_medllm.data.synth.offline import OfflineComposer, compose_offline
@@ -154,8 +154,9 @@ def test_command_line_reports_a_shortfall(facts, tmp_path):
     small = DrugFacts(name="Metformin", uses=["diabetes"], common_side_effects=["nausea"])
     facts_path.write_text(json.dumps(small.to_dict()) + "\n", encoding="utf8")
     summary_path = tmp_path / "summary.json"
-    code = main(
+    code = cli(
         [
+            "synth",
             "offline",
             "--facts",
             str(facts_path),

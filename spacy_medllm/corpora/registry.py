@@ -1,10 +1,10 @@
 """Public medical NER corpora as gold examples: readers, deterministic splits, stats, converters.
 
 `load_corpus(name, split, path=None)` returns gold examples in the package's format
-(`spacy_medllm.training.data`: `{"id", "text", "spans": [(start, end, label)], "answer_entities"}`,
+(`spacy_medllm.core.examples`: `{"id", "text", "spans": [(start, end, label)], "answer_entities"}`,
 character offsets, end exclusive); `corpus_stats(name)` says what was read, dropped and resolved;
 `medllm.Corpus.v1` is the same as a spaCy reader (`[corpora.train] @readers = "medllm.Corpus.v1"`),
-and `python -m spacy_medllm.corpora.corpora convert NAME --output DIR` writes `{split}.spacy` DocBins,
+and `python -m spacy_medllm corpus convert NAME --output DIR` writes `{split}.spacy` DocBins,
 `{split}.jsonl` and `stats.json`.
 
 Nothing of these corpora is shipped with the package: the readers read the files where they are.

@@ -18,18 +18,16 @@ The silver DocBins (`<lang>.spacy`) are rebuilt from the log at the end of every
 `spacy_medllm.evaluation.evaluate` (strict seqeval and partial-overlap F1 per label) and writes
 Markdown, JSON and a PNG.
 
-    python -m spacy_medllm.data.labelling label --input corpus/generated/synthetic.jsonl \
+    python -m spacy_medllm label --input corpus/generated/synthetic.jsonl \
         --output corpus/generated/silver --annotator llm --adapter training/seed_lora/adapter
-    python -m spacy_medllm.data.labelling report --input corpus/generated/synthetic.jsonl \
+    python -m spacy_medllm annotator-report --input corpus/generated/synthetic.jsonl \
         --facts corpus/generated/drug_facts.jsonl --output training/reports --limit 20
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -45,7 +43,6 @@ from spacy_medllm.data.synth.lexicon import (
     plain_phrase,
 )
 from spacy_medllm.data.synth.records import read_records
-from spacy_medllm.util.formatting import name_value_pairs
 
 if TYPE_CHECKING:
     from spacy_medllm.data.scrape import DrugFacts
@@ -391,7 +388,7 @@ def annotator_report(
     `<stem>.json/.md/.png` to `output`.
     """
     from spacy_medllm.evaluation.evaluate import evaluate_pipeline, write_report
-    from spacy_medllm.util.formatting import machine_info
+    from spacy_medllm.util.machine import machine_info
 
     samples = sample_per_lang(records, limit)
     systems = []
@@ -432,105 +429,53 @@ def annotator_report(
 # -- command line ----------------------------------------------------------------------------------
 
 
-def _labellers(args: argparse.Namespace, langs: Iterable[str]) -> dict[str, Language]:
-    if args.annotator == "dictionary":
+def labellers(
+    annotator: str,
+    langs: Iterable[str],
+    *,
+    facts: str | Path | None = None,
+    model: str = "smollm2-135m-instruct",
+    adapter: str | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 192,
+    base_url: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+) -> dict[str, Language]:
+    """One labelling pipeline per language: the dictionary annotator (needs `facts`, the scrape
+    step's JSONL) or the LLM annotator through spacy-llm (a local model + adapter, or a server)."""
+    if annotator not in ANNOTATORS:
+        raise ValueError(f"annotator must be one of {ANNOTATORS}, got {annotator!r}")
+    if annotator == "dictionary":
         from spacy_medllm.data.scrape import read_facts
 
-        if not args.facts:
-            raise SystemExit("--annotator dictionary needs --facts (the scrape step's JSONL)")
-        facts = read_facts(args.facts)
-        return {lang: dictionary_labeller(lang, facts) for lang in langs}
+        if not facts:
+            raise ValueError("the dictionary annotator needs --facts (the scrape step's JSONL)")
+        drug_facts = read_facts(facts)
+        return {lang: dictionary_labeller(lang, drug_facts) for lang in langs}
     return {
         lang: llm_labeller(
             lang,
-            model=args.model,
-            adapter=args.adapter,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            base_url=args.base_url,
-            api_key_env=args.api_key_env,
+            model=model,
+            adapter=adapter,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            base_url=base_url,
+            api_key_env=api_key_env,
         )
         for lang in langs
     }
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.data.labelling",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("label", "report"):
-        p = sub.add_parser(name)
-        p.add_argument("--input", required=True, help="JSONL of texts (the synth step's output).")
-        p.add_argument("--output", required=True, help="Folder for the DocBins/log or report.")
-        p.add_argument("--facts", help="DrugFacts JSONL (for the dictionary annotator).")
-        p.add_argument("--langs", default="en,et")
-        p.add_argument("--limit", type=int, default=0, help="Per language; 0 = all.")
-        p.add_argument("--model", default="smollm2-135m-instruct")
-        p.add_argument("--adapter", default=None, help="LoRA adapter folder (prompt included).")
-        p.add_argument("--base-url", default=None, help="An OpenAI-compatible server instead.")
-        p.add_argument("--api-key-env", default="OPENAI_API_KEY")
-        p.add_argument("--batch-size", type=int, default=8)
-        p.add_argument("--max-new-tokens", type=int, default=192)
-    sub.choices["label"].add_argument("--annotator", choices=ANNOTATORS, default="llm")
-    report = sub.choices["report"]
-    report.add_argument("--stem", default="annotators")
-    report.add_argument(
-        "--silver",
-        action="append",
-        default=[],
-        metavar="NAME=DIR",
-        help="Score the labels a finished `label` run logged in DIR (no model is run).",
-    )
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    records = read_records(args.input)
-    if not records:
-        raise SystemExit(f"No records in {args.input}")
-    langs = [lang for lang in args.langs.split(",") if lang]
-    limit = args.limit or None
-    if args.command == "label":
-        summary = label_records(
-            records,
-            _labellers(args, langs),
-            args.output,
-            args.annotator,
-            batch_size=args.batch_size,
-            limit=limit,
-        )
-        print(json.dumps(summary, indent=2))
-        return 0
-    annotators: dict[str, dict[str, Language]] = {}
-    if args.facts:
-        args.annotator = "dictionary"
-        annotators["dictionary"] = _labellers(args, langs)
-    if args.adapter or args.base_url:
-        args.annotator = "llm"
-        name = "spacy-llm " + (Path(args.adapter).parent.name if args.adapter else args.model)
-        annotators[name] = _labellers(args, langs)
-    for name, folder in name_value_pairs(args.silver, "--silver", "NAME=DIR"):
+def replayed_annotators(
+    silver: Iterable[tuple[str, str | Path]], langs: Iterable[str]
+) -> dict[str, dict[str, Language]]:
+    """Annotators that replay the labels finished `label` runs logged (no model is run)."""
+    annotators = {}
+    for name, folder in silver:
         log_path = Path(folder) / LOG_FILE
         if not log_path.is_file():
-            raise SystemExit(
-                f"--silver {name}={folder}: {log_path} does not exist; run `label` first"
+            raise FileNotFoundError(
+                f"{name}={folder}: {log_path} does not exist; run `label` first"
             )
         annotators[name] = {lang: replay_labeller(lang, log_path)[0] for lang in langs}
-    if not annotators:
-        raise SystemExit("Give --facts (dictionary), --silver NAME=DIR or --adapter (LLM).")
-    report = annotator_report(records, annotators, args.output, limit=limit, stem=args.stem)
-    for system in report["systems"]:
-        print(
-            f"{system['name']}: strict F1 {system['strict']['micro']['f1']:.3f}, "
-            f"overlap F1 {system['overlap']['micro']['f1']:.3f}"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return annotators

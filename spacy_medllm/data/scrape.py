@@ -10,18 +10,16 @@ headings (whatever the layout: headings and lists, definition lists, tables), ht
 a section into text. A page with a missing section gives `DrugFacts` with the problem listed;
 a page that is no drug page at all raises `DrugPageError`, which `scrape` records and skips.
 
-    python -m spacy_medllm.data.scrape corpus/drug_pages --output corpus/generated/drug_facts.jsonl
-    python -m spacy_medllm.data.scrape https://example.org/drugs/metformin.html --output facts.jsonl
+    python -m spacy_medllm scrape corpus/drug_pages --output corpus/generated/drug_facts.jsonl
+    python -m spacy_medllm scrape https://example.org/drugs/metformin.html --output facts.jsonl
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import re
-import sys
 import time
 import urllib.robotparser
 from collections.abc import Callable, Iterable, Sequence
@@ -510,32 +508,3 @@ def write_facts(facts: Sequence[DrugFacts], path: str | Path) -> Path:
 def read_facts(path: str | Path) -> list[DrugFacts]:
     with Path(path).open(encoding="utf8") as file_:
         return [DrugFacts.from_dict(json.loads(line)) for line in file_ if line.strip()]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spacy_medllm.data.scrape", description=__doc__)
-    parser.add_argument("sources", nargs="+", help="Saved HTML files, folders of them, or URLs.")
-    parser.add_argument("--output", required=True, help="JSONL file of DrugFacts.")
-    parser.add_argument("--report", help="JSON file with problems and skipped pages.")
-    parser.add_argument("--cache-dir", default=".cache/drug_pages", help="Fetcher's page cache.")
-    parser.add_argument("--min-interval", type=float, default=1.0)
-    parser.add_argument("--user-agent", default=DEFAULT_USER_AGENT)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with Fetcher(args.cache_dir, user_agent=args.user_agent, min_interval=args.min_interval) as f:
-        report = scrape(args.sources, fetcher=f)
-    write_facts(report.facts, args.output)
-    summary = report.summary()
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(summary, indent=2), encoding="utf8")
-    print(
-        f"{summary['n_facts']} drugs from {summary['n_sources']} sources "
-        f"({summary['n_with_problems']} with problems, {len(report.skipped)} skipped) "
-        f"-> {args.output}"
-    )
-    return 0 if report.facts else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -85,7 +85,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             f"## Distillation: {summary['corpus']} ({summary['split']}, n={summary['n_docs']})",
             "",
             f"Teacher: {summary['teacher']}. Strict F1 is seqeval's (IOB2, mode='strict') as in "
-            "`spacy_medllm.evaluation.evaluate`; words/s and the speed-up over the teacher come from the same "
+            "`spacy_medllm.evaluation.evaluate`; words/s and the speed-up over the teacher come "
+            "from the same "
             "run on this machine.",
             "",
             markdown_table(header, rows),

@@ -30,16 +30,17 @@ INCOMPLETE_MODES = ("missing", "drop")  # select_silver: a doc missing an expect
 def mark_read_tokens_outside(doc: Doc) -> None:
     """Set to "O" the tokens a `medllm_ner` teacher read in an answered chunk and left unmarked.
 
-    `medllm_ner` does this itself (`MedLLMNER._outside_runs`); silver written before it did has
+    `medllm_ner` does this itself (`spacy_medllm.pipeline.spans.outside_runs`); silver written before it did has
     those tokens missing, which spaCy's NER student reads as "unknown", so it never learns "O"
     and marks entities everywhere. Tokens of unanswered chunks stay missing.
     """
-    from spacy_medllm.pipeline.component import RECORD_ATTR, MedLLMNER
+    from spacy_medllm.pipeline.component import RECORD_ATTR
+    from spacy_medllm.pipeline.spans import outside_runs
 
     for record in (doc._.get(RECORD_ATTR) or {}).values():
         if isinstance(record, dict) and record.get("chunks"):
             ents = list(doc.ents)
-            outside = MedLLMNER._outside_runs(doc, ents, record, only_missing=True)
+            outside = outside_runs(doc, ents, record, only_missing=True)
             doc.set_ents(ents, outside=outside, default="unmodified")
 
 

@@ -24,7 +24,7 @@ def train_transformer_student(
 ) -> dict[str, Any]:
     """`token_classifier.train_token_classifier` on a silver DocBin; saves the pipeline to
     `output` and returns its training record."""
-    from spacy_medllm.baselines.token_classifier import train_token_classifier
+    from spacy_medllm.baselines.tagger_training import train_token_classifier
 
     examples = silver_examples(train)
     _, record = train_token_classifier(

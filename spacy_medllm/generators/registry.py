@@ -1,4 +1,4 @@
-"""The registered generator factories (`@misc`): light to import, the backend loads when one is built.
+"""The registered generator factories (`@misc`): the backend loads only when one is built.
 
 spaCy resolves `medllm.HFGenerator.v1` and `medllm.OpenAIGenerator.v1` through these functions
 (entry points in pyproject.toml), so building a pipeline imports neither the transformers nor the

@@ -12,12 +12,10 @@ from typing import Any
 
 from spacy.language import Language
 from spacy.pipeline import Pipe
-from spacy.scorer import Scorer
 from spacy.tokens import Doc, Span
 from spacy.training import Example
-from spacy.util import ensure_path, filter_spans, minibatch, registry
+from spacy.util import ensure_path, minibatch
 
-from spacy_medllm.core import records
 from spacy_medllm.core.alignment import find_entities, snap_to_tokens
 from spacy_medllm.core.chunking import ChunkingError, piece_budget, plan_chunks
 from spacy_medllm.core.confidence import LOW_CONFIDENCE, ScoredResponse, entity_confidences
@@ -27,6 +25,7 @@ from spacy_medllm.core.prompts import PromptBuilder, PromptTemplate
 from spacy_medllm.core.records import Rejection
 from spacy_medllm.generators import Generator
 from spacy_medllm.pipeline.cache import ResponseCache, cached_generate, resolve_cache_dir
+from spacy_medllm.pipeline.spans import assign_spans
 
 RECORD_ATTR = "medllm"
 
@@ -188,7 +187,8 @@ class MedLLMNER(Pipe):
         and the record's chunks[i]["confidence"].
     confidence_threshold: drop entities scored below it (implies confidence); they are recorded
         as rejected with reason "low_confidence".
-    cache_dir: a folder for the response cache (`spacy_medllm.pipeline.cache`), shared between runs and
+    cache_dir: a folder for the response cache (`spacy_medllm.pipeline.cache`), shared between runs
+    and
         pipelines; None uses $SPACY_MEDLLM_RESPONSE_CACHE if set, else no cache. Each chunk's
         record says "cache": "hit", "miss" or "corrupt"; the record's "cache" counts them.
     """
@@ -507,82 +507,14 @@ class MedLLMNER(Pipe):
         record["rejected"].extend(r.to_dict() for r in rejections)
 
     def _assign(self, doc: Doc, spans: list[Span]) -> None:
-        record = self._record(doc)
-        spans = sorted(set(spans), key=lambda s: (s.start, -s.end, s.label_))
-        if self.output == "spans":
-            existing = [] if self.overwrite_ents else list(doc.spans.get(self.spans_key, []))
-            merged = existing + [s for s in spans if s not in existing]
-            doc.spans[self.spans_key] = merged
-            record["n_spans"] = len(spans)
-            return
-        kept = filter_spans(spans)
-        kept_set = set(kept)
-        self._reject(
-            record,
-            (
-                Rejection(
-                    s.text, s.label_, records.OVERLAP, f"overlaps a longer span at {s.start_char}"
-                )
-                for s in spans
-                if s not in kept_set
-            ),
+        assign_spans(
+            doc,
+            spans,
+            self._record(doc),
+            output=self.output,
+            spans_key=self.spans_key,
+            overwrite_ents=self.overwrite_ents,
         )
-        if self.overwrite_ents:
-            doc.set_ents(kept, outside=self._outside_runs(doc, kept, record), default="missing")
-        else:
-            taken = set()
-            for ent in doc.ents:
-                taken.update(range(ent.start, ent.end))
-            fresh = [s for s in kept if not taken.intersection(range(s.start, s.end))]
-            fresh_set = set(fresh)
-            self._reject(
-                record,
-                (
-                    Rejection(s.text, s.label_, records.EXISTING_ENTITY, "kept the Doc's entity")
-                    for s in kept
-                    if s not in fresh_set
-                ),
-            )
-            kept = fresh
-            outside = self._outside_runs(doc, kept, record, only_missing=True)
-            doc.set_ents(kept, outside=outside, default="unmodified")
-        record["n_spans"] = len(kept)
-
-    @staticmethod
-    def _outside_runs(
-        doc: Doc, kept: Sequence[Span], record: dict[str, Any], only_missing: bool = False
-    ) -> list[Span]:
-        """Runs of tokens the model read in a chunk it answered and did not mark: they become "O".
-
-        That is the model's decision about them, and what a model trained on these Docs (a
-        distilled student) must learn. Tokens of a chunk whose answer could not be parsed, or that
-        no chunk covered, stay missing ("" in `ent_iob_`); with `only_missing`, tokens another
-        component already decided keep its decision.
-        """
-        failed = {(e["start"], e["end"]) for e in record["parse_errors"]}
-        answered = sorted(
-            (c["start"], c["end"]) for c in record["chunks"] if (c["start"], c["end"]) not in failed
-        )
-        covered = {i for span in kept for i in range(span.start, span.end)}
-        runs: list[Span] = []
-        run_start = None
-        position = 0  # index into the sorted chunks: tokens come in order of their offsets
-        for token in doc:
-            end = token.idx + len(token)
-            while position < len(answered) and answered[position][1] < end:
-                position += 1
-            decided = position < len(answered) and answered[position][0] <= token.idx
-            if only_missing and token.ent_iob != 0:
-                decided = False
-            if decided and token.i not in covered:
-                if run_start is None:
-                    run_start = token.i
-            elif run_start is not None:
-                runs.append(doc[run_start : token.i])
-                run_start = None
-        if run_start is not None:
-            runs.append(doc[run_start:])
-        return runs
 
     # -- scoring -------------------------------------------------------------------------------
 
@@ -622,40 +554,3 @@ def get_record(doc: Doc, component: str = "medllm_ner") -> dict[str, Any] | None
     """What `component` recorded for `doc` (parse errors, rejected entities, prompts), or None."""
     store = doc._.get(RECORD_ATTR) or {}
     return store.get(component)
-
-
-@registry.scorers("medllm.ner_scorer.v1")
-def make_ner_scorer() -> Callable[..., dict[str, Any]]:
-    return score_entities
-
-
-def score_entities(
-    examples: Iterable[Example], *, output: str = "ents", spans_key: str = "medllm", **kwargs
-) -> dict[str, Any]:
-    """Per-label and label-blind precision, recall and F on doc.ents or doc.spans[spans_key].
-
-    Keys follow spaCy: ents_p/r/f and ents_per_type (or spans_<key>_...), plus
-    <prefix>_unlabeled_p/r/f where a span counts if its boundaries are right, whatever its label.
-    """
-    examples = list(examples)
-    if output == "spans":
-        prefix = f"spans_{spans_key}"
-
-        def getter(doc: Doc, attr: str) -> Iterable[Span]:
-            return doc.spans.get(spans_key, [])
-
-        allow_overlap = True
-    else:
-        prefix = "ents"
-        getter = getattr  # type: ignore[assignment]
-        allow_overlap = False
-    attr = prefix if output == "spans" else "ents"
-    scores = Scorer.score_spans(
-        examples, attr, getter=getter, allow_overlap=allow_overlap, **kwargs
-    )
-    blind = Scorer.score_spans(
-        examples, attr, getter=getter, allow_overlap=allow_overlap, labeled=False, **kwargs
-    )
-    for metric in ("p", "r", "f"):
-        scores[f"{prefix}_unlabeled_{metric}"] = blind[f"{attr}_{metric}"]
-    return scores

@@ -1,4 +1,4 @@
-"""The settings of a fine-tuning run (`FinetuneConfig`) and their checks, before any weights load."""
+"""The settings of a fine-tuning run (`FinetuneConfig`) and their checks before weights load."""
 
 from __future__ import annotations
 
@@ -24,20 +24,18 @@ class FinetuneConfig:
     adapted weight's magnitude is learned apart from its direction; slower steps, and merged like
     plain LoRA at inference. use_rslora: scale the update by lora_alpha / sqrt(r) instead of
     lora_alpha / r (rank-stabilised LoRA; keeps large ranks from learning faster than small ones).
-    max_steps > 0 overrides
-    num_train_epochs. max_chunk_tokens: cut every training text into sentence-aligned pieces of at
-    most this many text tokens, exactly as `medllm_ner` with the same `max_chunk_tokens` cuts a
-    document at inference (`chunk_examples`), so that a model that will read abstracts piece by
-    piece is trained on such pieces; a piece boundary never cuts a gold span. The value is saved
-    with the prompt and becomes the pipeline's default when it is assembled (None: whole texts).
-    Records longer than max_length tokens are dropped, never truncated.
-    learning_rate: 1e-3 suits LoRA on a 135 M model with a few hundred records (one epoch on the
-    seed e-mails: seed P 0.815 / R 0.787 at 1e-3, 0.715 / 0.707 at 2e-4); lower it for larger
-    models.
-    bf16: None means on where bfloat16 is native (a CUDA GPU that supports it, or a CPU with AMX or
-    AVX512-BF16), off elsewhere. num_threads: torch CPU threads (0: torch's default).
-    share_prefix: run the prompt head that all records of a batch share (system prompt, chat
-    template) once per batch instead of once per record (`PaddingCollator`); same loss and
+    max_steps > 0 overrides num_train_epochs. max_chunk_tokens: cut every training text into
+    sentence-aligned pieces of at most this many text tokens, exactly as `medllm_ner` with the same
+    `max_chunk_tokens` cuts a document at inference (`chunk_examples`), so that a model that will
+    read abstracts piece by piece is trained on such pieces; a piece boundary never cuts a gold
+    span. The value is saved with the prompt and becomes the pipeline's default when it is
+    assembled (None: whole texts). Records longer than max_length tokens are dropped, never
+    truncated. learning_rate: 1e-3 suits LoRA on a 135 M model with a few hundred records (one
+    epoch on the seed e-mails: seed P 0.815 / R 0.787 at 1e-3, 0.715 / 0.707 at 2e-4); lower it for
+    larger models. bf16: None means on where bfloat16 is native (a CUDA GPU that supports it, or a
+    CPU with AMX or AVX512-BF16), off elsewhere. num_threads: torch CPU threads (0: torch's
+    default). share_prefix: run the prompt head that all records of a batch share (system prompt,
+    chat template) once per batch instead of once per record (`PaddingCollator`); same loss and
     gradients. Used on one process without gradient checkpointing or 4-bit weights.
     device: "auto" (CUDA if available) or "cpu".
     """

@@ -15,17 +15,19 @@ checkpoints). It writes:
         training_record.json             data sha256, settings, versions, time, tokens/s, loss
 
 The base model is named by reference ("smollm2-135m-instruct", a folder or a hub id; see
-`spacy_medllm.generators.packaged.resolve_base_model`) and never copied. `trust_remote_code` is never set, and
-weights load from safetensors only.
+`spacy_medllm.generators.packaged.resolve_base_model`) and never copied. `trust_remote_code` is
+never set, and weights load from safetensors only.
 
 Resuming: `finetune(..., resume=True)` (the default) continues from the last complete checkpoint
 in `<output>/checkpoints` after an interruption, with the optimizer, scheduler, RNG state and data
 order restored; `max_steps` or `num_train_epochs` may be raised to train further. `resume=False`
 deletes the old checkpoints and starts again.
 
-Command line (a typer CLI wraps the same function):
+Command line (`spacy_medllm.cli.finetune`; `--help` lists every setting with its default):
 
-    python -m spacy_medllm.training.finetune --train corpus/seed_ae_emails/train.json         --exclude corpus/seed_ae_emails/test.json --labels DRUG,ADVERSE_EVENT         --output training/seed_lora --epochs 2 --num-threads 2
+    python -m spacy_medllm finetune --train corpus/seed_ae_emails/train.json \\
+        --exclude corpus/seed_ae_emails/test.json --labels DRUG,ADVERSE_EVENT \\
+        --output training/seed_lora --epochs 2 --num-threads 2
 
 bf16 (mixed precision: fp32 weights, bfloat16 matrix products) is on by default where the hardware
 computes in bfloat16 natively: CUDA GPUs that support it, and CPUs with AMX or AVX512-BF16 (there it
@@ -42,7 +44,7 @@ GPU: the same command runs on a CUDA GPU. `--load-in-4bit` gives QLoRA
 `validate_config` refuses it with a clear message, before any weights load, on a machine without.
 Several GPUs (data parallel), with the same options:
 
-    accelerate launch -m spacy_medllm.training.finetune --train data.jsonl --output out --bf16
+    accelerate launch -m spacy_medllm finetune --train data.jsonl --output out --bf16
 
 Only the standard library and spaCy are imported at module level; torch, transformers and peft load
 inside the functions.
@@ -67,7 +69,6 @@ from spacy_medllm.core.examples import (
 )
 from spacy_medllm.core.labels import LabelSet
 from spacy_medllm.core.prompts import PromptBuilder
-from spacy_medllm.generators.packaged import cpu_supports_bf16
 from spacy_medllm.training.checkpoints import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
@@ -93,6 +94,7 @@ from spacy_medllm.training.records import (
     records_sha256,
 )
 from spacy_medllm.util.formatting import fmt_mib
+from spacy_medllm.util.machine import cpu_supports_bf16
 from spacy_medllm.util.memory import PeakMemory
 from spacy_medllm.util.progress import say
 

@@ -1,4 +1,4 @@
-"""Pieces shared by the benchmark reports: machine info, Markdown tables, number formats, JSON.
+"""Pieces shared by the reports: Markdown tables, number formats, JSON, NAME=VALUE options.
 
 Used by `seed_benchmark` and `evaluate`; only the standard library is imported at module level
 (torch is looked at inside `machine_info`, if it is installed).
@@ -7,8 +7,6 @@ Used by `seed_benchmark` and `evaluate`; only the standard library is imported a
 from __future__ import annotations
 
 import math
-import os
-import platform
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,36 +24,6 @@ def name_value_pairs(
             raise SystemExit(f"{option} takes {metavar}, got {value!r}")
         pairs.append((name, target))
     return pairs
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU count, torch threads and library versions (torch only if importable)."""
-    from importlib import metadata
-
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-    if hasattr(os, "sched_getaffinity"):
-        info["cpus_available"] = len(os.sched_getaffinity(0))
-    try:
-        import torch
-
-        info["torch_threads"] = torch.get_num_threads()
-        info["cuda"] = torch.cuda.is_available()
-        from spacy_medllm.generators.packaged import cpu_supports_bf16
-
-        info["cpu_bf16"] = cpu_supports_bf16()
-    except ImportError:
-        info["torch_threads"] = None
-    for package in ("torch", "transformers", "spacy", "peft", "seqeval", "bert-score"):
-        try:
-            info[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            info[package] = None
-    return info
 
 
 def fmt_score(value: float | None) -> str:

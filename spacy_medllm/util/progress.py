@@ -1,4 +1,4 @@
-"""Progress messages of long runs: through the `spacy_medllm` logger when it is set up, else stderr."""
+"""Progress messages of long runs: the `spacy_medllm` logger when it is set up, else stderr."""
 
 from __future__ import annotations
 

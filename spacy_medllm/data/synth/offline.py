@@ -1,7 +1,7 @@
 """Synthetic medical texts from drug facts: an offline composer with exact gold, and LLM prompts.
 
-Two ways to turn `DrugFacts` (spacy_medllm.data.scrape) into texts, in English and Estonian, of three
-kinds: an adverse-event e-mail to a drug company (the seed's style), a clinical note and a
+Two ways to turn `DrugFacts` (spacy_medllm.data.scrape) into texts, in English and Estonian, of
+three kinds: an adverse-event e-mail to a drug company (the seed's style), a clinical note and a
 patient forum post.
 
 - `compose_offline`: fills hand-written templates with the facts. The spans (DRUG,
@@ -17,7 +17,8 @@ Both write JSONL records `{id, text, lang, kind, spans, meta}` (spans only for o
 append to the file and skip ids already in it, so an interrupted run resumes. Texts are
 deduplicated by a hash of their normalised text; everything is deterministic given the seed.
 
-    python -m spacy_medllm.data.synth.offline offline --facts corpus/generated/drug_facts.jsonl         --output corpus/generated/synthetic.jsonl --n-en 600 --n-et 400 --seed 0
+    python -m spacy_medllm synth offline --facts corpus/generated/drug_facts.jsonl \
+        --output corpus/generated/synthetic.jsonl --n-en 600 --n-et 400 --seed 0
 """
 
 from __future__ import annotations

@@ -138,8 +138,8 @@ def decode_with_drafts(
     automata: Sequence[Any],
     with_scores: bool,
 ) -> list[tuple[list[int], list[float] | None]]:
-    """`generator`'s greedy decoding of one batch (constrained or not), several tokens per forward pass where
-    they can be guessed; each row's answer tokens (stop tokens excluded) and, with
+    """`generator`'s greedy decoding of one batch (constrained or not), several tokens per forward
+    pass where they can be guessed; each row's answer tokens (stop tokens excluded) and, with
     `with_scores`, their log-probabilities.
 
     Each step picks every unfinished row's best (allowed) token from the model's logits, then

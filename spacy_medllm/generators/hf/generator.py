@@ -4,8 +4,11 @@ Importing this module and building an `HFGenerator` imports neither torch, trans
 they load on the first call or in `initialize()`, so building or loading a pipeline stays cheap.
 
 The base model is given by reference (a packaged alias, a local folder or a hub id; see
-`spacy_medllm.generators.packaged`). A pipeline saved with `to_disk` holds `generator.json` and, if there is one,
-the adapter (safetensors only); never the base model's weights.
+`spacy_medllm.generators.packaged`). A pipeline saved with `to_disk` holds `generator.json` and, if
+there is one, the adapter (safetensors only); never the base model's weights.
+
+Over 600 lines: one class, whose docstring documents each of its nineteen settings; loading,
+decoding loops and constrained decoding live in the sibling modules.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 from spacy_medllm.core.confidence import ScoredResponse
 from spacy_medllm.generators.base import GenerationError, Prompt
 from spacy_medllm.generators.chat import render_prompt
-from spacy_medllm.generators.hf.automaton import answer_automata
+from spacy_medllm.generators.hf.automaton import CONSTRAINED_MODES, answer_automata
 from spacy_medllm.generators.hf.decoding import (
     PrefixCache,
     answer_tokens,
@@ -41,8 +44,9 @@ from spacy_medllm.generators.hf.loading import (
     validate_int8,
     validate_quantization,
 )
-from spacy_medllm.generators.packaged import cpu_supports_bf16, file_sha256, resolve_base_model
+from spacy_medllm.generators.packaged import file_sha256, resolve_base_model
 from spacy_medllm.generators.registry import HF_GENERATOR
+from spacy_medllm.util.machine import cpu_supports_bf16
 
 logger = logging.getLogger("spacy_medllm")
 
@@ -50,12 +54,6 @@ logger = logging.getLogger("spacy_medllm")
 CONFIG_FILE = "generator.json"
 
 FACTORY_NAME = HF_GENERATOR
-
-CONSTRAINED_MODES = (
-    "off",
-    "schema",
-    "grounded",
-)  # as spacy_medllm.generators.hf.automaton.CONSTRAINED_MODES
 
 
 class HFGenerator:
@@ -293,7 +291,8 @@ class HFGenerator:
     # -- prompts ---------------------------------------------------------------------------------
 
     def render(self, prompt: Prompt) -> str:
-        """The text the model sees for `prompt` (through `spacy_medllm.generators.chat.render_prompt`)."""
+        """The text the model sees for `prompt` (through
+        `spacy_medllm.generators.chat.render_prompt`)."""
         return render_prompt(self.tokenizer, prompt)
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
@@ -331,7 +330,8 @@ class HFGenerator:
         return self._generate(prompts, with_scores=True)
 
     def token_constraint(self) -> Any:
-        """The vocabulary trie of `spacy_medllm.generators.constrained`, built once per loaded tokenizer."""
+        """The vocabulary trie of `spacy_medllm.generators.constrained`, built once per loaded
+        tokenizer."""
         if self._token_constraint is None:
             from spacy_medllm.generators.hf.vocabulary import TokenConstraint
 

@@ -13,7 +13,8 @@ ADAPTER_DIR = "adapter"
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
-# Written by spacy_medllm.training.finetune next to the weights: copied along when present (provenance).
+# Written by fine-tuning (spacy_medllm.training.checkpoints) next to the weights: copied along when
+# present (provenance).
 ADAPTER_EXTRA_FILES = ("prompt_template.json", "training_record.json")
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -3,21 +3,20 @@
 spaCy project files cannot choose a value by another variable's value, so the sizes that differ
 between the `fast` profile (the default: the whole path on 2 CPU cores in under an hour) and
 the `full` profile (every text, every epoch) live in `configs/profiles.cfg`, and project.yml runs
-the commands that use them through this module:
+the commands that use them through this command:
 
-    python -m spacy_medllm.profiles ${vars.profile} -- \\
+    python -m spacy_medllm profile ${vars.profile} -- \\
         python -m spacy_medllm finetune ... --epochs {seed_epochs}
 
 Every `{name}` in the command's arguments is replaced by the profile's value, the command's own
 exit status is returned, and an unknown name or profile stops with a message that lists the known
 ones. The profile's name is part of the command line, so spaCy reruns a step when the profile
 changes, and the profiles file is a dependency of each such step, so editing a size reruns the
-steps too. `python -m spacy_medllm.profiles --show` prints the table.
+steps too. `python -m spacy_medllm profile --show` prints the table.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -26,7 +25,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PROFILES = Path(__file__).resolve().parent.parent / "configs" / "profiles.cfg"
+import typer
+
+from spacy_medllm.cli._app import app
+
+DEFAULT_PROFILES = Path(__file__).resolve().parents[2] / "configs" / "profiles.cfg"
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -86,40 +89,30 @@ def markdown(profiles: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command: list[str] = []
-    if "--" in argv:
-        split = argv.index("--")
-        argv, command = argv[:split], argv[split + 1 :]
-    parser = argparse.ArgumentParser(
-        prog="python -m spacy_medllm.profiles",
-        description="Run a command with a profile's sizes put in for {name} placeholders.",
-        usage="%(prog)s PROFILE -- COMMAND ...  |  %(prog)s --show",
-    )
-    parser.add_argument("profile", nargs="?", help="fast or full (see configs/profiles.cfg)")
-    parser.add_argument("--profiles", type=Path, default=None, help="another profiles file")
-    parser.add_argument("--show", action="store_true", help="print the profiles as a table")
-    args = parser.parse_args(argv)
-    try:
-        profiles = load_profiles(args.profiles)
-        if args.show:
-            sys.stdout.write(markdown(profiles) + "\n")
-            return 0
-        if not args.profile or not command:
-            parser.error("give a profile and, after --, the command to run")
-        final = substitute(command, get_profile(args.profile, profiles))
-    except ProfileError as error:
-        sys.stderr.write(f"profiles: {error}\n")
-        return 2
-    sys.stderr.write(f"[profile {args.profile}] {' '.join(final)}\n")
-    sys.stderr.flush()
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    no_args_is_help=True,
+)
+def profile(
+    ctx: typer.Context,
+    name: str | None = typer.Argument(None, help="fast, full or smoke (configs/profiles.cfg)."),
+    profiles: Path | None = typer.Option(None, help="Another profiles file."),
+    show: bool = typer.Option(False, "--show", help="Print the profiles as a Markdown table."),
+) -> None:
+    """Run `-- COMMAND ...` with the profile's sizes in place of its {name} placeholders."""
+    table = load_profiles(profiles)
+    if show:
+        typer.echo(markdown(table))
+        return
+    command = list(ctx.args)
+    if not name or not command:
+        raise typer.BadParameter("give a profile and, after --, the command to run")
+    final = substitute(command, get_profile(name, table))
+    typer.echo(f"[profile {name}] {' '.join(final)}", err=True)
     # The command's own Python: "python" in project.yml is the one spaCy runs with.
     if final and final[0] in ("python", "python3"):
         final[0] = sys.executable
-    env = {**os.environ, "SPACY_MEDLLM_PROFILE": args.profile}
-    return subprocess.run(final, env=env, check=False).returncode
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    env = {**os.environ, "SPACY_MEDLLM_PROFILE": name}
+    code = subprocess.run(final, env=env, check=False).returncode
+    if code:
+        raise typer.Exit(code)

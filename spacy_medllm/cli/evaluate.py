@@ -1,0 +1,95 @@
+"""`evaluate` (score pipelines), `combine` (results side by side), `report` (one page)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from spacy_medllm.cli._app import app, csv, name_value_pairs
+
+
+@app.command(no_args_is_help=True)
+def evaluate(
+    pipeline: list[str] = typer.Option(
+        ..., metavar="NAME=PATH", help="A pipeline to score (repeat): spaCy folder or package."
+    ),
+    corpus: str = typer.Option(..., help="A registered corpus (`corpus list`)."),
+    output: Path = typer.Option(..., help="Folder for the report files."),
+    split: str = typer.Option("test", help="The corpus split to score on."),
+    path: Path | None = typer.Option(None, help="The corpus folder (or file)."),
+    limit: int | None = typer.Option(None, help="The first N documents only."),
+    labels: str | None = typer.Option(None, help="Comma-separated labels to score."),
+    label_map: list[str] | None = typer.Option(
+        None, metavar="PREDICTED=GOLD", help="Score a predicted label as a gold one (repeat)."
+    ),
+    spans_key: str | None = typer.Option(None, help="Read doc.spans[KEY] instead of doc.ents."),
+    batch_size: int | None = typer.Option(None, help="nlp.pipe batch size."),
+    trained_on: list[str] | None = typer.Option(
+        None,
+        metavar="CORPUS[:SPLIT]",
+        help="What the pipelines learned from (repeat): a contaminated test split is refused.",
+    ),
+    bertscore: bool = typer.Option(False, help="Also BERTScore F1 of the entity strings."),
+    bertscore_model: Path | None = typer.Option(None, help="A local encoder folder for it."),
+    stem: str | None = typer.Option(None, help="Output file stem [default: CORPUS-SPLIT]."),
+    plot: bool = typer.Option(True, help="Write the per-label F1 plot."),
+) -> None:
+    """Score spaCy pipelines on a corpus: strict (seqeval) and overlap F1 per label, words/s,
+    peak memory; JSON, Markdown and PNG."""
+    from spacy_medllm.evaluation.evaluate import evaluate_corpus
+    from spacy_medllm.evaluation.tables import markdown_report
+
+    report = evaluate_corpus(
+        name_value_pairs(pipeline, "--pipeline", "NAME=PATH"),
+        corpus,
+        split,
+        output,
+        path=path,
+        limit=limit,
+        labels=csv(labels),
+        label_map=dict(name_value_pairs(label_map, "--label-map", "PREDICTED=GOLD")),
+        trained_on=list(trained_on or ()),
+        stem=stem,
+        plot=plot,
+        spans_key=spans_key,
+        batch_size=batch_size,
+        bertscore=bertscore,
+        bertscore_model=bertscore_model,
+    )
+    sys.stdout.write(markdown_report(report))
+
+
+@app.command(no_args_is_help=True)
+def combine(
+    results: list[Path] = typer.Argument(
+        ..., help="Result files (<stem>.json or <stem>.summary.json)."
+    ),
+    output: Path | None = typer.Option(None, help="Markdown file to write."),
+    plot: Path | None = typer.Option(None, help="F1 against words/s PNG to write."),
+) -> None:
+    """Put the systems of several evaluation results into one table (and plot)."""
+    from spacy_medllm.evaluation.plots import plot_f1_vs_speed
+    from spacy_medllm.evaluation.tables import combine_results
+
+    table = combine_results(results)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(table + "\n", "utf8")
+    if plot:
+        plot_f1_vs_speed(results, plot)
+    sys.stdout.write(table + "\n")
+
+
+@app.command()
+def report(
+    reports: Path = typer.Argument(Path("training/reports"), help="The run's reports folder."),
+    output: Path | None = typer.Option(None, help="Where to write [default: the reports folder]."),
+    samples: int = typer.Option(4, help="displaCy documents per corpus (0: none)."),
+) -> None:
+    """Gather a run's results files into report.html and report.md."""
+    from spacy_medllm.evaluation.report import build_report
+
+    paths = build_report(reports, output, samples=samples)
+    typer.echo(f"Wrote {paths['html']} and {paths['md']}")
