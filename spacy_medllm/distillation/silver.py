@@ -31,8 +31,8 @@ def mark_read_tokens_outside(doc: Doc) -> None:
     """Set to "O" the tokens a `medllm_ner` teacher read in an answered chunk and left unmarked.
 
     `medllm_ner` does this itself (`spacy_medllm.pipeline.spans.outside_runs`); silver written
-    before it did has those tokens missing, which spaCy's NER student reads as "unknown", so it never learns "O"
-    and marks entities everywhere. Tokens of unanswered chunks stay missing.
+    before it did has those tokens missing, which spaCy's NER student reads as "unknown", so it
+    never learns "O" and marks entities everywhere. Tokens of unanswered chunks stay missing.
     """
     from spacy_medllm.pipeline.component import RECORD_ATTR
     from spacy_medllm.pipeline.spans import outside_runs
