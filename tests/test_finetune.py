@@ -7,6 +7,7 @@ SmolLM2-135M-Instruct for three steps.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -909,3 +910,64 @@ def test_smollm2_three_lora_steps(smollm2_folder, tmp_path):
         == "smollm2-135m-instruct"
     )
     assert record["base_model"]["source"]["alias"] == "smollm2-135m-instruct"
+
+
+# -- the recipe for data as it comes: texts without entities, training length ------------------
+
+
+def test_cap_empty_keeps_every_entity_text_and_a_share_of_the_empty_ones() -> None:
+    from spacy_medllm.training.examples import cap_empty
+
+    full = [gold_example(text, pairs, i) for i, (text, pairs) in enumerate(GOLD)]  # 6
+    empty = [make_example(f"Nothing to report on day {i}.", id=f"e{i}") for i in range(30)]
+    mixed = [x for pair in zip(full * 2, empty[:12], strict=True) for x in pair] + empty[12:]
+    kept, stats = cap_empty(mixed, 1 / 3, seed=7)
+    # empty / all <= 1/3: 6 empty texts next to 12 with entities
+    assert stats == {
+        "n_with_entities": 12,
+        "n_empty": 30,
+        "n_empty_kept": 6,
+        "empty_share": 6 / 18,
+        "max_empty_share": 1 / 3,
+    }
+    assert [e for e in kept if e["spans"]] == [e for e in mixed if e["spans"]]  # order kept
+    again, _ = cap_empty(mixed, 1 / 3, seed=7)
+    other, _ = cap_empty(mixed, 1 / 3, seed=8)
+    assert again == kept and other != kept  # a hash of seed and text: repeatable, seed-dependent
+    assert [e["id"] for e in kept] == [e["id"] for e in mixed if e in kept]
+    everything, stats = cap_empty(mixed, None)
+    assert everything == mixed and stats["n_empty_kept"] == 30
+    assert cap_empty(empty, 0.33)[0] == []  # no entity anywhere: nothing to balance them with
+
+
+@pytest.mark.parametrize(
+    "n_records, epochs", [(676, 3.0), (800, 2.5), (2000, 1.0), (20_000, 1.0), (100, 3.0)]
+)
+def test_auto_epochs_scale_training_to_the_data(n_records, epochs) -> None:
+    from spacy_medllm.training.config import auto_epochs
+
+    assert auto_epochs(n_records) == epochs
+
+
+def test_a_run_on_mostly_empty_texts_records_the_recipe(tiny_base, tmp_path, caplog) -> None:
+    """Empty texts are capped, the epochs come from the data, an undefined label is named."""
+    full = [gold_example(text, pairs, i) for i, (text, pairs) in enumerate(GOLD)]
+    empty = [make_example(f"No side effects noted at visit {i}.", id=f"e{i}") for i in range(12)]
+    config = tiny_config(
+        tiny_base,
+        tmp_path / "mostly_empty",
+        max_steps=-1,
+        num_train_epochs=None,
+        labels=["DRUG", "ADVERSE_EVENT", "SIDE_NOTE"],
+    )
+    with caplog.at_level(logging.WARNING, logger="spacy_medllm"):
+        adapter = finetune(config, full + empty)
+    record = json.loads((adapter / "training_record.json").read_text())
+    assert record["data"]["empty"]["n_empty"] == 12
+    assert record["data"]["empty"]["n_empty_kept"] == 2  # 0.33 / 0.67 * 6 = 2.96 -> 2
+    assert record["data"]["n_records"] == 8
+    assert record["data"]["labels_without_definition"] == ["SIDE_NOTE"]
+    assert "SIDE_NOTE" in caplog.text and "--label-definitions" in caplog.text
+    # 8 records: auto epochs 3.0, batch 2 -> 12 steps
+    assert record["settings"]["num_train_epochs"] == 3.0
+    assert record["training"]["global_step"] == 12

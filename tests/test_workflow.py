@@ -5,6 +5,8 @@
 - `spacy project run all --vars.profile smoke`: every step of the main workflow (drug pages ->
   synthetic texts -> labels -> LoRA -> benchmark -> baselines -> English and Estonian
   distillation -> report) on the tiny sizes of the `smoke` profile.
+- `spacy project run own-corpus`: the walkthrough of docs/your-own-corpus.md on the BRAT fixture
+  (convert -> LoRA with the defaults -> CNN -> evaluate -> distilled student), a few steps each.
 
 A second run must skip every step, because each command's deps and outputs are unchanged.
 """
@@ -51,8 +53,12 @@ def copy_project(tmp_path: Path) -> Path:
     project.mkdir()
     shutil.copy(ROOT / "project.yml", project / "project.yml")
     shutil.copy(ROOT / "README.md", project / "README.md")
-    for folder in ("corpus", "configs", "scripts"):
-        shutil.copytree(ROOT / folder, project / folder, ignore=shutil.ignore_patterns("generated"))
+    # benchmarks/ runs as `python -m benchmarks.NAME` from the project folder; docs/ receives the
+    # seed benchmark's tables.
+    for folder in ("corpus", "configs", "scripts", "benchmarks", "docs"):
+        shutil.copytree(
+            ROOT / folder, project / folder, ignore=shutil.ignore_patterns("generated", "own")
+        )
     return project
 
 
@@ -140,3 +146,35 @@ def test_all_workflow_on_the_smoke_profile_runs_every_step_and_a_rerun_skips(
     for step in steps:
         if not commands[step].get("no_skip"):
             assert f"Skipping '{step}': nothing changed" in second.stdout, (step, second.stdout)
+
+
+def test_own_corpus_walkthrough_from_brat_files_to_scores(tmp_path: Path) -> None:
+    """docs/your-own-corpus.md end to end on the BRAT fixture: every step, then all skipped."""
+    project = copy_project(tmp_path)
+    fixture = ROOT / "tests" / "fixtures" / "own_corpus" / "brat"
+    sizes = [
+        f"--vars.own_input={fixture}",
+        "--vars.own_max_steps=6",
+        "--vars.own_cnn_epochs=3",
+        "--vars.own_student_epochs=3",
+    ]
+    first = run_smoke(project, "own-corpus", *sizes)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    converted = json.loads((project / "corpus/own/example/report.json").read_text())
+    assert converted["counts"]["discontinuous_cover"] == 3
+    n_test = converted["splits"]["test"]["n_texts"]
+    summary = json.loads((project / "training/reports/own/example-test.summary.json").read_text())
+    assert [s["name"] for s in summary["systems"]] == ["medllm", "cnn"]
+    for system in summary["systems"]:
+        assert system["n_docs"] == n_test
+        assert system["texts"]["n_with_gold"] + system["texts"]["n_without_gold"] == n_test
+    record = json.loads(
+        (project / "training/own/example/lora/adapter/training_record.json").read_text()
+    )
+    assert record["data"]["labels_without_definition"] == []
+    assert record["training"]["global_step"] == 6
+    distil = (project / "training/reports/own/distillation-example-distillation.md").read_text()
+    assert "cnn-student" in distil and "speed-up" in distil
+    second = run_smoke(project, "own-corpus", *sizes)
+    assert second.returncode == 0
+    assert second.stdout.count("Skipping") == 9, second.stdout[-3000:]

@@ -149,8 +149,11 @@ def train_transformer(
 @distil_app.command(no_args_is_help=True)
 def report(
     teacher: str = typer.Option(..., metavar="NAME=PATH", help="The teacher pipeline."),
-    corpus: str = typer.Option(..., help="A registered corpus with gold."),
     output: Path = typer.Option(..., help="Folder for the report."),
+    corpus: str | None = typer.Option(None, help="A registered corpus with gold."),
+    gold: Path | None = typer.Option(
+        None, help="Or a gold file or folder of your own (JSONL, BRAT, CoNLL, IOB, DocBin)."
+    ),
     student: list[str] | None = typer.Option(None, metavar="NAME=PATH", help="A student (repeat)."),
     split: str = typer.Option("test", help="The gold split."),
     path: Path | None = typer.Option(None, help="The corpus folder (or file)."),
@@ -166,6 +169,14 @@ def report(
     """Teacher against students on a gold split: per-label F1, speed-up (MD, JSON, PNG)."""
     from spacy_medllm.distillation.report import distillation_report
 
+    if (corpus is None) == (gold is None):
+        raise typer.BadParameter("give either --corpus NAME or --gold FILE")
+    examples = None
+    if gold is not None:
+        from spacy_medllm.corpora.formats import load_annotations
+
+        examples = load_annotations(gold, labels=csv(labels))[: limit or None]
+        corpus, split = (gold.stem if gold.is_file() else gold.name), "gold"
     result: Any = distillation_report(
         name_value_pairs([teacher], "--teacher", "NAME=PATH")[0],
         name_value_pairs(student, "--student", "NAME=PATH"),
@@ -177,5 +188,6 @@ def report(
         limit=limit or None,
         labels=csv(labels),
         trained_on=list(trained_on or ()),
+        examples=examples,
     )
     echo_json(result)

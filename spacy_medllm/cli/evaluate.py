@@ -15,8 +15,19 @@ def evaluate(
     pipeline: list[str] = typer.Option(
         ..., metavar="NAME=PATH", help="A pipeline to score (repeat): spaCy folder or package."
     ),
-    corpus: str = typer.Option(..., help="A registered corpus (`corpus list`)."),
     output: Path = typer.Option(..., help="Folder for the report files."),
+    corpus: str | None = typer.Option(None, help="A registered corpus (`corpus list`)."),
+    gold: Path | None = typer.Option(
+        None,
+        help="Or a gold file or folder of your own: JSONL (character or token spans), BRAT, "
+        "CoNLL, IOB or a DocBin (see `convert`).",
+    ),
+    gold_format: str | None = typer.Option(
+        None, help="Format of --gold: jsonl, brat, conll, iob, spacy [default: guessed]."
+    ),
+    discontinuous: str = typer.Option(
+        "cover", help="Discontinuous gold mentions in --gold: cover, fragments or drop."
+    ),
     split: str = typer.Option("test", help="The corpus split to score on."),
     path: Path | None = typer.Option(None, help="The corpus folder (or file)."),
     limit: int | None = typer.Option(None, help="The first N documents only."),
@@ -36,28 +47,41 @@ def evaluate(
     stem: str | None = typer.Option(None, help="Output file stem [default: CORPUS-SPLIT]."),
     plot: bool = typer.Option(True, help="Write the per-label F1 plot."),
 ) -> None:
-    """Score spaCy pipelines on a corpus: strict (seqeval) and overlap F1 per label, words/s,
-    peak memory; JSON, Markdown and PNG."""
-    from spacy_medllm.evaluation.evaluate import evaluate_corpus
+    """Score spaCy pipelines on a registered corpus or on a gold file: strict (seqeval) and
+    overlap F1 per label, texts answered empty, words/s, peak memory; JSON, Markdown and PNG."""
+    from spacy_medllm.evaluation.evaluate import evaluate_corpus, evaluate_examples
     from spacy_medllm.evaluation.tables import markdown_report
 
-    report = evaluate_corpus(
-        name_value_pairs(pipeline, "--pipeline", "NAME=PATH"),
-        corpus,
-        split,
-        output,
-        path=path,
-        limit=limit,
-        labels=csv(labels),
-        label_map=dict(name_value_pairs(label_map, "--label-map", "PREDICTED=GOLD")),
-        trained_on=list(trained_on or ()),
-        stem=stem,
-        plot=plot,
-        spans_key=spans_key,
-        batch_size=batch_size,
-        bertscore=bertscore,
-        bertscore_model=bertscore_model,
-    )
+    if (corpus is None) == (gold is None):
+        raise typer.BadParameter("give either --corpus NAME or --gold FILE")
+    pipelines = name_value_pairs(pipeline, "--pipeline", "NAME=PATH")
+    options = {
+        "label_map": dict(name_value_pairs(label_map, "--label-map", "PREDICTED=GOLD")),
+        "trained_on": list(trained_on or ()),
+        "stem": stem,
+        "plot": plot,
+        "spans_key": spans_key,
+        "batch_size": batch_size,
+        "bertscore": bertscore,
+        "bertscore_model": bertscore_model,
+        "limit": limit,
+    }
+    if corpus is not None:
+        report = evaluate_corpus(
+            pipelines, corpus, split, output, path=path, labels=csv(labels), **options
+        )
+    else:
+        from spacy_medllm.corpora.formats import load_annotations
+
+        examples = load_annotations(
+            gold, gold_format, discontinuous=discontinuous, labels=csv(labels)
+        )[: limit or None]
+        source = {"corpus": gold.stem if gold.is_file() else gold.name, "split": "gold"}
+        source["corpus_path"] = str(gold)
+        options["stem"] = stem or source["corpus"]
+        report = evaluate_examples(
+            pipelines, examples, output, source=source, labels=csv(labels), **options
+        )
     sys.stdout.write(markdown_report(report))
 
 

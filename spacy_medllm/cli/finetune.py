@@ -72,7 +72,17 @@ def finetune(
     learning_rate: float | None = _opt(
         "learning_rate", "Peak learning rate.", "--lr", "--learning-rate"
     ),
-    epochs: float | None = _opt("num_train_epochs", "Epochs (fractions allowed)."),
+    epochs: float | None = typer.Option(
+        None,
+        help="Epochs (fractions allowed) [default: scaled to the data: about 2,000 records seen, "
+        "1 to 3 epochs].",
+        show_default=False,
+    ),
+    max_empty_share: str | None = _opt(
+        "max_empty_share",
+        "At most this share of the training texts (or pieces) without an entity, the rest sampled "
+        "away; 'none' keeps them all.",
+    ),
     max_steps: int | None = _opt("max_steps", "Optimizer steps; > 0 overrides --epochs."),
     batch_size: int | None = _opt("per_device_train_batch_size", "Records per device and step."),
     grad_accum: int | None = _opt("gradient_accumulation_steps", "Gradient accumulation steps."),
@@ -187,6 +197,14 @@ def finetune(
         "share_prefix": share_prefix,
     }
     settings.update({name: value for name, value in direct.items() if value is not None})
+    if max_empty_share is not None:
+        try:
+            share = None if max_empty_share.lower() == "none" else float(max_empty_share)
+        except ValueError:
+            raise typer.BadParameter(
+                f"--max-empty-share takes a share in [0, 1) or 'none', got {max_empty_share!r}"
+            ) from None
+        settings["max_empty_share"] = share
     if settings.get("max_chunk_tokens") == 0:
         settings["max_chunk_tokens"] = None  # whole texts
     if scheduler is not None and scheduler not in SCHEDULERS:

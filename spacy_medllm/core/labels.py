@@ -93,6 +93,11 @@ class LabelSet:
         for label in self.labels:
             self._lookup[normalize_label_name(label)] = label
 
+    @property
+    def undefined(self) -> list[str]:
+        """The labels without a definition: the prompt gives them as a bare name."""
+        return [label for label in self.labels if not self.definitions[label].strip()]
+
     def resolve(self, name: object) -> str | None:
         """Return the configured label a model's label name stands for, or None if it is unknown."""
         if not isinstance(name, str):

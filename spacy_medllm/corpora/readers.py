@@ -98,8 +98,14 @@ def _occurrences(text: str, needle: str) -> list[int]:
     return [m.start() for m in re.finditer(f"(?={re.escape(needle)})", text)] if needle else []
 
 
-def read_ade(folder: Path) -> RawCorpus:
-    """ADE-Corpus-V2 sentences with DRUG, ADVERSE_EVENT and DOSAGE spans, split by PMID hash."""
+def read_ade(folder: Path, negatives: bool = False) -> RawCorpus:
+    """ADE-Corpus-V2 sentences with DRUG, ADVERSE_EVENT and DOSAGE spans, split by PMID hash.
+
+    `negatives`: also the sentences of ADE-NEG.txt (no drug-AE relation), as texts without
+    entities, split by the same PMID hash; only ADVERSE_EVENT is complete on them (drugs in
+    ADE-NEG sentences are not annotated), so use them for ADVERSE_EVENT alone. A sentence that is
+    also a positive one is kept once, with its spans.
+    """
     folder = need_path(folder, "ade-corpus-v2")
     if (folder / "ADE-Corpus-V2").is_dir():
         folder = folder / "ADE-Corpus-V2"
@@ -110,11 +116,17 @@ def read_ade(folder: Path) -> RawCorpus:
             need_path(folder / file_name, "ade"), kind, counts
         ):
             groups[(pmid, sentence)].extend(mentions)
-    negatives = folder / "ADE-NEG.txt"
-    if negatives.exists():
-        counts["negative_sentences_skipped"] = sum(
-            1 for line in negatives.read_text("utf8").splitlines() if line.strip()
-        )
+    negative_file = folder / "ADE-NEG.txt"
+    negative_rows = []
+    if negative_file.exists():
+        for line in negative_file.read_text("utf8").splitlines():
+            pmid, _, sentence = line.strip().partition(" NEG ")
+            if line.strip() and pmid.isdigit() and sentence.strip():
+                negative_rows.append((pmid, sentence.strip()))
+            elif line.strip():
+                counts["negative_lines_malformed"] += 1
+    if not negatives:
+        counts["negative_sentences_skipped"] = len(negative_rows)
     splits: dict[str, list[tuple[int, int, Example]]] = {s: [] for s in SPLIT_ORDER}
     for (pmid, sentence), mentions in groups.items():
         counts["mentions"] += len(mentions)
@@ -136,6 +148,18 @@ def read_ade(folder: Path) -> RawCorpus:
         example = make_example(sentence, _dedupe_spans(spans, counts), id=f"{pmid}:{offset}")
         splits[hash_split(pmid)].append((int(pmid), offset, example))
     counts["sentences"] = len(groups)
+    if negatives:
+        positive = {sentence for _, sentence in groups}
+        seen: set[tuple[str, str]] = set()
+        for n, (pmid, sentence) in enumerate(negative_rows):
+            if sentence in positive or (pmid, sentence) in seen:
+                counts["negative_sentences_duplicate"] += 1
+                continue
+            seen.add((pmid, sentence))
+            example = make_example(sentence, (), id=f"{pmid}:neg{n}")
+            # after the positive sentences of the same PMID (offsets are >= 0, -1 sorts first)
+            splits[hash_split(pmid)].append((int(pmid), 10**9 + n, example))
+        counts["negative_sentences"] = len(seen)
     ordered = {
         s: [e for _, _, e in sorted(rows, key=lambda r: r[:2])] for s, rows in splits.items()
     }

@@ -103,17 +103,26 @@ def distillation_report(
     output: str | Path,
     *,
     stem: str | None = None,
+    examples: Sequence[Any] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Score teacher and students on one gold split in one run (`evaluate.evaluate_corpus`,
     which writes `<stem>.json/.md/.png`), then `distillation-<stem>.json/.md` (the side-by-side
-    summary) and `distillation-<stem>.png` (F1 against words/s). Returns the summary."""
-    from spacy_medllm.evaluation.evaluate import evaluate_corpus
+    summary) and `distillation-<stem>.png` (F1 against words/s). Returns the summary.
+
+    `examples`: gold examples of the user's own (then `corpus` and `split` only name them)."""
+    from spacy_medllm.evaluation.evaluate import evaluate_corpus, evaluate_examples
     from spacy_medllm.evaluation.plots import plot_f1_vs_speed
 
     stem = stem or f"{corpus}-{split}"
     output = Path(output)
-    report = evaluate_corpus([teacher, *students], corpus, split, output, stem=stem, **options)
+    systems = [teacher, *students]
+    if examples is None:
+        report = evaluate_corpus(systems, corpus, split, output, stem=stem, **options)
+    else:
+        options.pop("path", None)
+        source = {"corpus": corpus, "split": split}
+        report = evaluate_examples(systems, examples, output, source=source, stem=stem, **options)
     summary = distillation_summary(report, teacher[0])
     (output / f"distillation-{stem}.json").write_text(
         json.dumps(summary, indent=2, default=json_default), "utf8"

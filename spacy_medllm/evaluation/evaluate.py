@@ -250,6 +250,7 @@ def evaluate_pipeline(
             "alignment": pred_counts.to_dict(),
         },
         "strict": strict_scores(gold_tags, pred_tags, labels),
+        "texts": text_level_counts(gold_spans, pred_spans),
         "spacy": spacy_scores(gold_docs, pred_docs),
         "overlap": overlap_scores(gold_spans, pred_spans, labels),
         "confusion": confusion_table(gold_spans, pred_all),
@@ -284,6 +285,28 @@ def evaluate_pipeline(
             for e, g, p in zip(examples, gold_spans, pred_all, strict=True)
         ]
     return result
+
+
+def text_level_counts(
+    gold: Sequence[Sequence[CharSpan]], predicted: Sequence[Sequence[CharSpan]]
+) -> dict[str, Any]:
+    """Texts with and without gold entities, and what the system answered on each: the share of
+    texts with a gold entity that got no entity at all (a model biased toward answering `[]`),
+    and of texts without one that got some."""
+    with_gold = [bool(g) for g in gold]
+    answered = [bool(p) for p in predicted]
+    n_gold = sum(with_gold)
+    n_empty = len(with_gold) - n_gold
+    missed = sum(g and not a for g, a in zip(with_gold, answered, strict=True))
+    spurious = sum(a and not g for g, a in zip(with_gold, answered, strict=True))
+    return {
+        "n_with_gold": n_gold,
+        "n_without_gold": n_empty,
+        "n_with_gold_answered_empty": missed,
+        "share_with_gold_answered_empty": missed / n_gold if n_gold else None,
+        "n_without_gold_answered": spurious,
+        "share_without_gold_answered": spurious / n_empty if n_empty else None,
+    }
 
 
 def llm_records(nlp: Language, docs: Sequence[Doc]) -> dict[str, dict[str, Any]]:
@@ -350,16 +373,54 @@ def evaluate_corpus(
 
     if trained_on:
         check_no_cross_contamination(list(trained_on), f"{corpus}:{split}")
-    names = [name for name, _ in pipelines]
-    if len(set(names)) != len(names):
-        raise ValueError(f"system names must be unique: {names}")
     info = corpus_info(corpus)
     examples = load_corpus(corpus, split, path, labels=labels, limit=limit)
     scored = list(labels) if labels is not None else list(info.default_labels)
+    return evaluate_examples(
+        pipelines,
+        examples,
+        output,
+        source={
+            "corpus": corpus,
+            "split": split,
+            "corpus_path": str(corpus_path(corpus, path)),
+            "licence": info.licence,
+        },
+        labels=scored,
+        label_map=label_map,
+        trained_on=trained_on,
+        limit=limit,
+        stem=stem or f"{corpus}-{split}",
+        plot=plot,
+        **options,
+    )
+
+
+def evaluate_examples(
+    pipelines: Sequence[tuple[str, str | Path | Language]],
+    examples: Sequence[Example],
+    output: str | Path | None = None,
+    *,
+    source: Mapping[str, Any],
+    labels: Sequence[str] | None = None,
+    label_map: Mapping[str, str] | None = None,
+    trained_on: Sequence[str] = (),
+    limit: int | None = None,
+    stem: str | None = None,
+    plot: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """Score each (name, pipeline) on gold examples; `source` says where they come from (the
+    report's "corpus" and "split" name the tables and the default file stem)."""
+    names = [name for name, _ in pipelines]
+    if len(set(names)) != len(names):
+        raise ValueError(f"system names must be unique: {names}")
+    scored = list(labels) if labels is not None else example_labels(examples)
+    where = f"{source.get('corpus')}:{source.get('split')}"
     systems = []
     for name, spec in pipelines:
         nlp = load_pipeline(spec) if isinstance(spec, (str, Path)) else spec
-        logger.info("evaluate: %s on %s:%s (%d docs)", name, corpus, split, len(examples))
+        logger.info("evaluate: %s on %s (%d docs)", name, where, len(examples))
         result = evaluate_pipeline(
             nlp, examples, name=name, labels=scored, label_map=label_map, **options
         )
@@ -367,10 +428,7 @@ def evaluate_corpus(
         result["pipeline"] = {"lang": nlp.lang, "pipe_names": list(nlp.pipe_names)}
         systems.append(result)
     report = {
-        "corpus": corpus,
-        "split": split,
-        "corpus_path": str(corpus_path(corpus, path)),
-        "licence": info.licence,
+        **source,
         "n_docs": len(examples),
         "limit": limit,
         "labels": scored,

@@ -11,6 +11,7 @@ from typing import Any
 from spacy_medllm.evaluation.metrics import MISSED, SPURIOUS
 from spacy_medllm.util.formatting import (
     fmt_mib,
+    fmt_pct,
     fmt_rate,
     fmt_score,
     markdown_table,
@@ -27,7 +28,9 @@ COLUMNS = {
     "models loaded before the clock starts",
     "peak RSS MiB": "the process's peak resident memory while medllm_ner models load and the "
     "texts run (everything the process holds counts, other pipelines loaded for the same report "
-    "too; the JSON has the RSS at the start; scripts/bench_memory.py runs one per process)",
+    "too; the JSON has the RSS at the start; python -m benchmarks.memory runs one per process)",
+    "Empty on gold texts": "texts with at least one gold entity on which the system predicted no "
+    "entity at all (a model that learned to answer [] too often shows here)",
     "F1 <label>": "strict F1 per label; n/a when the label has neither gold nor predicted spans",
     "Seed P / R / F1": "seed e-mails only: the seed's set metric, gold answer strings vs the "
     "texts of the predicted spans",
@@ -43,6 +46,14 @@ def _f(value: Any) -> str:
 def _label_f1(scores: Mapping[str, Any]) -> str:
     """Per-label F1, or n/a for a label with no gold and no predicted span."""
     return _f(scores["f1"]) if scores["tp"] + scores["fp"] + scores["fn"] else "n/a"
+
+
+def _empty_answers(texts: Mapping[str, Any] | None) -> str:
+    """ "k of n (share)": texts with a gold entity that got no entity (reports before it: n/a)."""
+    if not texts or not texts.get("n_with_gold"):
+        return "n/a"
+    k, n = texts["n_with_gold_answered_empty"], texts["n_with_gold"]
+    return f"{k} of {n} ({fmt_pct(k / n)})"
 
 
 def markdown_report(report: Mapping[str, Any]) -> str:
@@ -64,6 +75,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         "Overlap F1",
         *(f"F1 {label}" for label in labels),
         "TP/FP/FN",
+        "Empty on gold texts",
         "words/s",
         "peak RSS MiB",
     ]
@@ -87,6 +99,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             _f(ov["f1"]),
             *(_label_f1(strict["per_label"][label]) for label in labels),
             f"{micro['tp']}/{micro['fp']}/{micro['fn']}",
+            _empty_answers(system.get("texts")),
             fmt_rate(system["speed"]["words_per_s"]),
             fmt_mib((system.get("memory") or {}).get("peak_rss_mib")),
         ]

@@ -1,4 +1,5 @@
-"""Batches for fine-tuning: padding per batch, the shared prompt head, the loss on answer tokens.
+"""Batches for fine-tuning: padding per batch, the shared prompt head, the loss on answer tokens,
+and the Trainer that feeds them (a reproducible length-grouped order).
 
 `PaddingCollator` pads each batch to its longest record (after the prompt head every row shares,
 when `share_prefix` is on); `completion_loss` is the cross-entropy over the answer tokens only,
@@ -153,3 +154,59 @@ def completion_loss(
     if was_training:
         model.train()
     return total / count if count else float("nan")
+
+
+def trainer_class() -> Any:
+    """transformers' Trainer, with length grouping that is reproducible across a resume.
+
+    Trainer's own LengthGroupedSampler draws its order from the global RNG, so after a resume
+    that crosses an epoch boundary the batches differ from an uninterrupted run. Here each
+    epoch's order is drawn from a generator seeded with data_seed + epoch (the Trainer calls
+    set_epoch), as accelerate's seedable sampler does for plain random order; every process of a
+    distributed run also gets the same order.
+    """
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+            super().__init__(batch_size, lengths=lengths)
+            self.seed = seed
+            self.epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            indices = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
+            return iter(indices)
+
+    class MedLLMTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            prefix = inputs.pop("prefix_input_ids", None)
+            if prefix is not None:
+                inputs = {**inputs, **prefix_cache_inputs(model, prefix, len(inputs["input_ids"]))}
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            strategy = getattr(self.args, "train_sampling_strategy", None)
+            grouped = (
+                strategy == "group_by_length"
+                if strategy is not None
+                else getattr(self.args, "group_by_length", False)
+            )
+            if not grouped or dataset is None:
+                return super()._get_train_sampler(train_dataset)
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededLengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                [len(item["input_ids"]) for item in dataset],
+                seed,
+            )
+
+    return MedLLMTrainer

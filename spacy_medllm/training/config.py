@@ -24,19 +24,23 @@ class FinetuneConfig:
     adapted weight's magnitude is learned apart from its direction; slower steps, and merged like
     plain LoRA at inference. use_rslora: scale the update by lora_alpha / sqrt(r) instead of
     lora_alpha / r (rank-stabilised LoRA; keeps large ranks from learning faster than small ones).
-    max_steps > 0 overrides num_train_epochs. max_chunk_tokens: cut every training text into
-    sentence-aligned pieces of at most this many text tokens, exactly as `medllm_ner` with the same
-    `max_chunk_tokens` cuts a document at inference (`chunk_examples`), so that a model that will
-    read abstracts piece by piece is trained on such pieces; a piece boundary never cuts a gold
-    span. The value is saved with the prompt and becomes the pipeline's default when it is
-    assembled (None: whole texts). Records longer than max_length tokens are dropped, never
-    truncated. learning_rate: 1e-3 suits LoRA on a 135 M model with a few hundred records (one
-    epoch on the seed e-mails: seed P 0.815 / R 0.787 at 1e-3, 0.715 / 0.707 at 2e-4); lower it for
-    larger models. bf16: None means on where bfloat16 is native (a CUDA GPU that supports it, or a
-    CPU with AMX or AVX512-BF16), off elsewhere. num_threads: torch CPU threads (0: torch's
-    default). share_prefix: run the prompt head that all records of a batch share (system prompt,
-    chat template) once per batch instead of once per record (`PaddingCollator`); same loss and
-    gradients. Used on one process without gradient checkpointing or 4-bit weights.
+    num_train_epochs: None (the default) scales training to the data (`auto_epochs`: about 2,000
+    records seen, 1 to 3 epochs); max_steps > 0 overrides it. max_empty_share: at most this share of
+    the training records are texts (or pieces) without an entity; more are sampled away
+    (deterministically, by a hash of the text and the seed), so that a corpus where most texts are
+    empty does not teach the model to answer `[]`; None keeps every text. max_chunk_tokens: cut
+    every training text into sentence-aligned pieces of at most this many text tokens, exactly as
+    `medllm_ner` with the same `max_chunk_tokens` cuts a document at inference (`chunk_examples`),
+    so that a model that will read abstracts piece by piece is trained on such pieces; a piece
+    boundary never cuts a gold span. The value is saved with the prompt and becomes the pipeline's
+    default when it is assembled (None: whole texts). Records longer than max_length tokens are
+    dropped, never truncated. learning_rate: 1e-3 suits LoRA on a 135 M model with a few hundred
+    records (one epoch on the seed e-mails: seed P 0.815 / R 0.787 at 1e-3, 0.715 / 0.707 at 2e-4);
+    lower it for larger models. bf16: None means on where bfloat16 is native (a CUDA GPU that
+    supports it, or a CPU with AMX or AVX512-BF16), off elsewhere. num_threads: torch CPU threads
+    (0: torch's default). share_prefix: run the prompt head that all records of a batch share
+    (system prompt, chat template) once per batch instead of once per record (`PaddingCollator`);
+    same loss and gradients. Used on one process without gradient checkpointing or 4-bit weights.
     device: "auto" (CUDA if available) or "cpu".
     """
 
@@ -53,7 +57,7 @@ class FinetuneConfig:
     use_dora: bool = False
     use_rslora: bool = False
     learning_rate: float = 1e-3
-    num_train_epochs: float = 1.0
+    num_train_epochs: float | None = None
     max_steps: int = -1
     per_device_train_batch_size: int = 8
     per_device_eval_batch_size: int = 8
@@ -63,6 +67,7 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     max_length: int = 1024
     max_chunk_tokens: int | None = None
+    max_empty_share: float | None = 0.33
     seed: int = 42
     save_steps: int = 50
     save_total_limit: int = 2
@@ -136,8 +141,14 @@ def validate_config(
     )
     need(config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}")
     need(
-        config.max_steps > 0 or config.num_train_epochs > 0,
-        "set max_steps > 0 or num_train_epochs > 0",
+        config.num_train_epochs is None or config.num_train_epochs > 0,
+        f"num_train_epochs must be positive (None: scaled to the data), got "
+        f"{config.num_train_epochs}",
+    )
+    need(
+        config.max_empty_share is None or 0.0 <= config.max_empty_share < 1.0,
+        f"max_empty_share must be in [0, 1) or None (keep every text), got "
+        f"{config.max_empty_share}",
     )
     for name in (
         "per_device_train_batch_size",
@@ -219,3 +230,17 @@ def resolve_bf16(setting: bool | None, use_cuda: bool, cuda_bf16: bool, cpu_bf16
     if setting is not None:
         return bool(setting)
     return cuda_bf16 if use_cuda else cpu_bf16
+
+
+# Records a run sees when num_train_epochs is None (`auto_epochs`), and the epochs it may take.
+AUTO_RECORDS = 2000
+AUTO_EPOCHS = (1.0, 3.0)
+
+
+def auto_epochs(n_records: int, target: int = AUTO_RECORDS) -> float:
+    """Epochs that show the model about `target` records: more passes over small data (3 over
+    676 seed e-mails), one over large data; rounded to a tenth."""
+    low, high = AUTO_EPOCHS
+    if n_records <= 0:
+        return low
+    return round(min(high, max(low, target / n_records)), 1)

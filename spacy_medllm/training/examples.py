@@ -4,6 +4,7 @@ into the pieces `medllm_ner` reads (`max_chunk_tokens`), and turned into token r
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +54,39 @@ def chunk_examples(
         ranges = plan_chunks(make_doc(example["text"]), budget=budget, count_tokens=count_tokens)
         pieces.extend(split_example(example, ranges))
     return pieces
+
+
+def cap_empty(
+    examples: Sequence[Example], max_share: float | None, seed: int = 42
+) -> tuple[list[Example], dict[str, Any]]:
+    """At most `max_share` of the examples without an entity (None: all kept), the rest sampled
+    away deterministically (by a hash of the seed and the text); the order is kept.
+
+    Returns the kept examples and counts for the training record.
+    """
+    empty = [i for i, e in enumerate(examples) if not e["spans"] and not e.get("answer_entities")]
+    n_full = len(examples) - len(empty)
+    keep = len(empty)
+    if max_share is not None and empty:
+        # empty / (full + empty) <= share  <=>  empty <= share / (1 - share) * full
+        keep = min(len(empty), int(max_share / (1.0 - max_share) * n_full + 1e-9))
+    if keep < len(empty):
+
+        def rank(i: int) -> str:
+            text = f"{seed}\0{examples[i]['text']}".encode()
+            return hashlib.sha256(text).hexdigest()
+
+        kept_empty = set(sorted(empty, key=rank)[:keep])
+        dropped = set(empty) - kept_empty
+        examples = [e for i, e in enumerate(examples) if i not in dropped]
+    stats = {
+        "n_with_entities": n_full,
+        "n_empty": len(empty),
+        "n_empty_kept": keep,
+        "empty_share": keep / (n_full + keep) if n_full + keep else 0.0,
+        "max_empty_share": max_share,
+    }
+    return list(examples), stats
 
 
 def prepare_records(

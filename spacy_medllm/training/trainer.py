@@ -85,10 +85,15 @@ from spacy_medllm.training.checkpoints import (
 from spacy_medllm.training.collate import (
     PaddingCollator,
     accepts_logits_to_keep,
-    prefix_cache_inputs,
+    trainer_class,
 )
-from spacy_medllm.training.config import FinetuneConfig, resolve_bf16, validate_config
-from spacy_medllm.training.examples import chunk_examples, prepare_records
+from spacy_medllm.training.config import (
+    FinetuneConfig,
+    auto_epochs,
+    resolve_bf16,
+    validate_config,
+)
+from spacy_medllm.training.examples import cap_empty, chunk_examples, prepare_records
 from spacy_medllm.training.records import (
     record_stats,
     records_sha256,
@@ -178,62 +183,6 @@ def _version_dependent_args(arguments_class: Any, config: FinetuneConfig) -> dic
     return args
 
 
-def _trainer_class() -> Any:
-    """transformers' Trainer, with length grouping that is reproducible across a resume.
-
-    Trainer's own LengthGroupedSampler draws its order from the global RNG, so after a resume
-    that crosses an epoch boundary the batches differ from an uninterrupted run. Here each
-    epoch's order is drawn from a generator seeded with data_seed + epoch (the Trainer calls
-    set_epoch), as accelerate's seedable sampler does for plain random order; every process of a
-    distributed run also gets the same order.
-    """
-    import torch
-    from transformers import Trainer
-    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-
-    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-        def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
-            super().__init__(batch_size, lengths=lengths)
-            self.seed = seed
-            self.epoch = 0
-
-        def set_epoch(self, epoch: int) -> None:
-            self.epoch = epoch
-
-        def __iter__(self):
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            indices = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
-            return iter(indices)
-
-    class MedLLMTrainer(Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            prefix = inputs.pop("prefix_input_ids", None)
-            if prefix is not None:
-                inputs = {**inputs, **prefix_cache_inputs(model, prefix, len(inputs["input_ids"]))}
-            return super().compute_loss(
-                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-            )
-
-        def _get_train_sampler(self, train_dataset=None):
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            strategy = getattr(self.args, "train_sampling_strategy", None)
-            grouped = (
-                strategy == "group_by_length"
-                if strategy is not None
-                else getattr(self.args, "group_by_length", False)
-            )
-            if not grouped or dataset is None:
-                return super()._get_train_sampler(train_dataset)
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return EpochSeededLengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                [len(item["input_ids"]) for item in dataset],
-                seed,
-            )
-
-    return MedLLMTrainer
-
-
 def _expand_all_linear(model: Any) -> list[str]:
     """The names of the linear layers "all-linear" means (every nn.Linear but the output head)."""
     import torch
@@ -306,6 +255,14 @@ def finetune(
         raise ValueError("The training examples have no entities, and no labels were given")
     definitions = {k: v for k, v in config.label_definitions.items() if k in labels}
     label_set = LabelSet(labels, definitions)
+    if label_set.undefined:
+        logger.warning(
+            "No definition for the label(s) %s: the prompt names them bare. Give each a line "
+            'with --label-definitions FILE.json ({"%s": "what it means"}); the training '
+            "record lists them under labels_without_definition.",
+            ", ".join(label_set.undefined),
+            label_set.undefined[0],
+        )
     template = config.template()
     builder = PromptBuilder(label_set, template)
     train_examples, n_removed = filter_labels(train_examples, labels)
@@ -317,6 +274,14 @@ def finetune(
         say(
             f"max_chunk_tokens = {config.max_chunk_tokens}: {n_texts} training texts cut into "
             f"{len(train_examples)} pieces",
+            config.progress,
+        )
+    train_examples, empty_stats = cap_empty(train_examples, config.max_empty_share, config.seed)
+    if empty_stats["n_empty_kept"] < empty_stats["n_empty"]:
+        say(
+            f"max_empty_share = {config.max_empty_share}: {empty_stats['n_empty_kept']} of "
+            f"{empty_stats['n_empty']} texts without entities kept next to "
+            f"{empty_stats['n_with_entities']} with entities",
             config.progress,
         )
     train_records, n_dropped = prepare_records(
@@ -336,9 +301,18 @@ def finetune(
         )
     data_sha256 = records_sha256(train_records)
     # Settings as they were used: labels inferred from the data are written down.
+    epochs = config.num_train_epochs
+    if epochs is None:
+        epochs = auto_epochs(len(train_records))
+        if config.max_steps <= 0:
+            say(
+                f"{epochs} epoch(s) over {len(train_records)} records (scaled to the data)",
+                config.progress,
+            )
     effective = FinetuneConfig.from_dict(
         {
             **config.to_dict(),
+            "num_train_epochs": epochs,
             "labels": labels,
             "label_definitions": dict(label_set.definitions),
             "prompt_template": template.to_dict(),
@@ -447,7 +421,7 @@ def finetune(
         per_device_eval_batch_size=config.per_device_eval_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
+        num_train_epochs=epochs,
         max_steps=config.max_steps,
         lr_scheduler_type=config.lr_scheduler_type,
         weight_decay=config.weight_decay,
@@ -473,7 +447,7 @@ def finetune(
         report_to="none",
     )
     throughput = _throughput_callback(config.progress)
-    trainer = _trainer_class()(
+    trainer = trainer_class()(
         model=model,
         args=args,
         train_dataset=[{"input_ids": r["input_ids"], "labels": r["labels"]} for r in train_records],
@@ -535,6 +509,8 @@ def finetune(
             "n_dropped_too_long": n_dropped,
             "n_entities_removed_other_labels": n_removed,
             "n_eval_records": len(eval_records),
+            "empty": empty_stats,
+            "labels_without_definition": label_set.undefined,
             **{k: v for k, v in stats.items() if k != "n_records"},
         },
         "training": {
