@@ -363,3 +363,19 @@ def read_et_dev(path: Path) -> RawCorpus:
     if path.is_dir():
         path = need_path(path / "et-dev.jsonl", "et-dev")
     return RawCorpus({"dev": read_jsonl(path)}, {"reader": {"file": path.name}})
+
+
+def read_out_of_style(path: Path) -> RawCorpus:
+    """The project's hand-written out-of-style adverse-event texts; split `test`. Each example
+    also keeps the mentions the guide leaves unannotated: "negated" and "hypothetical" (character
+    ranges), so that a report can say which systems label them anyway."""
+    path = need_path(path, "out-of-style")
+    if path.is_dir():
+        path = need_path(path / "out-of-style.jsonl", "out-of-style")
+    examples = read_jsonl(path)
+    extra = [json.loads(line) for line in path.read_text("utf8").splitlines() if line.strip()]
+    for example, data in zip(examples, extra, strict=True):
+        example["style"] = data.get("style", "")
+        for kind in ("negated", "hypothetical"):
+            example[kind] = [(m["start"], m["end"]) for m in data.get(kind, [])]
+    return RawCorpus({"test": examples}, {"reader": {"file": path.name}})

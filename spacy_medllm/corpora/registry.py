@@ -71,6 +71,7 @@ from spacy_medllm.corpora.readers import (
     read_bc5cdr,
     read_et_dev,
     read_ncbi,
+    read_out_of_style,
     read_phee,
     read_seed,
 )
@@ -188,6 +189,17 @@ for _info in (
         "without the texts also in the original train file",
         read_seed,
         lambda: REPO_ROOT / "corpus" / "seed_ae_emails",
+    ),
+    CorpusInfo(
+        "out-of-style",
+        ("test",),
+        ("DRUG", "ADVERSE_EVENT"),
+        ("DRUG", "ADVERSE_EVENT"),
+        "en",
+        "written for this project (corpus/out_of_style, MIT)",
+        "test only (68 texts in 9 styles; corpus/out_of_style/GUIDE.md)",
+        read_out_of_style,
+        lambda: REPO_ROOT / "corpus" / "out_of_style" / "out-of-style.jsonl",
     ),
     CorpusInfo(
         "et-dev",

@@ -5,6 +5,7 @@ or between a training corpus and a test corpus.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -121,3 +122,25 @@ def check_no_text_overlap(
             f"{what}: {len(shared)} of {len(test)} test texts also occur in training "
             f"(ids {ids}{', ...' if len(shared) > 5 else ''})"
         )
+
+
+def word_runs(text: str, n: int = 8) -> set[tuple[str, ...]]:
+    """Every run of `n` consecutive words of the text (lower-cased, punctuation dropped)."""
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def shared_word_runs(
+    texts: Iterable[str], protected: Iterable[str], n: int = 8
+) -> list[tuple[int, str]]:
+    """The texts that share a run of `n` words with a protected text (a test set written by
+    hand must not leak into training data): (index, the run) for each."""
+    guarded: set[tuple[str, ...]] = set()
+    for text in protected:
+        guarded |= word_runs(text, n)
+    found = []
+    for i, text in enumerate(texts):
+        shared = word_runs(text, n) & guarded
+        if shared:
+            found.append((i, " ".join(min(shared))))
+    return found

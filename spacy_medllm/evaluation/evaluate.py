@@ -271,6 +271,8 @@ def evaluate_pipeline(
         "bertscore_f1": None,
         "medllm": llm_records(nlp, docs),
     }
+    if any(e.get("negated") or e.get("hypothetical") for e in examples):
+        result["unannotated"] = unannotated_mentions(examples, pred_all)
     if seed_metric is None:
         seed_metric = bool(examples) and all(e.get("answer_entities") is not None for e in examples)
     if seed_metric:
@@ -285,6 +287,27 @@ def evaluate_pipeline(
             for e, g, p in zip(examples, gold_spans, pred_all, strict=True)
         ]
     return result
+
+
+def unannotated_mentions(
+    examples: Sequence[Example], predicted: Sequence[Sequence[CharSpan]]
+) -> dict[str, Any]:
+    """How a system treats what the gold leaves unannotated on purpose: mentions of effects that
+    are negated ("denies rash") or hypothetical ("may cause nausea"), given per example as
+    character ranges under "negated" / "hypothetical". A mention counts as labelled when a
+    predicted span overlaps it; its labels are counted."""
+    out: dict[str, Any] = {}
+    for kind in ("negated", "hypothetical"):
+        n = labelled = 0
+        labels: Counter[str] = Counter()
+        for example, spans in zip(examples, predicted, strict=True):
+            for start, end in example.get(kind) or ():
+                n += 1
+                hits = [label for s, e, label in spans if s < end and start < e]
+                labelled += bool(hits)
+                labels.update(set(hits))
+        out[kind] = {"n": n, "n_labelled": labelled, "labels": dict(labels.most_common())}
+    return out
 
 
 def text_level_counts(

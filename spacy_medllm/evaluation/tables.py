@@ -31,6 +31,8 @@ COLUMNS = {
     "too; the JSON has the RSS at the start; python -m benchmarks.memory runs one per process)",
     "Empty on gold texts": "texts with at least one gold entity on which the system predicted no "
     "entity at all (a model that learned to answer [] too often shows here)",
+    "Negated / Hypothetical labelled": "mentions the gold leaves unannotated on purpose (an "
+    "effect the text says did not happen, or may happen) that a predicted span overlaps",
     "F1 <label>": "strict F1 per label; n/a when the label has neither gold nor predicted spans",
     "Seed P / R / F1": "seed e-mails only: the seed's set metric, gold answer strings vs the "
     "texts of the predicted spans",
@@ -79,6 +81,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         "words/s",
         "peak RSS MiB",
     ]
+    unannotated = any(s.get("unannotated") for s in report["systems"])
+    header += ["Negated labelled", "Hypothetical labelled"] if unannotated else []
     header += ["Seed P", "Seed R", "Seed F1"] if seed else []
     header += ["BERTScore F1"] if bert else []
     rows = []
@@ -103,6 +107,12 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             fmt_rate(system["speed"]["words_per_s"]),
             fmt_mib((system.get("memory") or {}).get("peak_rss_mib")),
         ]
+        if unannotated:
+            kinds = system.get("unannotated") or {}
+            row += [
+                f"{kinds[k]['n_labelled']} of {kinds[k]['n']}" if k in kinds else "n/a"
+                for k in ("negated", "hypothetical")
+            ]
         if seed:
             s = system.get("seed") or {}
             row += [_f(s.get("precision")), _f(s.get("recall")), _f(s.get("f1"))]
