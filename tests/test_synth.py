@@ -10,6 +10,7 @@ import pytest
 
 from spacy_medllm.cli import main as cli
 from spacy_medllm.data.scrape import DrugFacts, scrape
+from spacy_medllm.data.synth.english import BRANDS, EN_KINDS, LAY, misspell
 from spacy_medllm.data.synth.lexicon import CONDITION_ET, DRUG_ET, EFFECT_ET, inflect_et
 from spacy_medllm.data.synth.llm import generate_with_llm, plan_llm_jobs
 from spacy_medllm.data.synth.offline import OfflineComposer, compose_offline
@@ -54,7 +55,8 @@ def test_every_span_is_exact_and_labelled(composed):
 
 def test_kinds_languages_and_labels_are_all_covered(composed):
     assert Counter((r["lang"], r["kind"]) for r in composed).keys() == {
-        (lang, kind) for lang in ("en", "et") for kind in KINDS
+        *(("en", kind) for kind in EN_KINDS),
+        *(("et", kind) for kind in KINDS),
     }
     labels = Counter(s["label"] for r in composed for s in r["spans"])
     assert set(labels) == {"DRUG", "ADVERSE_EVENT", "DISEASE", "PROCEDURE"}
@@ -273,3 +275,62 @@ def test_split_is_by_id_hash_stable_and_filters_language(tmp_path: Path) -> None
     source.write_text(json.dumps(records[1]) + "\n" + json.dumps(records[1]) + "\n")
     with pytest.raises(ValueError, match="occurs twice"):
         split_texts(source, first, second)
+
+
+# -- English variety (issue: the adapter must hold on text it has not seen) --------------------
+
+
+def test_english_texts_vary_in_style_wording_and_names(composed):
+    english = [r for r in composed if r["lang"] == "en"]
+    effects = [
+        s["text"].lower() for r in english for s in r["spans"] if s["label"] == "ADVERSE_EVENT"
+    ]
+    lay = {phrase.lower() for nps, clauses in LAY.values() for phrase in nps}
+    lay |= {labelled.lower() for nps, clauses in LAY.values() for _, labelled in clauses}
+    assert sum(e in lay for e in effects) > len(effects) / 3  # lay wordings are common
+    drugs = [s["text"] for r in english for s in r["spans"] if s["label"] == "DRUG"]
+    brands = {b for names in BRANDS.values() for b in names}
+    assert any(d in brands for d in drugs)  # brand names
+    generics = {g.lower() for g in BRANDS} | {b.lower() for b in brands}
+    assert any(d.lower() not in generics for d in drugs)  # misspellings
+    assert any(sum(s["label"] == "DRUG" for s in r["spans"]) >= 2 for r in english)
+    lengths = sorted(len(r["text"]) for r in english)
+    assert lengths[0] < 60 and lengths[-1] > 500  # one-liners and long e-mails
+
+
+def test_negated_and_hypothetical_effects_are_written_but_not_labelled(composed):
+    english = [r for r in composed if r["lang"] == "en"]
+    unlabelled = [
+        (r, m) for r in english for kind in ("negated", "hypothetical") for m in r["meta"][kind]
+    ]
+    assert len(unlabelled) >= 15
+    for record, mention in unlabelled:
+        assert record["text"][mention["start"] : mention["end"]] == mention["text"]
+        assert not any(
+            s["start"] < mention["end"] and mention["start"] < s["end"] for s in record["spans"]
+        ), (record["text"], mention)
+    negated = [m for r in english for m in r["meta"]["negated"]]
+    assert all(
+        r["text"][: m["start"]].rstrip().lower().endswith(("no", "any", "denies", "no,"))
+        for r in english
+        for m in r["meta"]["negated"]
+    ), negated
+
+
+def test_no_span_starts_with_an_article(composed):
+    """Effects are labelled without "a"/"an"/"the" (corpus/out_of_style/GUIDE.md)."""
+    for record in composed:
+        if record["lang"] != "en":
+            continue
+        for span in record["spans"]:
+            assert not span["text"].lower().startswith(("a ", "an ", "the ")), span
+
+
+@pytest.mark.parametrize("name", ["Sertraline", "metformin", "Ciprofloxacin", "Zoloft"])
+def test_misspell_changes_the_name_a_little(name):
+    import random
+
+    for seed in range(20):
+        written = misspell(name, random.Random(seed))
+        assert written != name and len(written) >= 4
+        assert abs(len(written) - len(name)) <= 1

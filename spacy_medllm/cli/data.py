@@ -44,13 +44,19 @@ def scrape(
         raise typer.Exit(1)
 
 
-def _kinds(value: str) -> list[str]:
-    from spacy_medllm.data.synth.records import KINDS
+def _kinds(value: str | None) -> list[str] | None:
+    """Styles to write (None: each language's own)."""
+    from spacy_medllm.data.synth.offline import kinds_for
 
-    kinds = csv(value) or []
-    unknown = set(kinds) - set(KINDS)
+    kinds = csv(value)
+    if kinds is None:
+        return None
+    known = set(kinds_for("en")) | set(kinds_for("et"))
+    unknown = set(kinds) - known
     if unknown:
-        raise typer.BadParameter(f"unknown text kinds {sorted(unknown)}; choose from {KINDS}")
+        raise typer.BadParameter(
+            f"unknown text kinds {sorted(unknown)}; choose from {sorted(known)}"
+        )
     return kinds
 
 
@@ -63,9 +69,6 @@ def _write_summary(summary: dict[str, Any], path: Path | None) -> None:
         raise typer.Exit(1)
 
 
-ALL_KINDS = "ae_email,clinical_note,forum_post"
-
-
 @synth_app.command(no_args_is_help=True)
 def offline(
     facts: Path = typer.Option(..., help="JSONL of DrugFacts (scrape's output)."),
@@ -73,7 +76,9 @@ def offline(
     n_en: int = typer.Option(600, help="English texts."),
     n_et: int = typer.Option(400, help="Estonian texts."),
     seed: int = typer.Option(0, help="Random seed (same seed, same texts)."),
-    kinds: str = typer.Option(ALL_KINDS, help="Comma-separated text kinds."),
+    kinds: str | None = typer.Option(
+        None, help="Comma-separated text kinds [default: every style of each language]."
+    ),
     summary: Path | None = typer.Option(None, help="JSON file for the run's summary."),
 ) -> None:
     """Compose texts from templates with exact gold spans, no LLM."""
@@ -92,7 +97,9 @@ def llm(
     n_en: int = typer.Option(600, help="English texts."),
     n_et: int = typer.Option(400, help="Estonian texts."),
     seed: int = typer.Option(0, help="Random seed of the plan."),
-    kinds: str = typer.Option(ALL_KINDS, help="Comma-separated text kinds."),
+    kinds: str | None = typer.Option(
+        None, help="Comma-separated text kinds [default: every style of each language]."
+    ),
     summary: Path | None = typer.Option(None, help="JSON file for the run's summary."),
     model: str = typer.Option("smollm2-135m-instruct", help="Model (alias, folder, hub id)."),
     adapter: str | None = typer.Option(None, help="A LoRA adapter folder."),

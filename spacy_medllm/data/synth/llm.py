@@ -13,8 +13,8 @@ from typing import Any
 
 from spacy_medllm.data.scrape import DrugFacts
 from spacy_medllm.data.synth.lexicon import plain_phrase
-from spacy_medllm.data.synth.offline import DrugProfile
-from spacy_medllm.data.synth.records import KINDS, JSONLAppender, SynthRecord
+from spacy_medllm.data.synth.offline import DrugProfile, kinds_for
+from spacy_medllm.data.synth.records import JSONLAppender, SynthRecord
 
 LLM_PROMPTS: dict[tuple[str, str], str] = {
     ("en", "ae_email"): (
@@ -30,6 +30,42 @@ LLM_PROMPTS: dict[tuple[str, str], str] = {
     ("en", "forum_post"): (
         "Write a short, informal patient forum post by someone taking {drug} for {condition} "
         "who has {effects}. Only the post."
+    ),
+    ("en", "short_email"): (
+        "Write a one- or two-sentence e-mail from someone taking {drug} who noticed {effects}. "
+        "Only the e-mail."
+    ),
+    ("en", "long_email"): (
+        "Write a long e-mail (three paragraphs) from a relative of a patient who takes {drug} for "
+        "{condition} and developed {effects}; add everyday details. Only the e-mail."
+    ),
+    ("en", "social_post"): (
+        "Write a short social-media post (under 30 words, lower case, casual) by someone on "
+        "{drug} who has {effects}. Only the post."
+    ),
+    ("en", "call_transcript"): (
+        "Write a short call-centre transcript (Agent: / Caller:) in which a caller on {drug} "
+        "reports {effects}. Only the transcript."
+    ),
+    ("en", "pharmacist_note"): (
+        "Write a one-line pharmacist's note, clinical shorthand, about a patient on {drug} who "
+        "reports {effects}. Only the note."
+    ),
+    ("en", "hcp_narrative"): (
+        "Write two sentences from a doctor's letter about a patient with {condition} who "
+        "developed {effects} after starting {drug}. Only the sentences."
+    ),
+    ("en", "discharge_sentence"): (
+        "Write one sentence of a hospital discharge summary: the patient developed {effects}, "
+        "attributed to {drug}. Only the sentence."
+    ),
+    ("en", "portal_message"): (
+        "Write a short message a patient sends through a clinic's portal: they take {drug} and "
+        "have {effects}. Only the message."
+    ),
+    ("en", "review"): (
+        "Write a short online review of {drug} with a star rating, mentioning {effects}. Only "
+        "the review."
     ),
     ("et", "ae_email"): (
         "Kirjuta lühike e-kiri patsiendilt ravimifirmale XYZ Pharma AS, milles ta teatab "
@@ -75,7 +111,7 @@ def plan_llm_jobs(
     facts: Sequence[DrugFacts],
     n_per_lang: dict[str, int],
     seed: int = 0,
-    kinds: Sequence[str] = KINDS,
+    kinds: Sequence[str] | None = None,
 ) -> list[LLMJob]:
     """The texts to ask an LLM for, deterministic for a seed; ids are stable across runs."""
     jobs: list[LLMJob] = []
@@ -84,6 +120,7 @@ def plan_llm_jobs(
         profiles = [p for p in (DrugProfile.from_facts(f, lang) for f in facts) if p]
         if not profiles:
             continue
+        styles = list(kinds or kinds_for(lang))
         for i in range(n):
             profile = rng.choice(profiles)
             effects = rng.sample(profile.effects, min(len(profile.effects), rng.choice((1, 2, 3))))
@@ -92,7 +129,7 @@ def plan_llm_jobs(
                 LLMJob(
                     id=f"llm-{lang}-{seed}-{i:06d}",
                     lang=lang,
-                    kind=kinds[i % len(kinds)],
+                    kind=styles[i % len(styles)],
                     drug=plain_phrase(profile.drug),
                     condition=plain_phrase(condition)
                     or ("its condition" if lang == "en" else "haigus"),

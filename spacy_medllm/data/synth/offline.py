@@ -1,8 +1,11 @@
 """Synthetic medical texts from drug facts: an offline composer with exact gold, and LLM prompts.
 
-Two ways to turn `DrugFacts` (spacy_medllm.data.scrape) into texts, in English and Estonian, of
-three kinds: an adverse-event e-mail to a drug company (the seed's style), a clinical note and a
-patient forum post.
+Two ways to turn `DrugFacts` (spacy_medllm.data.scrape) into texts. English has twelve styles
+(`english.EN_KINDS`: the seed's adverse-event e-mails, short and long e-mails, clinical notes,
+forum and social-media posts, call-centre transcripts, pharmacist notes, clinicians' narratives,
+discharge-summary sentences, patient-portal messages, reviews), with lay wordings of the effects,
+brand names, misspellings, second drugs, and negated or hypothetical effects that are written but
+not labelled; Estonian has three (an adverse-event e-mail, a clinical note, a forum post).
 
 - `compose_offline`: fills hand-written templates with the facts. The spans (DRUG,
   ADVERSE_EVENT, DISEASE, PROCEDURE) are known by construction, so the character offsets are
@@ -31,6 +34,19 @@ from pathlib import Path
 from typing import Any
 
 from spacy_medllm.data.scrape import DrugFacts
+from spacy_medllm.data.synth.english import (
+    BRANDS,
+    CLINICAL,
+    EN_KINDS,
+    EN_TEMPLATES,
+    INFORMAL,
+    LAY,
+    LAY_SHARE,
+    NEUTRAL,
+    PRONOUNS,
+    THIRD_PERSON,
+    misspell,
+)
 from spacy_medllm.data.synth.lexicon import (
     CONDITION_ET,
     DRUG_ET,
@@ -54,38 +70,8 @@ EMAIL_HEADER = {
     ),
 }
 
+# Estonian templates; the English ones are `english.EN_TEMPLATES` (more styles, lay wordings).
 TEMPLATES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("en", "ae_email"): (
-        "Hi, after starting {DRUG} for {COND}, I've noticed that I am experiencing {AES}. "
-        "Are these typical reactions? Best, {PERSON}",
-        "I have been taking {DRUG} for {DAYS} days and developed {AES}. Should I stop "
-        "taking it? Thank you.",
-        "My {RELATIVE} was prescribed {DRUG} {DOSE} for {COND}. Since then {PRONOUN} has had "
-        "{AES}. Please advise what we should do.",
-        "Hello, I want to report {AES} after my second week on {DRUG}. My doctor ordered a "
-        "{PROC}. Regards, {PERSON}",
-        "I am a pharmacist. A customer on {DRUG} reported {AES} and asked me whether this is "
-        "a known side effect.",
-        "Dear XYZ Pharma, I started {DRUG} {DOSE} a month ago and now I suffer from {AES}. "
-        "Is this common?",
-    ),
-    ("en", "clinical_note"): (
-        "{AGE} y/o {SEX} with {COND} on {DRUG} {DOSE}. Reports {AES} since starting. "
-        "{PROC} ordered. Plan: review in {DAYS} days.",
-        "Pt started {DRUG} for {COND} {DAYS} days ago. Now presents with {AES}. "
-        "{DRUG} held pending {PROC}.",
-        "Follow-up visit. Known {COND}. Tolerating {DRUG} poorly: {AES}. Switch discussed.",
-        "S: {AES} after dose increase of {DRUG}. O: vitals stable. A: probable adverse drug "
-        "reaction. P: reduce dose, {PROC}.",
-        "Admitted with {AE}. Medications: {DRUG} {DOSE}. {PROC} performed on day {DAYS}.",
-    ),
-    ("en", "forum_post"): (
-        "Anyone else get {AES} on {DRUG}? I was put on it for my {COND} and feel awful.",
-        "Week {DAYS} on {DRUG}. The {AE} is getting better but I still have {AES}.",
-        "Doc switched me to {DRUG} for {COND}. Honestly the {AES} is worse than the disease lol",
-        "Quick question: does {DRUG} cause {AES}? Started {DOSE} last week.",
-        "Update: stopped {DRUG} because of {AES}. Had a {PROC} and everything looks fine now.",
-    ),
     ("et", "ae_email"): (
         "Tere! Alustasin {DRUG:sg g} kasutamist {COND:sg g} tõttu ja nüüd on mul {AES:sg n}. "
         "Kas see on tavaline? Lugupidamisega, {PERSON}",
@@ -116,6 +102,7 @@ TEMPLATES: dict[tuple[str, str], tuple[str, ...]] = {
 FILLERS: dict[str, dict[str, tuple[str, ...]]] = {
     "en": {
         "FIRST": ("Natalie", "James", "Mia", "Oliver", "Sophia", "Liam", "Grace", "Ethan"),
+        "STARS": ("1", "2", "3", "4", "5"),
         "LAST": ("Cooper", "Garcia", "Nguyen", "Patel", "Smith", "Brown", "Kowalski", "Reed"),
         "STREET": ("Birch Street", "Magnolia Drive", "Oak Avenue", "Pine Road", "Elm Court"),
         "CITY": ("Denver, CO 80203", "Dallas, TX 75201", "Boston, MA 02108", "Austin, TX 78701"),
@@ -136,7 +123,7 @@ FILLERS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 
-_SLOT = re.compile(r"\{([A-Z]+)(?::([^}]+))?\}")
+_SLOT = re.compile(r"\{([A-Z]+[0-9]?)(?::([^}]+))?\}")
 
 _ENTITY_SLOTS = {"DRUG": "DRUG", "AE": "ADVERSE_EVENT", "AES": "ADVERSE_EVENT"}
 
@@ -206,6 +193,11 @@ class _Builder:
         return text_hash("".join(self.masked))
 
 
+def kinds_for(lang: str) -> tuple[str, ...]:
+    """The styles of a language: English has `english.EN_KINDS`, Estonian the three `KINDS`."""
+    return EN_KINDS if lang == "en" else KINDS
+
+
 class OfflineComposer:
     """Builds texts from templates and facts; spans are exact by construction."""
 
@@ -243,6 +235,8 @@ class OfflineComposer:
 
     def compose(self, rng: random.Random, lang: str, kind: str) -> SynthRecord | None:
         """One text, or None when no drug fits a template drawn for it."""
+        if lang == "en":
+            return self._compose_en(rng, kind)
         profiles = self.profiles[lang]
         if not profiles:
             return None
@@ -304,16 +298,156 @@ class OfflineComposer:
             },
         )
 
+    def _drug_name(self, rng: random.Random, name: str, kind: str) -> str:
+        """The drug as this style writes it: generic or brand, maybe lower case or mistyped."""
+        brands = BRANDS.get(name.lower(), ())
+        written = rng.choice(brands) if brands and rng.random() < 0.35 else name
+        if kind in INFORMAL:
+            if rng.random() < 0.15:
+                written = misspell(written.lower() if rng.random() < 0.5 else written, rng)
+            elif rng.random() < 0.4:
+                written = written.lower()
+        elif kind not in ("ae_email", "long_email", "discharge_sentence") and rng.random() < 0.5:
+            written = written.lower()
+        return written
+
+    def _effect(
+        self, rng: random.Random, effect: str, kind: str, clause: bool, third: bool = False
+    ) -> tuple[str, str]:
+        """(unlabelled lead, labelled words) of an effect in this style: a clause when `clause`
+        (falling back to a noun phrase), lay wording at the style's share; `third`: about
+        someone else, so no lay noun phrase in the first person."""
+        lay_np, lay_cl = LAY.get(effect, ((), ()))
+        if third:
+            lay_np = tuple(np for np in lay_np if " my " not in f" {np} ")
+        if clause and lay_cl:
+            return rng.choice(lay_cl)
+        lead = "I got " if clause else ""
+        if lay_np and rng.random() < LAY_SHARE.get(kind, 0.5):
+            words = rng.choice(lay_np)
+        else:
+            words = rng.choice(CLINICAL.get(effect, (effect,)))
+        # The article is not part of the mention (corpus/out_of_style/GUIDE.md): "a rash" -> "rash"
+        article = re.match(r"(a|an|the) ", words)
+        if article:
+            lead, words = lead + article.group(0), words[article.end() :]
+        return lead, words
+
+    def _compose_en(self, rng: random.Random, kind: str) -> SynthRecord | None:
+        """An English text of style `kind` (`english.EN_TEMPLATES`); negated and hypothetical
+        effects are written, not labelled, and listed in the record's meta with their offsets."""
+        profiles = self.profiles["en"]
+        if not profiles:
+            return None
+        profile = rng.choice(profiles)
+        templates = [t for t in EN_TEMPLATES[kind] if profile.conditions or "{COND" not in t]
+        if not templates:
+            return None
+        index = rng.randrange(len(templates))
+        template = templates[index]
+        third = kind in THIRD_PERSON or any(
+            marker in template for marker in ("{PRONOUN}", "{RELATIVE}", "Caller reports", "She ")
+        )
+        if kind == "ae_email":
+            template = EMAIL_HEADER["en"] + template
+        effects = list(profile.effects)
+        rng.shuffle(effects)
+        n_labelled = template.count("{AE") + (template.count("{AES}") and 2)
+        named = effects[: max(1, n_labelled)]
+        unnamed = [e for e in LAY if e not in named and e not in profile.effects]
+        rng.shuffle(unnamed)
+        others = [p for p in profiles if p.drug != profile.drug]
+        second = self._drug_name(rng, rng.choice(others).drug, kind) if others else None
+        drug = self._drug_name(rng, profile.drug, kind)
+        fillers: dict[str, str] = {}
+        neutral = list(NEUTRAL)
+        rng.shuffle(neutral)
+        out = _Builder()
+        unlabelled: dict[str, list[dict[str, Any]]] = {"negated": [], "hypothetical": []}
+        used = 0  # effects of `named` used so far
+        position = 0
+        for match in _SLOT.finditer(template):
+            out.add(template[position : match.start()])
+            position = match.end()
+            slot = match.group(1)
+            if slot == "NEUTRAL":
+                out.add_filler(slot, neutral.pop() if neutral else "")
+            elif slot in ("NEG", "NEG2", "HYP"):
+                kind_name = "hypothetical" if slot == "HYP" else "negated"
+                effect = unnamed.pop() if unnamed else "fever"
+                lead, words = self._effect(rng, effect, kind, clause=False, third=third)
+                if slot == "HYP":  # "it can cause a rash"; but "no rash", "denies rash"
+                    out.add(lead)
+                start = out.length
+                out.add_filler(slot, words)
+                unlabelled[kind_name].append({"start": start, "end": out.length, "text": words})
+            elif slot in ("AE", "AECL", "AECL2"):
+                rest = named[used:] or named[-1:]
+                if slot != "AE":  # a clause reads better from an effect that has lay clauses
+                    rest = [e for e in rest if LAY.get(e, ((), ()))[1]] or rest
+                effect = rest[0]
+                named.remove(effect)
+                named.insert(used, effect)
+                used += 1
+                lead, words = self._effect(rng, effect, kind, clause=slot != "AE", third=third)
+                if lead:
+                    at_start = out.length == 0 or re.search(r"(^|[.!?:]\s+|\n)$", out.text)
+                    out.add(lead[:1].upper() + lead[1:] if at_start else lead)
+                out.add(words, "ADVERSE_EVENT")
+            elif slot == "AES":
+                picked = named[used : used + rng.choice((1, 2, 2, 3))] or named[-1:]
+                used += len(picked)
+                for i, effect in enumerate(picked):
+                    if i:
+                        out.add(" and " if i == len(picked) - 1 else ", ")
+                    lead, words = self._effect(rng, effect, kind, clause=False, third=third)
+                    out.add(lead)
+                    out.add(words, "ADVERSE_EVENT")
+            elif slot == "DRUG":
+                out.add(drug, "DRUG")
+            elif slot == "DRUG2":
+                if second is None:
+                    return None
+                out.add(second, "DRUG")
+            elif slot == "COND":
+                out.add(rng.choice(profile.conditions), "DISEASE")
+            elif slot == "PROC":
+                out.add(rng.choice(PROCEDURES)[0], "PROCEDURE")
+            else:
+                if slot not in fillers:
+                    if slot == "PRONOUN" and "RELATIVE" in fillers:
+                        fillers[slot] = PRONOUNS.get(fillers["RELATIVE"], "they")
+                    else:
+                        fillers[slot] = self._filler(rng, "en", slot)
+                out.add_filler(slot, fillers[slot])
+        out.add(template[position:])
+        text = out.text
+        return SynthRecord(
+            id=f"offline-en-{text_hash(text)}",
+            text=text,
+            lang="en",
+            kind=kind,
+            spans=out.spans,
+            meta={
+                "generator": "offline",
+                "drug": profile.drug,
+                "template": index,
+                "content_key": out.content_key,
+                **unlabelled,
+            },
+        )
+
     @staticmethod
     def _surface(value: str, lang: str, form: str) -> str:
         return inflect_et(value, form) if lang == "et" else plain_phrase(value)
 
     def records(
-        self, lang: str, n: int, kinds: Sequence[str] = KINDS, patience: int = 2000
+        self, lang: str, n: int, kinds: Sequence[str] | None = None, patience: int = 2000
     ) -> Iterator[SynthRecord]:
         """Up to `n` texts in `lang`, kinds in turn, deterministic for a seed. Near-duplicates
         (texts that differ only in filler such as names and numbers) count as duplicates; the
         search stops after `patience` duplicates in a row (the facts allow no more texts)."""
+        kinds = list(kinds or kinds_for(lang))
         rng = random.Random(f"{self.seed}-{lang}")
         seen: set[str] = set()
         misses = 0
@@ -337,7 +471,7 @@ def compose_offline(
     output: str | Path,
     n_per_lang: dict[str, int],
     seed: int = 0,
-    kinds: Sequence[str] = KINDS,
+    kinds: Sequence[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write offline texts until each language has its count in `output`; resumes a cut run."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-KINDS = ("ae_email", "clinical_note", "forum_post")
+KINDS = ("ae_email", "clinical_note", "forum_post")  # the kinds every language has
 
 LANGS = ("en", "et")
 
