@@ -971,3 +971,27 @@ def test_a_run_on_mostly_empty_texts_records_the_recipe(tiny_base, tmp_path, cap
     # 8 records: auto epochs 3.0, batch 2 -> 12 steps
     assert record["settings"]["num_train_epochs"] == 3.0
     assert record["training"]["global_step"] == 12
+
+
+def test_weighted_training_sources(tmp_path) -> None:
+    from spacy_medllm.training.examples import load_training_examples, parse_source, weighted
+
+    assert parse_source("a/b.jsonl") == (Path("a/b.jsonl"), 1.0)
+    assert parse_source("a/b.jsonl@0.5") == (Path("a/b.jsonl"), 0.5)
+    assert parse_source("me@home/b.jsonl") == (Path("me@home/b.jsonl"), 1.0)
+    with pytest.raises(ValueError, match="positive"):
+        parse_source("b.jsonl@-1")
+    ten = [make_example(f"Text number {i}.", id=str(i)) for i in range(10)]
+    assert len(weighted(ten, 2)) == 20 and len(weighted(ten, 0.3)) == 3
+    half = weighted(ten, 1.5)
+    assert len(half) == 15 and half[:10] == ten and set(map(id, half[10:])) <= set(map(id, ten))
+    assert weighted(ten, 0.3) == weighted(ten, 0.3)  # deterministic
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text(
+        "".join(json.dumps({"text": f"A {i}.", "entities": []}) + "\n" for i in range(4))
+    )
+    second.write_text(
+        "".join(json.dumps({"text": f"B {i}.", "entities": []}) + "\n" for i in range(10))
+    )
+    examples = load_training_examples([first, f"{second}@0.5", f"{first}@2"])
+    assert len(examples) == 4 + 5 + 8

@@ -246,3 +246,39 @@ def annotator_report(
             f"{system['name']}: strict F1 {system['strict']['micro']['f1']:.3f}, "
             f"overlap F1 {system['overlap']['micro']['f1']:.3f}"
         )
+
+
+@app.command(no_args_is_help=True)
+def gate(
+    silver: Path = typer.Option(..., help="The folder of a finished `label` run (its log.jsonl)."),
+    output: Path = typer.Option(..., help="Folder for gated.jsonl and gate.json / gate.md."),
+    texts: Path | None = typer.Option(
+        None, help="The texts JSONL that was labelled: its offline gold is the reference."
+    ),
+    second: Path | None = typer.Option(
+        None, help="Another `label` run's folder: its labels are the reference where no gold."
+    ),
+    labels: str | None = typer.Option(None, help="Comma-separated labels the gate accepts."),
+    min_agreement: float = typer.Option(0.8, help="Strict span F1 with the reference to keep."),
+    allow_unchecked: bool = typer.Option(
+        False, help="Keep texts that have no reference (default: drop them)."
+    ),
+    name: str = typer.Option("LLM labels", help="The annotator's name in the report."),
+) -> None:
+    """Check LLM labels before training on them: spans in the text, known labels, no answer
+    problem, agreement with the offline gold or a second annotator; what is kept and why."""
+    from spacy_medllm.data.gate import gate_labels, gold_of, labels_of_log, read_log, write_gate
+    from spacy_medllm.data.labelling import LOG_FILE
+    from spacy_medllm.data.synth.records import read_records
+
+    log = read_log(silver / LOG_FILE)
+    kept, report = gate_labels(
+        log,
+        labels=csv(labels),
+        gold=gold_of(read_records(texts)) if texts else None,
+        second=labels_of_log(read_log(second / LOG_FILE)) if second else None,
+        min_agreement=min_agreement,
+        allow_unchecked=allow_unchecked,
+    )
+    paths = write_gate(kept, report, output, name)
+    typer.echo(paths["md"].read_text(encoding="utf8"))

@@ -107,25 +107,60 @@ def prepare_records(
     return kept, dropped
 
 
+def parse_source(spec: str | Path) -> tuple[Path, float]:
+    """A training source `PATH` or `PATH@WEIGHT` (weight 2: every example twice; 0.5: half of
+    them, chosen by a hash of the text; 1.5: all, and half again)."""
+    text = str(spec)
+    path, at, weight = text.rpartition("@")
+    if not at or not path:
+        return Path(text), 1.0
+    try:
+        value = float(weight)
+    except ValueError:
+        return Path(text), 1.0  # an "@" that is part of the file name
+    if value <= 0:
+        raise ValueError(f"{text}: the weight after @ must be positive")
+    return Path(path), value
+
+
+def weighted(examples: Sequence[Example], weight: float, seed: int = 42) -> list[Example]:
+    """The examples `int(weight)` times, plus the fraction of them that `weight` has beyond
+    that, chosen deterministically by a hash of the seed and the text."""
+    whole = int(weight)
+    part = weight - whole
+    out = [e for _ in range(whole) for e in examples]
+    if part > 1e-9:
+
+        def rank(example: Example) -> str:
+            return hashlib.sha256(f"{seed}\1{example['text']}".encode()).hexdigest()
+
+        chosen = {id(e) for e in sorted(examples, key=rank)[: round(part * len(examples))]}
+        out += [e for e in examples if id(e) in chosen]
+    return out
+
+
 def load_training_examples(
     paths: Sequence[str | Path],
     exclude: Sequence[str | Path] = (),
     dedupe: bool = True,
 ) -> list[Example]:
-    """Read and join training files; drop repeated texts and texts that occur in `exclude`."""
-    examples: list[Example] = []
-    for path in paths:
-        examples.extend(read_examples(path))
-    n_read = len(examples)
-    if dedupe:
-        examples = deduplicate(examples)
+    """Read and join training sources (`PATH` or `PATH@WEIGHT`, see `parse_source`); drop
+    repeated texts within each source and texts that occur in `exclude`, then weight each."""
     excluded: list[Example] = []
     for path in exclude:
         excluded.extend(read_examples(path))
-    if excluded:
-        examples = remove_shared(examples, excluded)
-    say(
-        f"{n_read} training examples read, {n_read - len(examples)} removed as repeats or "
-        f"texts of {', '.join(map(str, exclude)) or 'excluded files'}: {len(examples)} left"
-    )
+    examples: list[Example] = []
+    lines = []
+    for spec in paths:
+        path, weight = parse_source(spec)
+        read = read_examples(path)
+        kept = deduplicate(read) if dedupe else list(read)
+        if excluded:
+            kept = remove_shared(kept, excluded)
+        examples.extend(weighted(kept, weight))
+        lines.append(
+            f"{path}: {len(read)} read, {len(read) - len(kept)} repeats or excluded texts "
+            f"removed, {len(kept)} x {weight:g}"
+        )
+    say(f"training examples: {'; '.join(lines)}: {len(examples)} in all")
     return examples
