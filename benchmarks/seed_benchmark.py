@@ -681,7 +681,7 @@ def evaluate_system(
         if isinstance(spec, (str, Path)):
             import spacy
 
-            from spacy_medllm.pipeline import component as _component  # noqa: F401 - registers the factory
+            from spacy_medllm.pipeline import factory as _factory  # noqa: F401 - registers the factory
 
             nlp = spacy.load(spec)
             source = str(spec)

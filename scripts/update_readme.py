@@ -30,8 +30,11 @@ def report_text(path: Path, caption: bool, tables_only: bool) -> str:
     heading = None
     if lines and lines[0].startswith("## "):
         heading, lines = lines[0][3:].strip(), lines[1:]
-    if tables_only:
-        lines = [line for line in lines if line.startswith("|")]
+    if tables_only:  # the first table only
+        start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+        rest = range(start, len(lines))
+        end = next((i for i in rest if not lines[i].startswith("|")), len(lines))
+        lines = lines[start:end]
     text = "\n".join(lines).strip()
     if caption and heading:
         text = f"*{heading}*\n\n{text}"
@@ -43,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("reports", type=Path, nargs="+")
     parser.add_argument("--name", required=True)
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
-    parser.add_argument("--tables-only", action="store_true", help="keep the reports' tables")
+    parser.add_argument(
+        "--tables-only", action="store_true", help="keep each report's first table only"
+    )
     args = parser.parse_args(argv)
     caption = len(args.reports) > 1 or args.tables_only
     text = "\n\n".join(report_text(p, caption, args.tables_only) for p in args.reports)

@@ -90,3 +90,22 @@ def test_gate_command_on_a_label_folder(tmp_path: Path, capsys) -> None:
     from spacy_medllm.core.examples import read_jsonl
 
     assert read_jsonl(out / "gated.jsonl")[0]["spans"] == GOLD_SPANS
+
+
+def test_compare_only_the_labels_the_second_annotator_knows():
+    """A drug dictionary as the second opinion: the drugs must agree, the effects pass along."""
+    log = [
+        line(0, [[6, 12, "DRUG"], [20, 29, "ADVERSE_EVENT"]]),
+        line(1, [[20, 29, "ADVERSE_EVENT"]]),
+    ]
+    dictionary = {"t0": [(6, 12, "DRUG")], "t1": [(6, 12, "DRUG")]}
+    kept, report = gate_labels(
+        log,
+        labels=["DRUG", "ADVERSE_EVENT"],
+        second=dictionary,
+        compare=["DRUG"],
+        min_agreement=1.0,
+    )
+    assert [k["id"] for k in kept] == ["t0"] and len(kept[0]["entities"]) == 2
+    assert report["dropped"] == {"annotators_disagree": 1}
+    assert report["compared_labels"] == ["DRUG"]

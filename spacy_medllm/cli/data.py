@@ -259,6 +259,9 @@ def gate(
         None, help="Another `label` run's folder: its labels are the reference where no gold."
     ),
     labels: str | None = typer.Option(None, help="Comma-separated labels the gate accepts."),
+    compare: str | None = typer.Option(
+        None, help="Labels whose spans must agree with the reference [default: --labels]."
+    ),
     min_agreement: float = typer.Option(0.8, help="Strict span F1 with the reference to keep."),
     allow_unchecked: bool = typer.Option(
         False, help="Keep texts that have no reference (default: drop them)."
@@ -279,6 +282,7 @@ def gate(
         second=labels_of_log(read_log(second / LOG_FILE)) if second else None,
         min_agreement=min_agreement,
         allow_unchecked=allow_unchecked,
+        compare=csv(compare),
     )
     paths = write_gate(kept, report, output, name)
     typer.echo(paths["md"].read_text(encoding="utf8"))

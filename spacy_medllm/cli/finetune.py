@@ -219,3 +219,16 @@ def finetune(
     evaluation = [e for path in eval or () for e in read_examples(path)] or None
     adapter = run_finetune(finetune_config, examples, evaluation, resume=not no_resume)
     typer.echo(str(adapter))
+
+
+@app.command("package-adapter", no_args_is_help=True)
+def package_adapter(
+    adapter: Path = typer.Argument(..., help="A fine-tuning run's folder or its adapter/ folder."),
+    output: Path = typer.Option(..., help="The folder to write the shippable adapter to."),
+    dtype: str = typer.Option("bfloat16", help="Weights dtype: bfloat16, float16 or float32."),
+) -> None:
+    """Copy an adapter for shipping: smaller weights, prompt settings, record, SHA256SUMS."""
+    from spacy_medllm.training.export import package_adapter as run_package
+
+    result = run_package(adapter, output, dtype=dtype)
+    typer.echo(json.dumps(result, indent=2))

@@ -74,12 +74,16 @@ def gate_labels(
     second: Mapping[str, Sequence[Span]] | None = None,
     min_agreement: float = 0.8,
     allow_unchecked: bool = False,
+    compare: Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(kept examples, report) for the log lines of a labelling run; see the module docstring.
 
-    `gold` and `second`: {text id: spans} of the reference (only `labels` are compared).
+    `gold` and `second`: {text id: spans} of the reference. `compare`: the labels whose spans
+    must agree (default: `labels`, or all), e.g. DRUG only when the second annotator is a drug
+    dictionary.
     """
     keep_labels = set(labels) if labels else None
+    compared = set(compare) if compare else keep_labels
     kept: list[dict[str, Any]] = []
     dropped: Counter[str] = Counter()
     per_lang: dict[str, Counter[str]] = {}
@@ -104,10 +108,9 @@ def gate_labels(
             if reference is None:
                 reason = None if allow_unchecked else "unchecked"
             else:
-                wanted = [
-                    s for s in _spans(reference) if keep_labels is None or s[2] in keep_labels
-                ]
-                score = span_f1(spans, wanted)
+                wanted = [s for s in _spans(reference) if compared is None or s[2] in compared]
+                mine = [s for s in spans if compared is None or s[2] in compared]
+                score = span_f1(mine, wanted)
                 agreement.append(score)
                 if score < min_agreement:
                     reason = kind
@@ -143,6 +146,7 @@ def gate_labels(
         "n_compared": len(agreement),
         "min_agreement": min_agreement,
         "labels": list(labels) if labels else None,
+        "compared_labels": sorted(compared) if compared else None,
         "examples_dropped": examples,
     }
     return kept, report

@@ -365,7 +365,7 @@ def load_pipeline(spec: str | Path) -> Language:
     """`spacy.load(spec)` (a path or an installed package), with medllm_ner registered."""
     import spacy
 
-    from spacy_medllm.pipeline import component as _component  # noqa: F401 - registers the factory
+    from spacy_medllm.pipeline import factory as _factory  # noqa: F401 - registers the factory
 
     return spacy.load(spec)
 

@@ -76,6 +76,34 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
     ),
 }
 
+# Adapters shipped inside this package (spacy_medllm/resources/adapters/NAME): a LoRA in
+# safetensors with the prompt settings it was trained with and its model card.
+PACKAGED_ADAPTERS: dict[str, str] = {
+    "medllm-en": "English DRUG and ADVERSE_EVENT adapter for smollm2-135m-instruct (model card: "
+    "spacy_medllm/resources/adapters/medllm-en/MODEL_CARD.md)",
+}
+DEFAULT_ADAPTER = "medllm-en"
+
+
+def packaged_adapter_dir(name: str) -> Path:
+    """The folder of a packaged adapter (it may be missing from a source checkout)."""
+    return Path(__file__).resolve().parents[1] / "resources" / "adapters" / name
+
+
+def resolve_adapter(adapter: str | Path) -> Path:
+    """A packaged adapter's alias to its folder; any other value is a folder path as given."""
+    name = str(adapter)
+    if name in PACKAGED_ADAPTERS:
+        folder = packaged_adapter_dir(name)
+        if not (folder / "adapter_model.safetensors").is_file():
+            raise ModelNotAvailableError(
+                f"The packaged adapter {name!r} is not in this installation ({folder}). Reinstall "
+                "spacy-medllm, or rebuild it: python -m spacy project run build-default-adapter."
+            )
+        return folder
+    return Path(name).expanduser()
+
+
 # alias -> "module:function" converting a packaged file that is not a GGUF into a transformers
 # folder: function(packaged_file, target_folder, alias, sha256). GGUF files use _convert_gguf.
 PACKAGED_CONVERTERS: dict[str, str] = {

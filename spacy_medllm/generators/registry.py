@@ -40,6 +40,7 @@ def make_hf_generator(
     jump_forward: bool = True,
     draft_tokens: int = 4,
     float32_logits: bool = True,
+    sized_answers: bool = True,
 ) -> HFGenerator:
     """A generator backed by transformers (+ peft); the model loads on first use."""
     from spacy_medllm.generators.hf.generator import HFGenerator
@@ -64,6 +65,7 @@ def make_hf_generator(
         jump_forward=jump_forward,
         draft_tokens=draft_tokens,
         float32_logits=float32_logits,
+        sized_answers=sized_answers,
     )
 
 

@@ -7,6 +7,7 @@ so it imports only spaCy and the standard library; models load lazily in the gen
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -27,127 +28,36 @@ from spacy_medllm.generators import Generator
 from spacy_medllm.pipeline.cache import ResponseCache, cached_generate, resolve_cache_dir
 from spacy_medllm.pipeline.spans import assign_spans
 
+logger = logging.getLogger("spacy_medllm")
+
+
 RECORD_ATTR = "medllm"
 
 if not Doc.has_extension(RECORD_ATTR):
     # {component name: record}. Plain JSON-like data, so it survives DocBin and Doc.to_bytes.
     Doc.set_extension(RECORD_ATTR, default=None)
+
 CONFIDENCE_ATTR = "medllm_confidence"
+
 if not Span.has_extension(CONFIDENCE_ATTR):
     # Mean log-probability of the answer tokens of the span's entity (confidence = true only).
     Span.set_extension(CONFIDENCE_ATTR, default=None)
 
 OUTPUT_MODES = ("ents", "spans")
+
 ALIGNMENT_MODES = ("strict", "contract", "expand")
+
 REPEATED_MODES = ("all", "cursor")
+
 LONG_DOCUMENT_MODES = ("split", "error")
 
-DEFAULT_CONFIG = """
-[medllm_ner]
-labels = ["DRUG", "ADVERSE_EVENT", "DISEASE", "SYMPTOM", "PROCEDURE", "BODY_PART", "DOSAGE"]
-label_definitions = {}
-label_aliases = {}
-output = "ents"
-spans_key = "medllm"
-overwrite_ents = false
-alignment_mode = "expand"
-case_sensitive = false
-fuzzy_match = true
-repeated_mentions = "all"
-long_documents = "split"
-max_chunk_tokens = null
-save_io = false
-strict = false
-confidence = false
-confidence_threshold = null
-cache_dir = null
+UNTRAINED_LABEL_MODES = ("error", "allow")
 
-[medllm_ner.generator]
-@misc = "medllm.HFGenerator.v1"
-model = "smollm2-135m-instruct"
-adapter = null
-batch_size = 8
-max_new_tokens = 256
-
-[medllm_ner.prompt]
-@misc = "medllm.PromptTemplate.v1"
-
-[medllm_ner.scorer]
-@scorers = "medllm.ner_scorer.v1"
-"""
+_warned_zero_shot: set[str] = set()  # base models already warned about (once per process)
 
 
 class MedLLMParseError(ValueError):
     """Raised in strict mode when a model response holds no readable JSON answer."""
-
-
-def _default_config() -> dict[str, Any]:
-    from thinc.api import Config
-
-    return Config().from_str(DEFAULT_CONFIG)["medllm_ner"]
-
-
-@Language.factory(
-    "medllm_ner",
-    default_config=_default_config(),
-    assigns=["doc.ents", "doc.spans", f"doc._.{RECORD_ATTR}"],
-    default_score_weights={
-        "ents_f": 1.0,
-        "ents_p": 0.0,
-        "ents_r": 0.0,
-        "ents_unlabeled_f": 0.0,
-        "ents_per_type": None,
-    },
-)
-def make_medllm_ner(
-    nlp: Language,
-    name: str,
-    generator: Generator,
-    labels: list[str],
-    label_definitions: dict[str, str],
-    label_aliases: dict[str, str],
-    prompt: PromptTemplate,
-    output: str,
-    spans_key: str,
-    overwrite_ents: bool,
-    alignment_mode: str,
-    case_sensitive: bool,
-    fuzzy_match: bool,
-    repeated_mentions: str,
-    long_documents: str,
-    save_io: bool,
-    strict: bool,
-    scorer: Callable | None,
-    confidence: bool = False,
-    confidence_threshold: float | None = None,
-    cache_dir: str | None = None,
-    max_chunk_tokens: int | None = None,
-) -> MedLLMNER:
-    """Build a `medllm_ner` component; see MedLLMNER for what each setting does."""
-    return MedLLMNER(
-        nlp.vocab,
-        name,
-        generator=generator,
-        labels=labels,
-        label_definitions=label_definitions,
-        label_aliases=label_aliases,
-        prompt=prompt,
-        output=output,
-        spans_key=spans_key,
-        overwrite_ents=overwrite_ents,
-        alignment_mode=alignment_mode,
-        case_sensitive=case_sensitive,
-        fuzzy_match=fuzzy_match,
-        repeated_mentions=repeated_mentions,
-        long_documents=long_documents,
-        save_io=save_io,
-        strict=strict,
-        scorer=scorer,
-        confidence=confidence,
-        confidence_threshold=confidence_threshold,
-        cache_dir=cache_dir,
-        max_chunk_tokens=max_chunk_tokens,
-    )
 
 
 def _choice(name: str, value: str, allowed: Sequence[str]) -> str:
@@ -164,6 +74,13 @@ class MedLLMNER(Pipe):
     `doc._.medllm[component name]`: parse errors with the response, and every emitted entity that
     did not become a span, with its reason.
 
+    labels, label_definitions, prompt: None (the defaults) takes what the generator's adapter
+        was trained with (its prompt_template.json); with no adapter settings, the default
+        medical labels and prompt. The default generator is SmolLM2-135M-Instruct with the
+        packaged English adapter "medllm-en" (DRUG, ADVERSE_EVENT) and grounded constrained
+        decoding, so `nlp.add_pipe("medllm_ner")` works offline with no config.
+    untrained_labels: "error" refuses labels the adapter was not trained on, saying what to do;
+        "allow" prompts for them anyway.
     output: "ents" (overlaps resolved, longest span wins) or "spans" (all spans kept, in
         doc.spans[spans_key]).
     overwrite_ents: with "ents", replace the Doc's existing entities instead of keeping them and
@@ -199,7 +116,7 @@ class MedLLMNER(Pipe):
         name: str = "medllm_ner",
         *,
         generator: Generator,
-        labels: Sequence[str] = tuple(DEFAULT_LABELS),
+        labels: Sequence[str] | None = None,
         label_definitions: dict[str, str] | None = None,
         label_aliases: dict[str, str] | None = None,
         prompt: PromptTemplate | None = None,
@@ -218,6 +135,7 @@ class MedLLMNER(Pipe):
         confidence_threshold: float | None = None,
         cache_dir: str | None = None,
         max_chunk_tokens: int | None = None,
+        untrained_labels: str = "error",
     ) -> None:
         self.vocab = vocab
         self.name = name
@@ -230,6 +148,18 @@ class MedLLMNER(Pipe):
         self.fuzzy_match = fuzzy_match
         self.repeated_mentions = _choice("repeated_mentions", repeated_mentions, REPEATED_MODES)
         self.long_documents = _choice("long_documents", long_documents, LONG_DOCUMENT_MODES)
+        self.untrained_labels = _choice("untrained_labels", untrained_labels, UNTRAINED_LABEL_MODES)
+        trained = _trained_settings(generator)
+        if trained is not None:
+            labels, label_definitions, prompt = self._as_trained(
+                trained, labels, label_definitions, prompt
+            )
+            if max_chunk_tokens is None:
+                max_chunk_tokens = trained["max_chunk_tokens"]
+        else:
+            _warn_zero_shot(generator)
+        if labels is None:
+            labels = list(DEFAULT_LABELS)
         if max_chunk_tokens is not None:
             if isinstance(max_chunk_tokens, bool) or not isinstance(max_chunk_tokens, int):
                 raise ValueError(
@@ -266,6 +196,31 @@ class MedLLMNER(Pipe):
         self._set_labels(labels)
 
     # -- labels and prompt -------------------------------------------------------------------
+
+    def _as_trained(
+        self,
+        trained: dict[str, Any],
+        labels: Sequence[str] | None,
+        definitions: dict[str, str] | None,
+        prompt: PromptTemplate | None,
+    ) -> tuple[list[str], dict[str, str], PromptTemplate]:
+        """The labels, definitions and prompt of the adapter's training, unless given; labels
+        it was not trained on are refused (untrained_labels = "error") with what to do."""
+        known = list(trained["labels"])
+        if labels is None:
+            labels = known
+        unknown = [label for label in labels if label not in known]
+        if unknown and self.untrained_labels == "error":
+            raise ValueError(
+                f"medllm_ner: the adapter was trained to find {', '.join(known)}; it was not "
+                f"trained on {', '.join(unknown)}, and would answer [] for them or guess. Train "
+                "an adapter that knows them (python -m spacy_medllm finetune --labels ...; "
+                "docs/your-own-corpus.md), keep to the labels it knows, or set untrained_labels "
+                '= "allow" to prompt for them anyway (quality not measured).'
+            )
+        merged = {k: v for k, v in trained["label_definitions"].items() if k in labels}
+        merged.update(definitions or {})
+        return list(labels), merged, prompt or trained["template"]
 
     def _set_labels(self, labels: Sequence[str]) -> None:
         definitions = {k: v for k, v in self._label_definitions.items() if k in labels}
@@ -548,6 +503,29 @@ class MedLLMNER(Pipe):
         if "generator" not in exclude and (path / "generator").exists():
             self.generator.from_disk(path / "generator")
         return self
+
+
+def _trained_settings(generator: Any) -> dict[str, Any] | None:
+    """The prompt settings the generator's adapter was trained with, if it can say."""
+    method = getattr(generator, "trained_settings", None)
+    return method() if callable(method) else None
+
+
+def _warn_zero_shot(generator: Any) -> None:
+    """Say once per base model that a small model without an adapter answers poorly."""
+    if getattr(generator, "adapter", "n/a") is not None:  # an adapter, or not the HF backend
+        return
+    model = str(getattr(generator, "model", ""))
+    if model in _warned_zero_shot:
+        return
+    _warned_zero_shot.add(model)
+    logger.warning(
+        "medllm_ner: %s runs without an adapter. Zero-shot answers of a small base model are "
+        "poor (SmolLM2-135M: seed F1 0.00 zero-shot, docs/seed-benchmark.md); answers stay "
+        "bounded in time (answers sized to the text, constrained decoding if set). Use the "
+        'packaged adapter (adapter = "medllm-en") or your own.',
+        model,
+    )
 
 
 def get_record(doc: Doc, component: str = "medllm_ner") -> dict[str, Any] | None:

@@ -153,7 +153,7 @@ def decode_with_drafts(
     mask, while every row's positions count only its kept tokens. A row ends when its answer
     closes (constrained, no end-of-turn step is needed: the automaton allows nothing else;
     unconstrained, at an end-of-turn token or, with stop_at_json_end, when its JSON list
-    closes) or at `max_new_tokens`.
+    closes) or at its limit (`HFGenerator.row_limits`).
     """
     import torch
 
@@ -202,12 +202,12 @@ def decode_with_drafts(
     active = [True] * rows
     # As in `answer_tokens`: an answer ends at a stop token or (unconstrained) a padding one.
     stop_ids = set(constraint.stop_ids) | ({pad_id} if pad_id is not None else set())
-    limit = generator.max_new_tokens
+    limits = generator.row_limits(prompts)
 
     def choose(row: int, row_logits: Any) -> int | None:
         if not constrained:
             return int(row_logits.argmax())
-        allowed = constraint.allowed_ids(automata[row], states[row], limit - len(tokens[row]))
+        allowed = constraint.allowed_ids(automata[row], states[row], limits[row] - len(tokens[row]))
         if allowed.numel() == 0:  # cannot happen: a closing path always fits
             return None
         allowed = allowed.to(device)
@@ -224,7 +224,7 @@ def decode_with_drafts(
         done = states[row] is not None and automata[row].is_done(states[row])
         if scanners[row] is not None and scanners[row].feed(data):
             done = True
-        if done or len(tokens[row]) >= limit:
+        if done or len(tokens[row]) >= limits[row]:
             active[row] = False
 
     live = list(range(rows))  # the rows still decoding: row k of the tensors is live[k]
@@ -242,7 +242,7 @@ def decode_with_drafts(
             keep(row, pick, logits[k])
             if not active[row]:
                 continue
-            left = limit - len(tokens[row])
+            left = limits[row] - len(tokens[row])
             drafts = (
                 constraint.forced_tokens(automata[row], states[row], left)
                 if generator.jump_forward and states[row] is not None

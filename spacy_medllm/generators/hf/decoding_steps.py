@@ -113,7 +113,8 @@ class JsonAnswerLogitsProcessor:
 
     automata: one `AnswerAutomaton` per row (grounded ones carry the row's document).
     prompt_length: the padded prompt width; tokens after it are the answer.
-    max_new_tokens: the length limit; answers are steered to close before it.
+    max_new_tokens: the length limit (one for all rows, or one per row); answers are steered to
+        close before it.
     """
 
     def __init__(
@@ -121,12 +122,14 @@ class JsonAnswerLogitsProcessor:
         constraint: TokenConstraint,
         automata: Sequence[AnswerAutomaton],
         prompt_length: int,
-        max_new_tokens: int,
+        max_new_tokens: int | Sequence[int],
     ) -> None:
         self.constraint = constraint
         self.automata = list(automata)
         self.prompt_length = prompt_length
-        self.max_new_tokens = max_new_tokens
+        if isinstance(max_new_tokens, int):
+            max_new_tokens = [max_new_tokens] * len(self.automata)
+        self.limits = list(max_new_tokens)
         self.states: list[State | None] = [a.start() for a in self.automata]
         self._seen = 0
 
@@ -141,13 +144,13 @@ class JsonAnswerLogitsProcessor:
                 if state is not None:
                     self.states[row] = self.constraint.advance(self.automata[row], state, token_id)
             self._seen = generated
-        left = self.max_new_tokens - generated  # tokens still to come, this one included
         mask = torch.full_like(scores, -math.inf)
         stop = torch.tensor(self.constraint.stop_ids, dtype=torch.long)
         for row, state in enumerate(self.states):
-            # A row that left the automaton (it cannot happen) may only stop.
+            left = self.limits[row] - generated  # tokens still to come, this one included
+            # A row that left the automaton (it cannot happen), or is past its limit, may only stop.
             ids = stop
-            if state is not None:
+            if state is not None and left > 0:
                 ids = self.constraint.allowed_ids(self.automata[row], state, left)
                 if ids.numel() == 0:
                     ids = stop

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from spacy_medllm.core.adapter_settings import PROMPT_TEMPLATE_FILE, load_prompt_settings
 from spacy_medllm.core.confidence import ScoredResponse
 from spacy_medllm.generators.base import GenerationError, Prompt
 from spacy_medllm.generators.chat import render_prompt
@@ -44,7 +45,7 @@ from spacy_medllm.generators.hf.loading import (
     validate_int8,
     validate_quantization,
 )
-from spacy_medllm.generators.packaged import file_sha256, resolve_base_model
+from spacy_medllm.generators.packaged import file_sha256, resolve_adapter, resolve_base_model
 from spacy_medllm.generators.registry import HF_GENERATOR
 from spacy_medllm.util.machine import cpu_supports_bf16
 
@@ -99,6 +100,8 @@ class HFGenerator:
         would have picked (its greedy choice, constrained or not), so answers are those of one
         token per step (up to float rounding), in fewer steps; see `_decode_with_drafts`. With
         both off, `generate` decodes.
+    sized_answers: limit each answer to 24 + 3 tokens per token of its document (and never more
+        than max_new_tokens), so that a short text cannot run on to max_new_tokens (`row_limits`).
     float32_logits: with lower-precision weights (bfloat16, float16), compute the logits with a
         float32 copy of the output head (`float32_output_head`; untied from the embeddings): greedy
         answers then part from float32's far less often. False saves the head's extra memory
@@ -131,6 +134,7 @@ class HFGenerator:
         jump_forward: bool = True,
         draft_tokens: int = 4,
         float32_logits: bool = True,
+        sized_answers: bool = True,
     ) -> None:
         if not model:
             raise ValueError("HFGenerator needs a model: a packaged alias, a folder or a hub id.")
@@ -176,6 +180,7 @@ class HFGenerator:
         self.jump_forward = bool(jump_forward)
         self.draft_tokens = int(draft_tokens)
         self.float32_logits = bool(float32_logits)
+        self.sized_answers = bool(sized_answers)
         # Running totals for benchmarks: answer tokens kept, decoding steps run, batches, and
         # prompt tokens read from the shared-prefix cache instead of being run through the model.
         self.stats = {
@@ -265,7 +270,7 @@ class HFGenerator:
         import torch
 
         validate_quantization(self.load_in_4bit, torch.cuda.is_available(), self.device)
-        adapter = check_adapter_dir(self.adapter) if self.adapter else None
+        adapter = self.adapter_dir() if self.adapter else None
         if self.num_threads > 0:
             torch.set_num_threads(self.num_threads)
         device, dtype = self._effective_device_and_dtype(torch)
@@ -437,13 +442,18 @@ class HFGenerator:
 
                 processors.append(
                     JsonAnswerLogitsProcessor(
-                        constraint, [automata[i] for i in batch], width, self.max_new_tokens
+                        constraint,
+                        [automata[i] for i in batch],
+                        width,
+                        self.row_limits([prompts[i] for i in batch]),
                     )
                 )
             elif self.stop_at_json_end:
                 from spacy_medllm.generators.hf.decoding_steps import JsonEndStopping
 
                 stopping.append(JsonEndStopping(constraint.token_bytes, len(batch), width))
+            limits = self.row_limits([prompts[i] for i in batch])
+            generation_config.max_new_tokens = max(limits)
             with torch.inference_mode():
                 output = model.generate(
                     input_ids=torch.tensor(input_ids, device=self._torch_device),
@@ -458,9 +468,29 @@ class HFGenerator:
             self.stats["batches"] += 1
             for row, i in enumerate(batch):
                 new_tokens = answer_tokens(output.sequences[row, width:].tolist(), stops)
+                new_tokens = new_tokens[: limits[row]]
                 scores = None if logprobs is None else logprobs[row, : len(new_tokens)].tolist()
                 results[i] = self._response(new_tokens, scores)
         return [r if r is not None else ScoredResponse(text="") for r in results]
+
+    # An answer lists the document's entities as JSON: about a dozen tokens of syntax per entity
+    # around the copied words; three answer tokens per document token leaves room for an entity
+    # in every second token. Short texts then cannot run on to max_new_tokens.
+    ANSWER_BASE_TOKENS = 24
+    ANSWER_TOKENS_PER_TEXT_TOKEN = 3
+
+    def row_limits(self, prompts: Sequence[Prompt]) -> list[int]:
+        """Each prompt's answer limit: max_new_tokens, or with `sized_answers` less for a short
+        document (the prompt's last user message): 24 + 3 tokens per document token."""
+        if not self.sized_answers:
+            return [self.max_new_tokens] * len(prompts)
+        limits = []
+        for prompt in prompts:
+            document = prompt[-1].get("content", "") if prompt else ""
+            n = len(encode_prompt_text(self._ensure_tokenizer(), document)) if document else 0
+            sized = self.ANSWER_BASE_TOKENS + self.ANSWER_TOKENS_PER_TEXT_TOKEN * n
+            limits.append(max(2, min(self.max_new_tokens, sized)))
+        return limits
 
     def _batch_prefix(self, prompts: Sequence[Prompt], encoded: Sequence[list[int]]) -> int:
         """How many leading tokens of the batch the prefix cache serves (0: none)."""
@@ -478,11 +508,25 @@ class HFGenerator:
 
     # -- identity and serialisation --------------------------------------------------------------
 
+    def adapter_dir(self) -> Path:
+        """The adapter's folder (a packaged adapter's alias resolved), checked."""
+        return check_adapter_dir(resolve_adapter(self.adapter or ""))
+
+    def trained_settings(self) -> dict[str, Any] | None:
+        """The prompt settings the adapter was trained with (labels, their definitions, the
+        template, the piece size), or None without an adapter or without saved settings."""
+        if not self.adapter:
+            return None
+        folder = resolve_adapter(self.adapter)
+        if not (folder / PROMPT_TEMPLATE_FILE).is_file():
+            return None
+        return load_prompt_settings(folder)
+
     def adapter_sha256(self) -> str | None:
         """sha256 of the adapter's adapter_model.safetensors, or None without an adapter."""
         if not self.adapter:
             return None
-        return file_sha256(check_adapter_dir(self.adapter) / "adapter_model.safetensors")
+        return file_sha256(self.adapter_dir() / "adapter_model.safetensors")
 
     def describe(self) -> dict[str, Any]:
         import torch
@@ -509,6 +553,8 @@ class HFGenerator:
             **({"quantize": self.quantize} if self.quantize != "none" else {}),
             # Lower-precision weights compute the logits in float32 (`float32_output_head`).
             **({"logits": "float32"} if self._float32_head(dtype) else {}),
+            # Answers sized to the document: part of the key (caches written before were not).
+            **({"answer_limit": "sized to the text"} if self.sized_answers else {}),
         }
 
     def _float32_head(self, dtype: str) -> bool:
@@ -543,6 +589,7 @@ class HFGenerator:
             "jump_forward": self.jump_forward,
             "draft_tokens": self.draft_tokens,
             "float32_logits": self.float32_logits,
+            "sized_answers": self.sized_answers,
         }
 
     def to_disk(self, path: Path) -> None:
@@ -557,7 +604,7 @@ class HFGenerator:
         state["adapter_sha256"] = self.adapter_sha256()
         target = path / ADAPTER_DIR
         if self.adapter:
-            source = check_adapter_dir(self.adapter)
+            source = self.adapter_dir()
             if not (target.exists() and source.resolve() == target.resolve()):
                 if target.exists():
                     shutil.rmtree(target)
@@ -575,7 +622,7 @@ class HFGenerator:
         """The adapter's training record (data hash, settings, time, tokens/s), if it has one."""
         if not self.adapter:
             return None
-        record = Path(self.adapter) / "training_record.json"
+        record = resolve_adapter(self.adapter) / "training_record.json"
         if not record.is_file():
             return None
         return json.loads(record.read_text(encoding="utf8"))
