@@ -22,6 +22,8 @@ LEXICON = {"Abilify": "DRUG", "nausea": "ADVERSE_EVENT", "vomiting": "ADVERSE_EV
 
 def make_nlp(answer=None, lang="en", **config):
     nlp = spacy.blank(lang)
+    # a scripted generator (no adapter): the component's default labels and prompt
+    config.setdefault("generator", {"@misc": "test.ScriptedLexiconGenerator.v1", "lexicon": {}})
     component = nlp.add_pipe("medllm_ner", config=config)
     component.generator = ScriptedGenerator(answer or lexicon_answer(LEXICON))
     return nlp, component

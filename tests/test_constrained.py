@@ -394,6 +394,47 @@ def test_unconstrained_drafts_give_generates_answers(generator) -> None:
     generator.jump_forward, generator.draft_tokens = True, 4
 
 
+@pytest.mark.parametrize("mode", ["schema", "grounded"])
+def test_empty_answer_veto(generator, mode: str) -> None:
+    """With `empty_answer_threshold` an answer is `[]` only when the model is at least that sure
+    of closing the list it opened: at 1.0 no answer is empty (the random models do answer `[]`
+    without it), every veto is counted, and generate's logits processor and the draft decoder
+    agree; a tiny threshold changes nothing. (Answers are not sized here: the one-word document
+    leaves room for `[]` only, and then nothing is vetoed.)"""
+    generator.constrained = mode
+    generator.sized_answers = False
+    prompts = _prompts()
+    empty_before = vetoed = 0
+    for seed in range(1, 9):
+        _randomise(generator, seed)
+        generator.empty_answer_threshold = None
+        plain = generator(prompts)
+        empty_before += sum(a.strip().replace(" ", "") == "[]" for a in plain)
+        generator.empty_answer_threshold = 1e-9
+        assert generator(prompts) == plain
+        generator.empty_answer_threshold = 1.0
+        with_veto = {}
+        for drafts in (True, False):
+            generator.jump_forward, generator.draft_tokens = drafts, 4 if drafts else 0
+            before = generator.stats.get("empty_answers_vetoed", 0)
+            with_veto[drafts] = generator(prompts)
+            vetoed += generator.stats.get("empty_answers_vetoed", 0) - before
+            assert not [a for a in with_veto[drafts] if a.strip().replace(" ", "") == "[]"]
+        assert with_veto[True] == with_veto[False], seed
+        changed = [a for a, b in zip(plain, with_veto[True], strict=True) if a != b]
+        assert len(changed) >= sum(a.strip().replace(" ", "") == "[]" for a in plain)
+    assert empty_before > 0
+    assert vetoed >= 2 * empty_before
+    # Sized for the one-word document, the budget leaves `[]` the only answer: not vetoed.
+    generator.sized_answers = True
+    assert [a.replace(" ", "") for a in generator(prompts[:1])] == ["[]"]
+    generator.empty_answer_threshold = None
+    generator.jump_forward, generator.draft_tokens = True, 4
+    generator.constrained, generator.sized_answers = "off", True
+    with pytest.raises(ValueError, match="empty_answer_threshold must be in"):
+        type(generator)(model="unused", empty_answer_threshold=1.5)
+
+
 def test_constrained_without_labels_is_a_clear_error(tiny_model_dir: Path) -> None:
     from spacy_medllm.generators.base import GenerationError
     from spacy_medllm.generators.hf.generator import HFGenerator

@@ -995,3 +995,37 @@ def test_weighted_training_sources(tmp_path) -> None:
     )
     examples = load_training_examples([first, f"{second}@0.5", f"{first}@2"])
     assert len(examples) == 4 + 5 + 8
+
+
+def test_run_normalization_weighs_every_answer_token_alike(
+    examples, tiny_base, tiny_tokenizer, tmp_path
+):
+    """With loss_normalization "run" a step's loss is its summed answer-token loss divided by a
+    fixed number, not by the step's own token count: a batch of short `[]` answers then weighs
+    no more per token than a batch of long ones."""
+    import torch
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from spacy_medllm.training.collate import trainer_class
+
+    builder = PromptBuilder(LabelSet(LABELS))
+    records = build_records(examples[:3], builder, tiny_tokenizer)
+    batch = PaddingCollator(tiny_tokenizer.pad_token_id)(records)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_base)).train()
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = trainer_class()(model=model, args=args)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        summed = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+            labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        n_tokens = int((labels != IGNORE_INDEX).sum())
+        own = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(n_tokens))
+        trainer.answer_token_scale = 50.0
+        fixed = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(n_tokens))
+    assert torch.isclose(own, summed / n_tokens, rtol=1e-4)
+    assert torch.isclose(fixed, summed / 50.0, rtol=1e-4)

@@ -576,8 +576,15 @@ def test_describe(tiny_generator: HFGenerator, tiny_model_dir: Path) -> None:
         "constrained": "off",
         "labels": None,
         "stop_at_json_end": True,
+        "answer_limit": "sized to the text",
     }
     json.dumps(description)
+    # Options that change the answers are part of the description (the response cache key).
+    tiny_generator.empty_answer_threshold = 0.8
+    try:
+        assert tiny_generator.describe()["empty_answer_threshold"] == 0.8
+    finally:
+        tiny_generator.empty_answer_threshold = None
 
 
 # -- 4-bit -----------------------------------------------------------------------------------------

@@ -83,6 +83,10 @@ def finetune(
         "At most this share of the training texts (or pieces) without an entity, the rest sampled "
         "away; 'none' keeps them all.",
     ),
+    loss_normalization: str | None = _opt(
+        "loss_normalization",
+        "'run': every answer token weighs alike over the run; 'batch': per step (transformers').",
+    ),
     max_steps: int | None = _opt("max_steps", "Optimizer steps; > 0 overrides --epochs."),
     batch_size: int | None = _opt("per_device_train_batch_size", "Records per device and step."),
     grad_accum: int | None = _opt("gradient_accumulation_steps", "Gradient accumulation steps."),
@@ -176,6 +180,7 @@ def finetune(
         "learning_rate": learning_rate,
         "num_train_epochs": epochs,
         "max_steps": max_steps,
+        "loss_normalization": loss_normalization,
         "per_device_train_batch_size": batch_size,
         "gradient_accumulation_steps": grad_accum,
         "warmup_ratio": warmup_ratio,

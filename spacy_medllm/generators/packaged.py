@@ -98,7 +98,7 @@ def resolve_adapter(adapter: str | Path) -> Path:
         if not (folder / "adapter_model.safetensors").is_file():
             raise ModelNotAvailableError(
                 f"The packaged adapter {name!r} is not in this installation ({folder}). Reinstall "
-                "spacy-medllm, or rebuild it: python -m spacy project run build-default-adapter."
+                "spacy-medllm, or rebuild it: python -m spacy project run default-adapter."
             )
         return folder
     return Path(name).expanduser()

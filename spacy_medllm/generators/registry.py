@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from spacy_medllm.generators.openai_compat import OpenAIGenerator
 
 HF_GENERATOR = "medllm.HFGenerator.v1"
+DEFAULT_GENERATOR = "medllm.DefaultGenerator.v1"
 OPENAI_GENERATOR = "medllm.OpenAIGenerator.v1"
 
 
@@ -41,6 +42,7 @@ def make_hf_generator(
     draft_tokens: int = 4,
     float32_logits: bool = True,
     sized_answers: bool = True,
+    empty_answer_threshold: float | None = None,
 ) -> HFGenerator:
     """A generator backed by transformers (+ peft); the model loads on first use."""
     from spacy_medllm.generators.hf.generator import HFGenerator
@@ -66,6 +68,7 @@ def make_hf_generator(
         draft_tokens=draft_tokens,
         float32_logits=float32_logits,
         sized_answers=sized_answers,
+        empty_answer_threshold=empty_answer_threshold,
     )
 
 
@@ -102,4 +105,33 @@ def make_openai_generator(
         response_format_json=response_format_json,
         extra_body=extra_body,
         health_check=health_check,
+    )
+
+
+@registry.misc(DEFAULT_GENERATOR)
+def make_default_generator(
+    model: str = "smollm2-135m-instruct",
+    adapter: str = "medllm-en",
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    constrained: str = "grounded",
+    device: str = "auto",
+    num_threads: int = 0,
+    cache_dir: str | None = None,
+) -> HFGenerator:
+    """`medllm_ner`'s default generator: SmolLM2-135M-Instruct with the packaged English adapter
+    "medllm-en" and grounded constrained decoding (every entity copied from the text), answers
+    sized to the text. A registered function of its own, so that a config naming
+    medllm.HFGenerator.v1 keeps that function's defaults (no adapter, no constraint)."""
+    from spacy_medllm.generators.hf.generator import HFGenerator
+
+    return HFGenerator(
+        model=model,
+        adapter=adapter,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        constrained=constrained,
+        device=device,
+        num_threads=num_threads,
+        cache_dir=cache_dir,
     )

@@ -39,12 +39,7 @@ prompt = null
 untrained_labels = "error"
 
 [medllm_ner.generator]
-@misc = "medllm.HFGenerator.v1"
-model = "smollm2-135m-instruct"
-adapter = "medllm-en"
-batch_size = 8
-max_new_tokens = 256
-constrained = "grounded"
+@misc = "medllm.DefaultGenerator.v1"
 
 [medllm_ner.scorer]
 @scorers = "medllm.ner_scorer.v1"

@@ -184,10 +184,19 @@ def trainer_class() -> Any:
             return iter(indices)
 
     class MedLLMTrainer(Trainer):
+        # Answer tokens a step divides its summed loss by (None: the step's own count). A fixed
+        # number weighs every answer token of the run alike: with the step's own count, the
+        # answers of a batch of short `[]` records (length grouping puts them together) weigh
+        # several times what the same decision weighs in a batch of long answers, which teaches
+        # a small model to answer `[]` on data with many texts without entities.
+        answer_token_scale: float | None = None
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             prefix = inputs.pop("prefix_input_ids", None)
             if prefix is not None:
                 inputs = {**inputs, **prefix_cache_inputs(model, prefix, len(inputs["input_ids"]))}
+            if self.answer_token_scale is not None and model.training:
+                num_items_in_batch = torch.tensor(self.answer_token_scale)
             return super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )

@@ -8,6 +8,10 @@ from typing import Any
 
 from spacy_medllm.core.prompts import PromptTemplate
 
+# "run": every answer token weighs the same over the run (the summed loss of a step divided by
+# the run's mean answer tokens per step); "batch": by the step's own answer tokens (the
+# transformers default, which gives short answers in a short-answer batch more weight).
+LOSS_NORMALIZATIONS = ("run", "batch")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 
 
@@ -68,6 +72,7 @@ class FinetuneConfig:
     max_length: int = 1024
     max_chunk_tokens: int | None = None
     max_empty_share: float | None = 0.33
+    loss_normalization: str = "run"
     seed: int = 42
     save_steps: int = 50
     save_total_limit: int = 2
@@ -144,6 +149,11 @@ def validate_config(
         config.num_train_epochs is None or config.num_train_epochs > 0,
         f"num_train_epochs must be positive (None: scaled to the data), got "
         f"{config.num_train_epochs}",
+    )
+    need(
+        config.loss_normalization in LOSS_NORMALIZATIONS,
+        f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got "
+        f"{config.loss_normalization!r}",
     )
     need(
         config.max_empty_share is None or 0.0 <= config.max_empty_share < 1.0,

@@ -461,6 +461,10 @@ def finetune(
         ),
         callbacks=[throughput, *(callbacks or [])],
     )
+    if config.loss_normalization == "run":
+        # the mean answer tokens of a step: records per step times answer tokens per record
+        per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps
+        trainer.answer_token_scale = per_step * stats["mean_completion_tokens"]
     if not config.progress:
         from transformers.trainer_callback import PrinterCallback
 
@@ -498,6 +502,7 @@ def finetune(
             "lora_layers": layers,
             "logits_only_for_answers": trim_logits,
             "shared_prefix": share_prefix,
+            "answer_token_scale": trainer.answer_token_scale,
             "trainable_parameters": trainable,
             "total_parameters": total,
         },

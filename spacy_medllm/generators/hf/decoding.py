@@ -102,6 +102,28 @@ class PrefixCache:
         return cache
 
 
+def veto_empty(row_logits: Any, closing: Any, threshold: float, generator: Any = None) -> Any:
+    """The logits with the tokens that would make the answer the empty list (`closing`: "]"
+    after "[", or "[]" at the start) masked when the model's probability of them is below
+    `threshold`: a model that leans to `[]`
+    on data with many empty texts must then name an entity unless it is fairly sure there is
+    none. The probability is over the tokens still possible (masked ones are -inf), and nothing
+    is vetoed when closing is the only choice left (a blank document, a spent budget). Counted in
+    the generator's stats."""
+    import torch
+
+    p_close = float(torch.softmax(row_logits.float(), -1)[closing].sum())
+    if p_close >= threshold:
+        return row_logits
+    masked = row_logits.clone()
+    masked[closing] = -float("inf")
+    if not torch.isfinite(masked).any():
+        return row_logits
+    if generator is not None:
+        generator.stats["empty_answers_vetoed"] = generator.stats.get("empty_answers_vetoed", 0) + 1
+    return masked
+
+
 def answer_tokens(tokens: list[int], stops: set[int]) -> list[int]:
     """The generated tokens up to the first stop or padding token (rows that finished early)."""
     for k, token in enumerate(tokens):
@@ -203,15 +225,26 @@ def decode_with_drafts(
     # As in `answer_tokens`: an answer ends at a stop token or (unconstrained) a padding one.
     stop_ids = set(constraint.stop_ids) | ({pad_id} if pad_id is not None else set())
     limits = generator.row_limits(prompts)
+    veto = generator.empty_answer_threshold
 
     def choose(row: int, row_logits: Any) -> int | None:
-        if not constrained:
-            return int(row_logits.argmax())
-        allowed = constraint.allowed_ids(automata[row], states[row], limits[row] - len(tokens[row]))
-        if allowed.numel() == 0:  # cannot happen: a closing path always fits
-            return None
-        allowed = allowed.to(device)
-        return int(allowed[row_logits[allowed].argmax()])
+        empties = None if veto is None else constraint.empty_answer_ids(bytes(answers[row]))
+        vetoing = empties is not None
+        if constrained:
+            budget = limits[row] - len(tokens[row])
+            allowed = constraint.allowed_ids(automata[row], states[row], budget)
+            if allowed.numel() == 0:  # cannot happen: a closing path always fits
+                return None
+            allowed = allowed.to(device)
+            if not vetoing:
+                return int(allowed[row_logits[allowed].argmax()])
+            # As generate's processors: the constraint masks first, the veto sees what is left.
+            masked = torch.full_like(row_logits, -float("inf"))
+            masked[allowed] = row_logits[allowed]
+            row_logits = masked
+        if vetoing:
+            row_logits = veto_empty(row_logits, empties.to(device), veto, generator)
+        return int(row_logits.argmax())
 
     def keep(row: int, token_id: int, row_logits: Any) -> None:
         data = table[token_id] or b""

@@ -255,3 +255,34 @@ class TokenLogprobRecorder:
         if not steps:
             return torch.zeros((sequences.shape[0], 0))
         return torch.stack(steps, dim=1)
+
+
+class EmptyAnswerVeto:
+    """A transformers logits processor: `decoding.veto_empty` for the rows whose answer can still
+    become the empty list (nothing or `[` written: the decision between `[]` and an entity)."""
+
+    def __init__(
+        self,
+        constraint: TokenConstraint,
+        prompt_length: int,
+        threshold: float,
+        generator: Any = None,
+    ) -> None:
+        self.constraint = constraint
+        self.prompt_length = prompt_length
+        self.threshold = threshold
+        self.generator = generator
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        from spacy_medllm.generators.hf.decoding import veto_empty
+
+        table = self.constraint.token_bytes
+        for row in range(input_ids.shape[0]):
+            written = b"".join(
+                table[int(t)] or b"" for t in input_ids[row, self.prompt_length :].tolist()
+            )
+            empties = self.constraint.empty_answer_ids(written)
+            if empties is not None:
+                empties = empties.to(scores.device)
+                scores[row] = veto_empty(scores[row], empties, self.threshold, self.generator)
+        return scores

@@ -100,6 +100,9 @@ class HFGenerator:
         would have picked (its greedy choice, constrained or not), so answers are those of one
         token per step (up to float rounding), in fewer steps; see `_decode_with_drafts`. With
         both off, `generate` decodes.
+    empty_answer_threshold: None, or answer `[]` only when the model's probability of closing the
+        list right after `[` is at least this; below it the model must name an entity (a
+        correction for a model that leans to `[]`; `calibrate` picks it on a dev set).
     sized_answers: limit each answer to 24 + 3 tokens per token of its document (and never more
         than max_new_tokens), so that a short text cannot run on to max_new_tokens (`row_limits`).
     float32_logits: with lower-precision weights (bfloat16, float16), compute the logits with a
@@ -135,6 +138,7 @@ class HFGenerator:
         draft_tokens: int = 4,
         float32_logits: bool = True,
         sized_answers: bool = True,
+        empty_answer_threshold: float | None = None,
     ) -> None:
         if not model:
             raise ValueError("HFGenerator needs a model: a packaged alias, a folder or a hub id.")
@@ -181,6 +185,11 @@ class HFGenerator:
         self.draft_tokens = int(draft_tokens)
         self.float32_logits = bool(float32_logits)
         self.sized_answers = bool(sized_answers)
+        if empty_answer_threshold is not None and not 0.0 < empty_answer_threshold <= 1.0:
+            raise ValueError(
+                f"empty_answer_threshold must be in (0, 1] or None, got {empty_answer_threshold}"
+            )
+        self.empty_answer_threshold = empty_answer_threshold
         # Running totals for benchmarks: answer tokens kept, decoding steps run, batches, and
         # prompt tokens read from the shared-prefix cache instead of being run through the model.
         self.stats = {
@@ -369,7 +378,9 @@ class HFGenerator:
         )
         drafting = self.uses_drafts
         constraint = (
-            self.token_constraint() if automata or self.stop_at_json_end or drafting else None
+            self.token_constraint()
+            if automata or self.stop_at_json_end or drafting or self.empty_answer_threshold
+            else None
         )
         draft_automata = automata
         if drafting and automata is None:
@@ -452,6 +463,12 @@ class HFGenerator:
                 from spacy_medllm.generators.hf.decoding_steps import JsonEndStopping
 
                 stopping.append(JsonEndStopping(constraint.token_bytes, len(batch), width))
+            if self.empty_answer_threshold is not None:
+                from spacy_medllm.generators.hf.decoding_steps import EmptyAnswerVeto
+
+                processors.append(
+                    EmptyAnswerVeto(constraint, width, self.empty_answer_threshold, self)
+                )
             limits = self.row_limits([prompts[i] for i in batch])
             generation_config.max_new_tokens = max(limits)
             with torch.inference_mode():
@@ -555,6 +572,11 @@ class HFGenerator:
             **({"logits": "float32"} if self._float32_head(dtype) else {}),
             # Answers sized to the document: part of the key (caches written before were not).
             **({"answer_limit": "sized to the text"} if self.sized_answers else {}),
+            **(
+                {"empty_answer_threshold": self.empty_answer_threshold}
+                if self.empty_answer_threshold is not None
+                else {}
+            ),
         }
 
     def _float32_head(self, dtype: str) -> bool:
@@ -590,6 +612,7 @@ class HFGenerator:
             "draft_tokens": self.draft_tokens,
             "float32_logits": self.float32_logits,
             "sized_answers": self.sized_answers,
+            "empty_answer_threshold": self.empty_answer_threshold,
         }
 
     def to_disk(self, path: Path) -> None:

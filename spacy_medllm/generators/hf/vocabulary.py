@@ -120,6 +120,31 @@ class TokenConstraint:
             node.ids.append(token_id)
         # Allowed tokens of document-free states: (ids, their distances, the largest distance).
         self._cache: dict[tuple[tuple[bytes, ...], State], tuple[Any, Any, float]] = {}
+        self._empty_ids: dict[bytes, Any] = {}
+
+    def empty_answer_ids(self, written: bytes) -> Any:
+        """Token ids that would make the answer `written` so far the empty list `[]` (a tensor),
+        or None when it can no longer become one: "]" after an opened "[", "[]" (in one token,
+        with any whitespace) before anything is written."""
+        stage = written.strip()
+        if stage not in (b"", b"["):
+            return None
+        if self._empty_ids.get(stage) is None:
+            import torch
+
+            def empties(data: bytes | None) -> bool:
+                if not data:
+                    return False
+                rest = data.lstrip(b" \t\r\n")
+                if stage == b"":
+                    if not rest.startswith(b"["):
+                        return False
+                    rest = rest[1:].lstrip(b" \t\r\n")
+                return rest.startswith(b"]")
+
+            ids = [i for i, data in enumerate(self.token_bytes) if empties(data)]
+            self._empty_ids[stage] = torch.tensor(ids, dtype=torch.long)
+        return self._empty_ids[stage]
 
     def advance(self, automaton: AnswerAutomaton, state: State, token_id: int) -> State | None:
         """The state after the bytes of `token_id` (None if they are not allowed)."""
