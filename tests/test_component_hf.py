@@ -314,3 +314,116 @@ def test_few_shot_examples_come_from_training_data_and_enter_the_prompt() -> Non
     assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
     assert messages[1]["content"] == shots[0]["text"]
     assert json.loads(messages[2]["content"]) == shots[0]["entities"]
+
+
+EMPTY_TEXTS = ["No drug was taken.", "I slept well after lunch.", "Nothing happened today."]
+
+
+@pytest.fixture(scope="module")
+def trained_with_empty(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An adapter that has also memorised `[]` for texts without an entity."""
+    from spacy_medllm.training.config import FinetuneConfig
+    from spacy_medllm.training.trainer import finetune
+
+    root = tmp_path_factory.mktemp("with_empty")
+    examples = [
+        *(
+            make_example(text, [(text.index(s), text.index(s) + len(s), lab) for s, lab in pairs])
+            for text, pairs in GOLD
+        ),
+        *(make_example(text, []) for text in EMPTY_TEXTS),
+    ]
+    config = FinetuneConfig(
+        base_model=str(trained["base"]),
+        output_dir=str(root / "run"),
+        labels=LABELS,
+        lora_r=8,
+        lora_alpha=16,
+        target_modules="all-linear",
+        learning_rate=2e-2,
+        max_steps=80,
+        per_device_train_batch_size=9,
+        warmup_ratio=0.0,
+        lr_scheduler_type="constant",
+        save_steps=1000,
+        max_length=512,
+        num_threads=1,
+        bf16=False,
+        progress=False,
+        max_empty_share=None,
+    )
+    return {"base": trained["base"], "adapter": finetune(config, examples), "examples": examples}
+
+
+def test_calibrating_the_empty_answer_threshold(trained_with_empty, tmp_path) -> None:
+    """`calibrate` scores the pipeline once per threshold on gold texts: the model answers the
+    texts without an entity `[]`; a veto at 1.0 makes it name something there (grounded decoding
+    copies it from the text: false positives), each veto counted, so the best threshold is no
+    veto; the pipeline's own setting is restored, and `--write` saves the chosen one into
+    generator.json."""
+    from typer.testing import CliRunner
+
+    from spacy_medllm.cli import app
+    from spacy_medllm.evaluation.calibrate import calibrate_empty_threshold
+    from spacy_medllm.pipeline.assemble import build_pipeline
+
+    gold = trained_with_empty["examples"]
+    nlp = build_pipeline(
+        model=str(trained_with_empty["base"]),
+        adapter=str(trained_with_empty["adapter"]),
+        max_new_tokens=64,
+        constrained="grounded",
+    )
+    report = calibrate_empty_threshold(nlp, gold, [None, 1.0], progress=False)
+    plain, vetoed = report["rows"]
+    assert plain["texts"]["n_without_gold_answered"] == 0 and plain["vetoed"] == 0
+    assert plain["f1"] > 0.8
+    assert vetoed["vetoed"] >= len(EMPTY_TEXTS)
+    assert vetoed["texts"]["n_without_gold_answered"] == len(EMPTY_TEXTS)
+    assert vetoed["fp"] > plain["fp"]
+    assert report["best"] is None and report["best_f1"] == plain["f1"] > vetoed["f1"]
+    assert nlp.get_pipe("medllm_ner").generator.empty_answer_threshold is None
+
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        calibrate_empty_threshold(nlp, gold, [0.0])
+    with pytest.raises(ValueError, match="no component with a transformers generator"):
+        calibrate_empty_threshold(spacy.blank("en"), gold, [None])
+
+    folder = tmp_path / "pipeline"
+    nlp.to_disk(folder)
+    gold_file = tmp_path / "dev.jsonl"
+    lines = [
+        {
+            "text": e["text"],
+            "spans": [{"start": s, "end": t, "label": lab} for s, t, lab in e["spans"]],
+        }
+        for e in gold
+    ]
+    gold_file.write_text("".join(json.dumps(line) + "\n" for line in lines), "utf8")
+    result = CliRunner().invoke(
+        app,
+        [
+            "calibrate", str(folder), "--gold", str(gold_file), "--thresholds", "1.0,none",
+            "--output", str(tmp_path / "cal.json"), "--write", str(tmp_path / "out"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "cal.json").read_text("utf8"))
+    assert [row["threshold"] for row in written["rows"]] == [1.0, None]
+    assert written["best"] is None
+    assert "| None **best** |" in (tmp_path / "cal.md").read_text("utf8")
+    saved = spacy.load(tmp_path / "out").get_pipe("medllm_ner").generator
+    assert saved.empty_answer_threshold is None and saved.constrained == "grounded"
+    # A threshold chosen elsewhere is kept in config.cfg: what spacy.load builds from.
+    from spacy_medllm.evaluation.calibrate import apply_threshold
+
+    apply_threshold(nlp, 0.85)
+    nlp.to_disk(tmp_path / "again")
+    assert (
+        spacy.load(tmp_path / "again").get_pipe("medllm_ner").generator.empty_answer_threshold
+        == 0.85
+    )
+    refused = CliRunner().invoke(
+        app, ["calibrate", str(folder), "--corpus", "seed", "--split", "test", "--output", "x.json"]
+    )
+    assert refused.exit_code != 0 and "dev split" in refused.output

@@ -1,4 +1,5 @@
-"""`evaluate` (score pipelines), `combine` (results side by side), `report` (one page)."""
+"""`evaluate` (score pipelines), `calibrate` (the empty-answer threshold), `combine` (results side
+by side), `report` (one page)."""
 
 from __future__ import annotations
 
@@ -71,11 +72,9 @@ def evaluate(
             pipelines, corpus, split, output, path=path, labels=csv(labels), **options
         )
     else:
-        from spacy_medllm.corpora.formats import load_annotations
-
-        examples = load_annotations(
-            gold, gold_format, discontinuous=discontinuous, labels=csv(labels)
-        )[: limit or None]
+        examples = _gold_examples(
+            None, gold, gold_format, split, path, labels, limit, discontinuous
+        )
         source = {"corpus": gold.stem if gold.is_file() else gold.name, "split": "gold"}
         source["corpus_path"] = str(gold)
         options["stem"] = stem or source["corpus"]
@@ -83,6 +82,78 @@ def evaluate(
             pipelines, examples, output, source=source, labels=csv(labels), **options
         )
     sys.stdout.write(markdown_report(report))
+
+
+@app.command(no_args_is_help=True)
+def calibrate(
+    pipeline: Path = typer.Argument(..., help="A spaCy pipeline folder with medllm_ner."),
+    corpus: str | None = typer.Option(None, help="A registered corpus (`corpus list`)."),
+    gold: Path | None = typer.Option(None, help="Or a gold file or folder (see `evaluate`)."),
+    gold_format: str | None = typer.Option(None, help="Format of --gold [default: guessed]."),
+    split: str = typer.Option("dev", help="The corpus split (never the test split you report)."),
+    path: Path | None = typer.Option(None, help="The corpus folder (or file)."),
+    limit: int | None = typer.Option(None, help="The first N documents only."),
+    labels: str | None = typer.Option(None, help="Comma-separated labels to score."),
+    thresholds: str = typer.Option(
+        "none,0.5,0.7,0.8,0.9,0.95",
+        help="Candidates, mildest first (none: no veto); the first wins a tie.",
+    ),
+    output: Path = typer.Option(..., help="JSON report to write (Markdown beside it)."),
+    write: Path | None = typer.Option(
+        None, help="Save the pipeline with the best threshold to this folder."
+    ),
+) -> None:
+    """Choose the empty-answer threshold on held-out gold texts: run the pipeline once per
+    candidate and keep the best strict F1. For adapters trained on data with many empty texts
+    that answer `[]` too often."""
+    from spacy_medllm.evaluation.calibrate import (
+        apply_threshold,
+        calibrate_empty_threshold,
+        calibration_markdown,
+        write_calibration,
+    )
+    from spacy_medllm.evaluation.evaluate import load_pipeline
+
+    if (corpus is None) == (gold is None):
+        raise typer.BadParameter("give either --corpus NAME or --gold FILE")
+    if corpus is not None and split == "test":
+        raise typer.BadParameter("calibrate on a dev split: the test split is for the report")
+    try:
+        candidates = [None if t.strip().lower() == "none" else float(t) for t in csv(thresholds)]
+    except ValueError as error:
+        raise typer.BadParameter(f"--thresholds: {error}") from error
+    examples = _gold_examples(corpus, gold, gold_format, split, path, labels, limit)
+    nlp = load_pipeline(pipeline)
+    result = calibrate_empty_threshold(nlp, examples, candidates, labels=csv(labels))
+    result["pipeline"] = str(pipeline)
+    result["data"] = str(gold) if gold is not None else f"{corpus}:{split}"
+    write_calibration(result, output)
+    sys.stdout.write(calibration_markdown(result))
+    if write is not None:
+        apply_threshold(nlp, result["best"])
+        nlp.to_disk(write)
+        typer.echo(f"Wrote {write} (empty_answer_threshold = {result['best']})")
+
+
+def _gold_examples(
+    corpus: str | None,
+    gold: Path | None,
+    gold_format: str | None,
+    split: str,
+    path: Path | None,
+    labels: str | None,
+    limit: int | None,
+    discontinuous: str = "cover",
+) -> list:
+    """The examples of a registered corpus split, or of a gold file of one's own."""
+    if corpus is not None:
+        from spacy_medllm.corpora.registry import load_corpus
+
+        return load_corpus(corpus, split, path, labels=csv(labels), limit=limit)
+    from spacy_medllm.corpora.formats import load_annotations
+
+    examples = load_annotations(gold, gold_format, discontinuous=discontinuous, labels=csv(labels))
+    return examples[: limit or None]
 
 
 @app.command(no_args_is_help=True)

@@ -65,6 +65,10 @@ def assemble(
         "default: the adapter's (finetune --max-chunk-tokens), else as much as the model's "
         "context allows.",
     ),
+    empty_answer_threshold: float | None = typer.Option(
+        None,
+        help="Answer [] only when the model is at least this sure of it (see `calibrate`).",
+    ),
 ) -> None:
     """Wrap a base model (+ LoRA adapter) as a `medllm_ner` pipeline and save it (`nlp.to_disk`)."""
     from spacy_medllm.generators.hf.automaton import CONSTRAINED_MODES
@@ -91,6 +95,7 @@ def assemble(
         constrained=constrained,
         quantize=quantize,
         max_chunk_tokens=max_chunk_tokens,
+        empty_answer_threshold=empty_answer_threshold,
     )
     nlp.to_disk(output)
     component = nlp.get_pipe("medllm_ner")

@@ -55,6 +55,7 @@ def build_pipeline(
     jump_forward: bool = True,
     draft_tokens: int = 4,
     max_chunk_tokens: int | None = None,
+    empty_answer_threshold: float | None = None,
 ):
     """A blank pipeline with one `medllm_ner`; labels and prompt come from the adapter's folder.
 
@@ -71,6 +72,11 @@ def build_pipeline(
         raise ValueError(
             "--constrained needs the transformers backend (medllm.HFGenerator.v1); with --base-url "
             "use the serving engine's own structured output instead"
+        )
+    if base_url and empty_answer_threshold is not None:
+        raise ValueError(
+            "--empty-answer-threshold needs the transformers backend (medllm.HFGenerator.v1): "
+            "it reads the model's probabilities while decoding"
         )
     if base_url and quantize != "none":
         raise ValueError(
@@ -116,6 +122,7 @@ def build_pipeline(
             "quantize": quantize,
             "jump_forward": jump_forward,
             "draft_tokens": draft_tokens,
+            "empty_answer_threshold": empty_answer_threshold,
         }
     if labels:
         config["labels"] = labels

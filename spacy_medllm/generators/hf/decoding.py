@@ -104,14 +104,15 @@ class PrefixCache:
 
 def veto_empty(row_logits: Any, closing: Any, threshold: float, generator: Any = None) -> Any:
     """The logits with the tokens that would make the answer the empty list (`closing`: "]"
-    after "[", or "[]" at the start) masked when the model's probability of them is below
-    `threshold`: a model that leans to `[]`
-    on data with many empty texts must then name an entity unless it is fairly sure there is
-    none. The probability is over the tokens still possible (masked ones are -inf), and nothing
-    is vetoed when closing is the only choice left (a blank document, a spent budget). Counted in
-    the generator's stats."""
+    after "[", or "[]" at the start) masked when they are the greedy choice and the model's
+    probability of them is below `threshold`: a model that leans to `[]` on data with many empty
+    texts must then name an entity unless it is fairly sure there is none. The probability is
+    over the tokens still possible (masked ones are -inf); nothing is vetoed when closing is the
+    only choice left (a blank document, a spent budget). Each veto is counted in the stats."""
     import torch
 
+    if not bool((closing == row_logits.argmax()).any()):
+        return row_logits  # the greedy choice is not the empty list anyway
     p_close = float(torch.softmax(row_logits.float(), -1)[closing].sum())
     if p_close >= threshold:
         return row_logits
