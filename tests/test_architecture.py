@@ -49,7 +49,8 @@ def test_the_rooms_are_the_subpackages() -> None:
     folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
     # resources/: shipped data (the packaged adapter), no code.
     assert folders == {*ROOMS, "resources"}
-    assert not list((PACKAGE / "resources").rglob("*.py"))
+    code = [p.relative_to(PACKAGE).as_posix() for p in (PACKAGE / "resources").rglob("*.py")]
+    assert code == ["resources/__init__.py"]
     for room in ROOMS:
         init = PACKAGE / room / "__init__.py"
         assert init.is_file(), room
