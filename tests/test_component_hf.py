@@ -383,6 +383,13 @@ def test_calibrating_the_empty_answer_threshold(trained_with_empty, tmp_path) ->
     assert vetoed["fp"] > plain["fp"]
     assert report["best"] is None and report["best_f1"] == plain["f1"] > vetoed["f1"]
     assert nlp.get_pipe("medllm_ner").generator.empty_answer_threshold is None
+    # Only texts answered [] were run again: the same figures as a full run at 1.0.
+    from spacy_medllm.evaluation.evaluate import evaluate_pipeline
+
+    nlp.get_pipe("medllm_ner").generator.empty_answer_threshold = 1.0
+    full = evaluate_pipeline(nlp, gold, progress=False)["strict"]["micro"]
+    nlp.get_pipe("medllm_ner").generator.empty_answer_threshold = None
+    assert (full["tp"], full["fp"], full["fn"]) == (vetoed["tp"], vetoed["fp"], vetoed["fn"])
 
     with pytest.raises(ValueError, match=r"in \(0, 1\]"):
         calibrate_empty_threshold(nlp, gold, [0.0])

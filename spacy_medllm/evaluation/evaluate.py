@@ -186,7 +186,6 @@ def evaluate_pipeline(
 
     examples = list(examples)
     labels = list(labels) if labels is not None else example_labels(examples)
-    mapped = label_mapper(labels, label_map)
     texts = [e["text"] for e in examples]
 
     # memory: the model's loading and the whole run; time: the run only
@@ -205,6 +204,56 @@ def evaluate_pipeline(
             )
         )
         seconds = time.perf_counter() - start
+
+    result = score_docs(
+        nlp,
+        examples,
+        docs,
+        name=name,
+        labels=labels,
+        label_map=label_map,
+        spans_key=spans_key,
+        seed_metric=seed_metric,
+        bertscore=bertscore,
+        bertscore_model=bertscore_model,
+        include_docs=include_docs,
+    )
+    n_words = sum(sum(1 for token in doc if not token.is_space) for doc in docs)
+    result["speed"] = {
+        "seconds": seconds,
+        "n_docs": len(docs),
+        "n_words": n_words,
+        "words_per_s": n_words / seconds if seconds > 0 else None,
+        "docs_per_s": len(docs) / seconds if seconds > 0 else None,
+        "batch_size": batch_size or nlp.batch_size,
+    }
+    result["memory"] = {
+        **memory.to_dict(),
+        "loading_peak_rss_mib": loading.to_dict()["peak_rss_mib"],
+        "loaded_rss_mib": loading.to_dict()["end_rss_mib"],
+    }
+    return result
+
+
+def score_docs(
+    nlp: Language,
+    examples: Sequence[Example],
+    docs: Sequence[Doc],
+    *,
+    name: str = "pipeline",
+    labels: Sequence[str] | None = None,
+    label_map: Mapping[str, str] | None = None,
+    spans_key: str | None = None,
+    seed_metric: bool | None = None,
+    bertscore: bool = False,
+    bertscore_model: str | Path | None = None,
+    include_docs: bool = True,
+) -> dict[str, Any]:
+    """Score the docs `nlp` produced for the examples' texts (in order) against their gold spans:
+    every figure of `evaluate_pipeline` except speed and memory."""
+    examples = list(examples)
+    labels = list(labels) if labels is not None else example_labels(examples)
+    mapped = label_mapper(labels, label_map)
 
     gold_counts, pred_counts = AlignmentCounts(), AlignmentCounts()
     gold_spans: list[list[CharSpan]] = []
@@ -237,7 +286,6 @@ def evaluate_pipeline(
         gold_tags.append(iob_tags(reference, reference_spans))
         pred_tags.append(iob_tags(predicted, scored))
 
-    n_words = sum(sum(1 for token in doc if not token.is_space) for doc in docs)
     result: dict[str, Any] = {
         "name": name,
         "n_docs": len(examples),
@@ -254,19 +302,6 @@ def evaluate_pipeline(
         "spacy": spacy_scores(gold_docs, pred_docs),
         "overlap": overlap_scores(gold_spans, pred_spans, labels),
         "confusion": confusion_table(gold_spans, pred_all),
-        "speed": {
-            "seconds": seconds,
-            "n_docs": len(docs),
-            "n_words": n_words,
-            "words_per_s": n_words / seconds if seconds > 0 else None,
-            "docs_per_s": len(docs) / seconds if seconds > 0 else None,
-            "batch_size": batch_size or nlp.batch_size,
-        },
-        "memory": {
-            **memory.to_dict(),
-            "loading_peak_rss_mib": loading.to_dict()["peak_rss_mib"],
-            "loaded_rss_mib": loading.to_dict()["end_rss_mib"],
-        },
         "seed": None,
         "bertscore_f1": None,
         "medllm": llm_records(nlp, docs),

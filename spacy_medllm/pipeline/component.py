@@ -384,7 +384,8 @@ class MedLLMNER(Pipe):
         record["chunks"].append(chunk)
         parsed = parse_response(response, self.label_set)
         record["repairs"].extend(r for r in parsed.repairs if r not in record["repairs"])
-        record["n_emitted"] += len(parsed.entities) + len(parsed.rejections)
+        chunk["n_emitted"] = len(parsed.entities) + len(parsed.rejections)
+        record["n_emitted"] += chunk["n_emitted"]
         if not parsed.ok:
             if self.strict:
                 raise MedLLMParseError(
