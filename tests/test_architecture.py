@@ -23,6 +23,7 @@ ROOMS = (
     "evaluation",
     "generators",
     "pipeline",
+    "serving",
     "training",
     "util",
 )

@@ -123,3 +123,44 @@ def build_random_lora_adapter(
     model = get_peft_model(base, config)
     model.save_pretrained(str(out_path), safe_serialization=True)
     return out_path
+
+
+def build_tiny_causal_lm_with_tokenizer(
+    path: PathLike, tokenizer_folder: PathLike, seed: int = 0, max_position_embeddings: int = 1024
+) -> Path:
+    """A random 2-layer Llama (hidden 64, tied output head) with the tokenizer and chat template
+    of `tokenizer_folder` (a real model's, e.g. SmolLM2's: llama.cpp's converter recognises its
+    pre-tokenizer, which it refuses for a tokenizer trained in a test)."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=0.2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.pad_token_id = pad
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(str(path), safe_serialization=True)
+    tokenizer.save_pretrained(str(path))
+    template = Path(tokenizer_folder) / "chat_template.jinja"
+    if template.is_file():
+        shutil.copy2(template, path / "chat_template.jinja")
+    return path

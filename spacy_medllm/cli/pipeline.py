@@ -36,10 +36,22 @@ def _read_texts(source: Path | None) -> Iterator[dict[str, Any]]:
 def assemble(
     output: Path = typer.Argument(..., help="Folder to write the spaCy pipeline to."),
     adapter: str | None = typer.Option(
-        None, help="Fine-tuning output folder or its adapter/ folder."
+        None,
+        help="Fine-tuning output folder or its adapter/ folder; with --base-url, the folder "
+        "with the served model's prompt settings (an export-gguf folder).",
     ),
     model: str = typer.Option(
-        "smollm2-135m-instruct", help="Base model: packaged alias, folder or hub id."
+        "smollm2-135m-instruct",
+        help="Base model: packaged alias, folder or hub id; with --base-url, the served name.",
+    ),
+    base_url: str | None = typer.Option(
+        None, help="An OpenAI-compatible server (llama.cpp's, vLLM) instead: http://HOST:PORT/v1"
+    ),
+    api_key_env: str = typer.Option(
+        "OPENAI_API_KEY", help="With --base-url: the environment variable holding the key."
+    ),
+    max_concurrency: int | None = typer.Option(
+        None, help="With --base-url: requests in flight at once [default: 4]."
     ),
     lang: str = typer.Option("en", help="Language of the blank pipeline."),
     label: list[str] | None = typer.Option(
@@ -52,7 +64,7 @@ def assemble(
     constrained: str = typer.Option(
         "off",
         help='Constrained decoding: "off", "schema" (valid JSON, configured labels) or '
-        '"grounded" (also every entity copied from the text).',
+        '"grounded" (also every entity copied from the text; not with --base-url).',
     ),
     quantize: str = typer.Option(
         "none",
@@ -96,13 +108,14 @@ def assemble(
         quantize=quantize,
         max_chunk_tokens=max_chunk_tokens,
         empty_answer_threshold=empty_answer_threshold,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        max_concurrency=max_concurrency,
     )
     nlp.to_disk(output)
     component = nlp.get_pipe("medllm_ner")
-    typer.echo(
-        f"Saved {output} with labels {list(component.labels)}; "
-        f"adapter saved inside: {bool(adapter)}"
-    )
+    where = f"served by {base_url}" if base_url else f"adapter saved inside: {bool(adapter)}"
+    typer.echo(f"Saved {output} with labels {list(component.labels)}; {where}")
 
 
 @app.command()

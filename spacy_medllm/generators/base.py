@@ -9,6 +9,11 @@ from typing import Any, Protocol, runtime_checkable
 Message = dict[str, str]
 Prompt = list[Message]
 
+# Answers sized to the text (`sized_answers` of both backends): at most this many tokens plus so
+# many per token of the text, so that a short text cannot ramble to max_new_tokens.
+ANSWER_BASE_TOKENS = 24
+ANSWER_TOKENS_PER_TEXT_TOKEN = 3
+
 
 class GenerationError(RuntimeError):
     """A generator could not produce responses (server down, model missing, out of memory...)."""

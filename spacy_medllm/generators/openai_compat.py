@@ -34,7 +34,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from spacy_medllm.generators.base import GenerationError, Prompt
+from spacy_medllm.generators.base import (
+    ANSWER_BASE_TOKENS,
+    ANSWER_TOKENS_PER_TEXT_TOKEN,
+    GenerationError,
+    Prompt,
+)
 from spacy_medllm.generators.registry import OPENAI_GENERATOR
 
 logger = logging.getLogger("spacy_medllm")
@@ -68,6 +73,26 @@ CAPITALS_PER_TOKEN = 1.5
 TOKENS_PER_MESSAGE = 8
 TOKENS_PER_PROMPT = 32
 _PIECES = re.compile(r" ?[A-Za-z]+|\s+|.", re.DOTALL)
+
+
+SERVER_CONSTRAINED_MODES = ("off", "schema")
+
+
+def answer_schema(labels: Sequence[str]) -> dict[str, Any]:
+    """The JSON schema of an answer: a list of {"text": non-empty string, "label": one of
+    `labels`} objects, in that key order, nothing else."""
+    return {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "text": {"type": "string", "minLength": 1},
+                "label": {"type": "string", "enum": list(labels)},
+            },
+            "required": ["text", "label"],
+            "additionalProperties": False,
+        },
+    }
 
 
 def estimate_text_tokens(text: str) -> int:
@@ -139,6 +164,14 @@ class OpenAIGenerator:
         (e.g. {"seed": 0, "top_k": 1} or vLLM's {"guided_json": ...}).
     health_check: in `initialize()`, list the server's models (GET /models) and fail early
         if the server cannot be reached.
+    constrained: "off", or "schema": send the answer's JSON schema (a list of {"text", "label"}
+        objects with the configured labels) as `response_format` of type json_schema, which
+        llama.cpp's server and vLLM turn into a grammar the answer must follow. Copying from the
+        text ("grounded") is not expressible as a schema; invented strings are rejected by the
+        aligner as with any backend.
+    labels: the labels of the schema (`medllm_ner` sets them with `set_labels`).
+    sized_answers: ask for at most 24 + 3 tokens per (estimated) text token, as the transformers
+        backend does, so a short text cannot ramble to max_new_tokens.
     """
 
     def __init__(
@@ -156,7 +189,17 @@ class OpenAIGenerator:
         response_format_json: bool = False,
         extra_body: dict[str, Any] | None = None,
         health_check: bool = False,
+        constrained: str = "off",
+        labels: Sequence[str] | None = None,
+        sized_answers: bool = False,
     ) -> None:
+        if constrained not in SERVER_CONSTRAINED_MODES:
+            raise ValueError(
+                f"constrained must be one of {', '.join(SERVER_CONSTRAINED_MODES)} for an "
+                f"OpenAI-compatible server, got {constrained!r}"
+            )
+        if constrained != "off" and response_format_json:
+            raise ValueError("constrained and response_format_json both set response_format")
         if not model:
             raise ValueError("OpenAIGenerator needs a model: the name the server serves it under.")
         if base_url is not None:
@@ -206,6 +249,9 @@ class OpenAIGenerator:
         self.response_format_json = bool(response_format_json)
         self.extra_body: dict[str, Any] | None = dict(extra_body) if extra_body else None
         self.health_check = bool(health_check)
+        self.constrained = constrained
+        self.labels = list(labels) if labels else []
+        self.sized_answers = bool(sized_answers)
         # Per prompt of the last call: finish_reason and token usage as the server reported them.
         self.last_usage: list[dict[str, Any]] = []
         self._client: Any = None
@@ -309,15 +355,37 @@ class OpenAIGenerator:
 
     # -- generation ------------------------------------------------------------------------------
 
+    def set_labels(self, labels: Sequence[str]) -> None:
+        """The labels a schema-constrained answer may use (`medllm_ner` calls this)."""
+        self.labels = list(labels)
+
+    def answer_limit(self, prompt: Prompt) -> int:
+        """max_tokens for one prompt: max_new_tokens, or with `sized_answers` less for a short
+        text (its last user message): 24 + 3 per estimated token, as in the transformers backend."""
+        if not self.sized_answers:
+            return self.max_new_tokens
+        text = prompt[-1].get("content", "") if prompt else ""
+        sized = ANSWER_BASE_TOKENS + ANSWER_TOKENS_PER_TEXT_TOKEN * estimate_text_tokens(text)
+        return max(2, min(self.max_new_tokens, sized))
+
     def request_kwargs(self, prompt: Prompt) -> dict[str, Any]:
         """The arguments of `client.chat.completions.create` for one prompt."""
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in prompt],
-            "max_tokens": self.max_new_tokens,
+            "max_tokens": self.answer_limit(prompt),
             "temperature": self.temperature,
         }
-        if self.response_format_json:
+        if self.constrained == "schema":
+            if not self.labels:
+                raise GenerationError(
+                    'constrained = "schema" needs the labels: medllm_ner sets them, or pass labels'
+                )
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "entities", "schema": answer_schema(self.labels)},
+            }
+        elif self.response_format_json:
             kwargs["response_format"] = {"type": "json_object"}
         if self.extra_body:
             kwargs["extra_body"] = dict(self.extra_body)
@@ -423,6 +491,13 @@ class OpenAIGenerator:
             "decoding": "greedy" if self.temperature == 0 else "sampling",
             "response_format_json": self.response_format_json,
             "extra_body": dict(self.extra_body) if self.extra_body else None,
+            # Only when set, so response caches written before the options existed stay valid.
+            **(
+                {"constrained": self.constrained, "labels": self.labels}
+                if self.constrained != "off"
+                else {}
+            ),
+            **({"answer_limit": "sized to the text"} if self.sized_answers else {}),
         }
 
     def config(self) -> dict[str, Any]:
@@ -442,6 +517,9 @@ class OpenAIGenerator:
             "response_format_json": self.response_format_json,
             "extra_body": dict(self.extra_body) if self.extra_body else None,
             "health_check": self.health_check,
+            "constrained": self.constrained,
+            "labels": self.labels or None,
+            "sized_answers": self.sized_answers,
         }
 
     def to_disk(self, path: Path) -> None:
@@ -472,6 +550,9 @@ class OpenAIGenerator:
         )
         if "extra_body" in state:
             self.extra_body = dict(state["extra_body"]) if state["extra_body"] else None
+        self.constrained = state.get("constrained", self.constrained)
+        self.labels = list(state.get("labels") or self.labels)
+        self.sized_answers = bool(state.get("sized_answers", self.sized_answers))
 
     def __getstate__(self) -> dict[str, Any]:
         # For pickling (spaCy's multiprocessing): the client, its key and the lock stay behind.

@@ -87,6 +87,9 @@ def make_openai_generator(
     response_format_json: bool = False,
     extra_body: dict[str, Any] | None = None,
     health_check: bool = False,
+    constrained: str = "off",
+    labels: list[str] | None = None,
+    sized_answers: bool = False,
 ) -> OpenAIGenerator:
     """A generator backed by an OpenAI-compatible server; the client is built on first use."""
     from spacy_medllm.generators.openai_compat import OpenAIGenerator
@@ -105,6 +108,9 @@ def make_openai_generator(
         response_format_json=response_format_json,
         extra_body=extra_body,
         health_check=health_check,
+        constrained=constrained,
+        labels=labels,
+        sized_answers=sized_answers,
     )
 
 

@@ -56,6 +56,7 @@ def build_pipeline(
     draft_tokens: int = 4,
     max_chunk_tokens: int | None = None,
     empty_answer_threshold: float | None = None,
+    max_concurrency: int | None = None,
 ):
     """A blank pipeline with one `medllm_ner`; labels and prompt come from the adapter's folder.
 
@@ -68,10 +69,10 @@ def build_pipeline(
     import spacy
 
     config: dict[str, Any] = {}
-    if base_url and constrained != "off":
+    if base_url and constrained not in ("off", "schema"):
         raise ValueError(
-            "--constrained needs the transformers backend (medllm.HFGenerator.v1); with --base-url "
-            "use the serving engine's own structured output instead"
+            f"--constrained {constrained} needs the transformers backend (medllm.HFGenerator.v1); "
+            'with --base-url use "schema" (the server constrains the answer to the JSON schema)'
         )
     if base_url and empty_answer_threshold is not None:
         raise ValueError(
@@ -83,6 +84,33 @@ def build_pipeline(
             "--quantize needs the transformers backend (medllm.HFGenerator.v1); with --base-url "
             "the serving engine chooses the weights (a quantized GGUF for llama.cpp's server)"
         )
+    adapter_dir = None
+    if adapter:
+        adapter_path = Path(adapter)
+        adapter_dir = (
+            adapter_path / "adapter" if (adapter_path / "adapter").is_dir() else adapter_path
+        )
+        # An adapter's folder, or (with --base-url) an export-gguf folder: both carry the
+        # prompt settings the model was trained with.
+        if (adapter_dir / PROMPT_TEMPLATE_FILE).exists():
+            trained = load_prompt_settings(adapter_dir)
+            config["labels"] = trained["labels"]
+            config["label_definitions"] = trained["label_definitions"]
+            if trained["max_chunk_tokens"] is not None:
+                # trained on pieces: read documents in the same pieces
+                config["max_chunk_tokens"] = trained["max_chunk_tokens"]
+            template = trained["template"].to_dict()
+            config["prompt"] = {
+                "@misc": "medllm.PromptTemplate.v1",
+                "instruction": template["instruction"],
+                "examples": list(template.get("examples", [])),
+            }
+        elif base_url:
+            raise FileNotFoundError(
+                f"{adapter_dir} has no {PROMPT_TEMPLATE_FILE}: with --base-url, --adapter names "
+                "the folder whose prompt settings the served model was trained with (an "
+                "export-gguf folder or the adapter's folder)"
+            )
     if base_url:
         config["generator"] = {
             "@misc": "medllm.OpenAIGenerator.v1",
@@ -91,27 +119,13 @@ def build_pipeline(
             "api_key_env": api_key_env,
             "batch_size": batch_size,
             "max_new_tokens": max_new_tokens,
+            "constrained": constrained,
+            # Served models answer within the same budget as in-process ones.
+            "sized_answers": True,
         }
+        if max_concurrency is not None:
+            config["generator"]["max_concurrency"] = max_concurrency
     else:
-        adapter_dir = None
-        if adapter:
-            adapter_path = Path(adapter)
-            adapter_dir = (
-                adapter_path / "adapter" if (adapter_path / "adapter").is_dir() else adapter_path
-            )
-            if (adapter_dir / PROMPT_TEMPLATE_FILE).exists():
-                trained = load_prompt_settings(adapter_dir)
-                config["labels"] = trained["labels"]
-                config["label_definitions"] = trained["label_definitions"]
-                if trained["max_chunk_tokens"] is not None:
-                    # trained on pieces: read documents in the same pieces
-                    config["max_chunk_tokens"] = trained["max_chunk_tokens"]
-                template = trained["template"].to_dict()
-                config["prompt"] = {
-                    "@misc": "medllm.PromptTemplate.v1",
-                    "instruction": template["instruction"],
-                    "examples": list(template.get("examples", [])),
-                }
         config["generator"] = {
             "@misc": "medllm.HFGenerator.v1",
             "model": model,

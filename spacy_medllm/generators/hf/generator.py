@@ -22,7 +22,12 @@ from typing import Any
 
 from spacy_medllm.core.adapter_settings import PROMPT_TEMPLATE_FILE, load_prompt_settings
 from spacy_medllm.core.confidence import ScoredResponse
-from spacy_medllm.generators.base import GenerationError, Prompt
+from spacy_medllm.generators.base import (
+    ANSWER_BASE_TOKENS,
+    ANSWER_TOKENS_PER_TEXT_TOKEN,
+    GenerationError,
+    Prompt,
+)
 from spacy_medllm.generators.chat import render_prompt
 from spacy_medllm.generators.hf.automaton import CONSTRAINED_MODES, answer_automata
 from spacy_medllm.generators.hf.decoding import (
@@ -493,8 +498,8 @@ class HFGenerator:
     # An answer lists the document's entities as JSON: about a dozen tokens of syntax per entity
     # around the copied words; three answer tokens per document token leaves room for an entity
     # in every second token. Short texts then cannot run on to max_new_tokens.
-    ANSWER_BASE_TOKENS = 24
-    ANSWER_TOKENS_PER_TEXT_TOKEN = 3
+    ANSWER_BASE_TOKENS = ANSWER_BASE_TOKENS
+    ANSWER_TOKENS_PER_TEXT_TOKEN = ANSWER_TOKENS_PER_TEXT_TOKEN
 
     def row_limits(self, prompts: Sequence[Prompt]) -> list[int]:
         """Each prompt's answer limit: max_new_tokens, or with `sized_answers` less for a short

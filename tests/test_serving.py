@@ -1,0 +1,247 @@
+"""Serving the fine-tuned model: the OpenAI backend's schema-constrained, sized requests, and a
+LoRA trained here exported to GGUF with llama.cpp's own converters, served by llama.cpp's own
+server, giving the same entities as the in-process pipeline.
+
+The export tests need llama.cpp's tools (`scripts/install_llama_cpp_tools.sh`, part of
+`setup.sh --tests`); they skip without them, and fail instead where CI requires the server
+(MEDLLM_REQUIRE_LLAMA_SERVER=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import spacy
+
+from spacy_medllm.core.examples import make_example
+from spacy_medllm.generators.base import GenerationError
+from spacy_medllm.generators.openai_compat import OpenAIGenerator, answer_schema
+from tests.gold_examples import GOLD, LABELS
+from tests.servers import FakeOpenAIServer
+
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
+
+
+def _prompt(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "Extract."}, {"role": "user", "content": text}]
+
+
+# -- the OpenAI backend's requests -------------------------------------------------------------
+
+
+def test_schema_constrained_and_sized_requests() -> None:
+    generator = OpenAIGenerator(
+        model="m", base_url="http://127.0.0.1:9/v1", constrained="schema", sized_answers=True
+    )
+    with pytest.raises(GenerationError, match="needs the labels"):
+        generator.request_kwargs(_prompt("aspirin"))
+    generator.set_labels(LABELS)
+    short = generator.request_kwargs(_prompt("aspirin"))
+    assert short["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "entities", "schema": answer_schema(LABELS)},
+    }
+    assert short["response_format"]["json_schema"]["schema"]["items"]["properties"]["label"] == {
+        "type": "string",
+        "enum": LABELS,
+    }
+    long = generator.request_kwargs(_prompt("aspirin and a headache " * 40))
+    assert short["max_tokens"] < 40 and long["max_tokens"] == generator.max_new_tokens == 256
+    assert generator.describe()["constrained"] == "schema"
+    assert generator.describe()["labels"] == LABELS
+
+    with pytest.raises(ValueError, match="constrained must be one of off, schema"):
+        OpenAIGenerator(model="m", constrained="grounded")
+    with pytest.raises(ValueError, match="both set response_format"):
+        OpenAIGenerator(model="m", constrained="schema", response_format_json=True)
+    # Settings that change the answers are not part of the old cache key when off.
+    assert "constrained" not in OpenAIGenerator(model="m").describe()
+
+
+def test_schema_settings_survive_the_pipeline_round_trip(tmp_path: Path) -> None:
+    """assemble --base-url: the served model's prompt settings come from the export folder and
+    the schema and sized answers are saved with the pipeline; what goes over the wire has them."""
+    from spacy_medllm.pipeline.assemble import build_pipeline
+
+    settings = tmp_path / "export"
+    settings.mkdir()
+    (settings / "prompt_template.json").write_text(
+        json.dumps(
+            {
+                "labels": ["DRUG"],
+                "label_definitions": {"DRUG": "a medicine"},
+                "template": {"instruction": "Find drugs.\n{label_lines}", "examples": []},
+            }
+        ),
+        "utf8",
+    )
+    with FakeOpenAIServer() as fake:
+        nlp = build_pipeline(
+            model="served",
+            adapter=str(settings),
+            base_url=fake.base_url,
+            constrained="schema",
+        )
+        nlp.to_disk(tmp_path / "pipeline")
+        loaded = spacy.load(tmp_path / "pipeline")
+        generator = loaded.get_pipe("medllm_ner").generator
+        assert (generator.constrained, generator.labels, generator.sized_answers) == (
+            "schema",
+            ["DRUG"],
+            True,
+        )
+        loaded("She took aspirin.")
+        body = fake.requests[-1]
+    assert body["response_format"]["json_schema"]["schema"]["items"]["properties"]["label"][
+        "enum"
+    ] == ["DRUG"]
+    assert body["messages"][0]["content"].startswith("Find drugs.")
+    assert body["max_tokens"] < 64
+    with pytest.raises(ValueError, match="needs the transformers backend"):
+        build_pipeline(model="m", base_url=fake.base_url, constrained="grounded")
+    with pytest.raises(FileNotFoundError, match="prompt settings"):
+        build_pipeline(model="m", adapter=str(tmp_path), base_url=fake.base_url)
+
+
+# -- export and serve a LoRA trained here --------------------------------------------------------
+
+
+def _tools_or_skip() -> None:
+    from spacy_medllm.serving.tools import missing_tools
+
+    reason = missing_tools()
+    if reason is None:
+        return
+    if os.environ.get("MEDLLM_REQUIRE_LLAMA_SERVER"):
+        pytest.fail(f"llama.cpp's tools are required here: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def trained_smol(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny Llama with SmolLM2's tokenizer and chat template (llama.cpp's converter knows that
+    tokenizer) and a LoRA that has memorised the GOLD answers."""
+    _tools_or_skip()
+    pytest.importorskip("peft")
+    from spacy_medllm.generators.packaged import ModelNotAvailableError, resolve_base_model
+    from spacy_medllm.training.config import FinetuneConfig
+    from spacy_medllm.training.trainer import finetune
+
+    from .tiny_models import build_tiny_causal_lm_with_tokenizer
+
+    try:
+        smol = resolve_base_model("smollm2-135m-instruct")
+    except ModelNotAvailableError as error:
+        pytest.skip(str(error))
+    root = tmp_path_factory.mktemp("serving")
+    base = build_tiny_causal_lm_with_tokenizer(root / "base", smol)
+    examples = [
+        make_example(text, [(text.index(s), text.index(s) + len(s), lab) for s, lab in pairs])
+        for text, pairs in GOLD
+    ]
+    config = FinetuneConfig(
+        base_model=str(base),
+        output_dir=str(root / "run"),
+        labels=LABELS,
+        lora_r=8,
+        lora_alpha=16,
+        target_modules="all-linear",
+        learning_rate=2e-2,
+        max_steps=80,
+        per_device_train_batch_size=6,
+        warmup_ratio=0.0,
+        lr_scheduler_type="constant",
+        save_steps=1000,
+        max_length=512,
+        num_threads=1,
+        bf16=False,
+        progress=False,
+    )
+    return {"base": base, "run": root / "run", "adapter": finetune(config, examples)}
+
+
+@pytest.fixture(scope="module")
+def exported(trained_smol: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from typer.testing import CliRunner
+
+    from spacy_medllm.cli import app
+
+    output = tmp_path_factory.mktemp("export")
+    result = CliRunner().invoke(
+        app,
+        ["export-gguf", str(trained_smol["run"]), "--output", str(output), "--types",
+         "f16,q8_0", "--base"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return output
+
+
+def test_export_writes_gguf_files_and_the_prompt_settings(exported: Path, trained_smol) -> None:
+    import gguf
+
+    from spacy_medllm.core.adapter_settings import load_prompt_settings
+    from spacy_medllm.serving.gguf_export import load_manifest
+
+    manifest = load_manifest(exported)
+    assert set(manifest["files"]) == {"lora-f16", "base-f16", "merged-f16", "merged-q8_0"}
+    assert manifest["labels"] == LABELS
+    assert load_prompt_settings(exported)["labels"] == LABELS
+    for entry in manifest["files"].values():
+        path = exported / entry["file"]
+        assert path.stat().st_size == entry["bytes"] > 0
+        reader = gguf.GGUFReader(path)
+        kind = reader.get_field("general.type")
+        assert bytes(kind.parts[-1]).decode() == ("adapter" if entry["kind"] == "lora" else "model")
+    merged = gguf.GGUFReader(exported / "merged-f16.gguf")
+    template = merged.get_field("tokenizer.chat_template")
+    assert "<|im_start|>" in bytes(template.parts[-1]).decode()
+    # q8_0 is smaller than f16; no pickle anywhere.
+    sizes = {k: v["bytes"] for k, v in manifest["files"].items()}
+    assert sizes["merged-q8_0"] < sizes["merged-f16"]
+    assert not [p for p in exported.rglob("*") if p.suffix in (".bin", ".pt", ".pkl")]
+
+
+def _served_entities(base_url: str, exported: Path, texts: list[str]) -> list[list[tuple]]:
+    from spacy_medllm.pipeline.assemble import build_pipeline
+
+    nlp = build_pipeline(
+        model="medllm", adapter=str(exported), base_url=base_url, constrained="schema"
+    )
+    return [[(e.text, e.label_) for e in doc.ents] for doc in nlp.pipe(texts)]
+
+
+@pytest.mark.slow
+def test_served_model_gives_the_in_process_entities(exported: Path, trained_smol, tmp_path) -> None:
+    """The merged f16 model and the LoRA on the base model, each served by llama-server, find the
+    entities the in-process pipeline finds (the answers it memorised), with the same prompt."""
+    from spacy_medllm.pipeline.assemble import build_pipeline
+    from spacy_medllm.serving.llama_server import LlamaServer, settings_for_export
+
+    texts = [text for text, _ in GOLD]
+    local = build_pipeline(
+        model=str(trained_smol["base"]), adapter=str(trained_smol["adapter"]), constrained="schema"
+    )
+    expected = [[(e.text, e.label_) for e in doc.ents] for doc in local.pipe(texts)]
+    assert expected == [list(pairs) for _, pairs in GOLD]
+    for kind in ("merged-f16", "lora-f16"):
+        settings = settings_for_export(
+            exported, kind, parallel=4, ctx_per_slot=1024, log_path=tmp_path / f"{kind}.log"
+        )
+        with LlamaServer.start(settings) as server:
+            assert server.health().get("status") == "ok"
+            assert _served_entities(server.base_url, exported, texts) == expected, kind
+        assert server.process.poll() is not None  # stopped
+
+
+def test_export_refuses_what_it_cannot_export(tmp_path: Path) -> None:
+    from spacy_medllm.serving.gguf_export import export_gguf, find_adapter
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_adapter(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no LoRA adapter"):
+        find_adapter(tmp_path)
+    with pytest.raises(ValueError, match="unknown GGUF types"):
+        export_gguf(tmp_path, tmp_path / "out", types=["q2"])
