@@ -2,8 +2,9 @@
 # Set up (or update) the project's virtual environment in .venv with everything the workflow and the
 # tests need, offline apart from the package registry. Safe to rerun: finished steps are skipped.
 #   bash scripts/setup.sh          what `spacy project run all` needs
-#   bash scripts/setup.sh --tests  that, and llama.cpp's OpenAI-compatible server for the tests of
-#                                  the OpenAI backend (compiled from source once: 6-9 min on 2 cores)
+#   bash scripts/setup.sh --tests  that, and llama.cpp's OpenAI-compatible servers and converters
+#                                  for the tests of the OpenAI backend and of serving (compiled
+#                                  from source once: about 15 min on 2 cores)
 set -euo pipefail
 WITH_SERVER=0
 for arg in "$@"; do
@@ -47,5 +48,7 @@ fi
 # A real OpenAI-compatible server for the tests of the OpenAI backend (compiles llama.cpp once).
 if [ "$WITH_SERVER" = "1" ] && [ "${MEDLLM_SKIP_LLAMA_SERVER:-0}" != "1" ]; then
   bash scripts/install_llama_server.sh "$PY"
+  # llama.cpp's own llama-server, llama-quantize and GGUF converters: export-gguf and serve.
+  bash scripts/install_llama_cpp_tools.sh "$PY"
 fi
 echo "[setup] done: $("$PY" -c 'import spacy_medllm, spacy, torch, transformers; print("spacy-medllm", spacy_medllm.__version__, "| spacy", spacy.__version__, "| torch", torch.__version__, "| transformers", transformers.__version__)')"
