@@ -356,15 +356,17 @@ def trained_with_empty(trained: dict, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def test_calibrating_the_empty_answer_threshold(trained_with_empty, tmp_path) -> None:
-    """`calibrate` scores the pipeline once per threshold on gold texts: the model answers the
-    texts without an entity `[]`; a veto at 1.0 makes it name something there (grounded decoding
-    copies it from the text: false positives), each veto counted, so the best threshold is no
-    veto; the pipeline's own setting is restored, and `--write` saves the chosen one into
-    generator.json."""
+    """`calibrate` scores the pipeline at each threshold from two runs (greedy with the recorded
+    probabilities of `[]`, and vetoed): the model answers the texts without an entity `[]`; at
+    1.0 it must name something there (grounded decoding copies it from the text: false
+    positives), at a tiny threshold it answers `[]` everywhere, so the best is greedy; the
+    composed rows equal real runs at those thresholds; the pipeline's own setting is restored,
+    and `--write` saves the chosen one into config.cfg."""
     from typer.testing import CliRunner
 
     from spacy_medllm.cli import app
     from spacy_medllm.evaluation.calibrate import calibrate_empty_threshold
+    from spacy_medllm.evaluation.evaluate import evaluate_pipeline
     from spacy_medllm.pipeline.assemble import build_pipeline
 
     gold = trained_with_empty["examples"]
@@ -374,22 +376,23 @@ def test_calibrating_the_empty_answer_threshold(trained_with_empty, tmp_path) ->
         max_new_tokens=64,
         constrained="grounded",
     )
-    report = calibrate_empty_threshold(nlp, gold, [None, 1.0], progress=False)
-    plain, vetoed = report["rows"]
-    assert plain["texts"]["n_without_gold_answered"] == 0 and plain["vetoed"] == 0
-    assert plain["f1"] > 0.8
-    assert vetoed["vetoed"] >= len(EMPTY_TEXTS)
+    report = calibrate_empty_threshold(nlp, gold, [None, 1.0, 1e-9], progress=False)
+    plain, vetoed, forced = report["rows"]
+    assert report["n_probabilities"] == len(gold) and report["n_rerun"] == len(EMPTY_TEXTS)
+    assert plain["texts"]["n_without_gold_answered"] == 0 and plain["f1"] > 0.8
     assert vetoed["texts"]["n_without_gold_answered"] == len(EMPTY_TEXTS)
     assert vetoed["fp"] > plain["fp"]
+    assert forced["tp"] == forced["fp"] == 0 and forced["recall"] == 0.0
     assert report["best"] is None and report["best_f1"] == plain["f1"] > vetoed["f1"]
-    assert nlp.get_pipe("medllm_ner").generator.empty_answer_threshold is None
-    # Only texts answered [] were run again: the same figures as a full run at 1.0.
-    from spacy_medllm.evaluation.evaluate import evaluate_pipeline
-
-    nlp.get_pipe("medllm_ner").generator.empty_answer_threshold = 1.0
-    full = evaluate_pipeline(nlp, gold, progress=False)["strict"]["micro"]
-    nlp.get_pipe("medllm_ner").generator.empty_answer_threshold = None
-    assert (full["tp"], full["fp"], full["fn"]) == (vetoed["tp"], vetoed["fp"], vetoed["fn"])
+    assert report["verified"]["f1"] == plain["f1"]
+    generator = nlp.get_pipe("medllm_ner").generator
+    assert generator.empty_answer_threshold is None and not generator.record_empty_probability
+    # The composed rows are what the pipeline gives when run at those thresholds.
+    for threshold, row in ((1.0, vetoed), (1e-9, forced)):
+        generator.empty_answer_threshold = threshold
+        full = evaluate_pipeline(nlp, gold, progress=False)["strict"]["micro"]
+        assert (full["tp"], full["fp"], full["fn"]) == (row["tp"], row["fp"], row["fn"])
+    generator.empty_answer_threshold = None
 
     with pytest.raises(ValueError, match=r"in \(0, 1\]"):
         calibrate_empty_threshold(nlp, gold, [0.0])

@@ -395,38 +395,52 @@ def test_unconstrained_drafts_give_generates_answers(generator) -> None:
 
 
 @pytest.mark.parametrize("mode", ["schema", "grounded"])
-def test_empty_answer_veto(generator, mode: str) -> None:
-    """With `empty_answer_threshold` an answer is `[]` only when the model is at least that sure
-    of closing the list it opened: at 1.0 no answer is empty (the random models do answer `[]`
-    without it), every veto is counted, and generate's logits processor and the draft decoder
-    agree; a tiny threshold changes nothing. (Answers are not sized here: the one-word document
-    leaves room for `[]` only, and then nothing is vetoed.)"""
+def test_empty_answer_threshold(generator, mode: str) -> None:
+    """With `empty_answer_threshold` an answer is `[]` exactly when the model's probability of
+    the empty answer is at least the threshold: at 1.0 no answer is empty (the random models do
+    answer `[]` without it), at a tiny threshold every answer is; each veto and forced answer is
+    counted, and generate's logits processor and the draft decoder agree. Recording the
+    probabilities (for `calibrate`) changes no answer."""
     generator.constrained = mode
     generator.sized_answers = False
     prompts = _prompts()
-    empty_before = vetoed = 0
+    keys = [p[-1]["content"] for p in prompts]
+    empty_before = vetoed = forced = 0
+
+    def empty(answer: str) -> bool:
+        return answer.strip().replace(" ", "") == "[]"
+
     for seed in range(1, 9):
         _randomise(generator, seed)
         generator.empty_answer_threshold = None
         plain = generator(prompts)
-        empty_before += sum(a.strip().replace(" ", "") == "[]" for a in plain)
-        generator.empty_answer_threshold = 1e-9
+        empty_before += sum(map(empty, plain))
+        generator.record_empty_probability = True
+        generator.empty_probabilities.clear()
         assert generator(prompts) == plain
-        generator.empty_answer_threshold = 1.0
-        with_veto = {}
-        for drafts in (True, False):
-            generator.jump_forward, generator.draft_tokens = drafts, 4 if drafts else 0
-            before = generator.stats.get("empty_answers_vetoed", 0)
-            with_veto[drafts] = generator(prompts)
-            vetoed += generator.stats.get("empty_answers_vetoed", 0) - before
-            assert not [a for a in with_veto[drafts] if a.strip().replace(" ", "") == "[]"]
-        assert with_veto[True] == with_veto[False], seed
-        changed = [a for a, b in zip(plain, with_veto[True], strict=True) if a != b]
-        assert len(changed) >= sum(a.strip().replace(" ", "") == "[]" for a in plain)
+        assert set(generator.empty_probabilities) == set(keys)
+        assert all(0.0 <= p <= 1.0 for p in generator.empty_probabilities.values())
+        generator.record_empty_probability = False
+        for threshold, want_empty in ((1.0, False), (1e-12, True)):
+            generator.empty_answer_threshold = threshold
+            answers = {}
+            for drafts in (True, False):
+                generator.jump_forward, generator.draft_tokens = drafts, 4 if drafts else 0
+                before = dict(generator.stats)
+                answers[drafts] = generator(prompts)
+                vetoed += generator.stats.get("empty_answers_vetoed", 0) - before.get(
+                    "empty_answers_vetoed", 0
+                )
+                forced += generator.stats.get("empty_answers_forced", 0) - before.get(
+                    "empty_answers_forced", 0
+                )
+                assert [empty(a) for a in answers[drafts]] == [want_empty] * len(prompts)
+            assert answers[True] == answers[False], (seed, threshold)
     assert empty_before > 0
     assert vetoed >= 2 * empty_before
+    assert forced >= 2 * (8 * len(prompts) - empty_before)
     # Sized for the one-word document, the budget leaves `[]` the only answer: not vetoed.
-    generator.sized_answers = True
+    generator.sized_answers, generator.empty_answer_threshold = True, 1.0
     assert [a.replace(" ", "") for a in generator(prompts[:1])] == ["[]"]
     generator.empty_answer_threshold = None
     generator.jump_forward, generator.draft_tokens = True, 4

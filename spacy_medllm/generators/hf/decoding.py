@@ -102,27 +102,52 @@ class PrefixCache:
         return cache
 
 
-def veto_empty(row_logits: Any, closing: Any, threshold: float, generator: Any = None) -> Any:
-    """The logits with the tokens that would make the answer the empty list (`closing`: "]"
-    after "[", or "[]" at the start) masked when they are the greedy choice and the model's
-    probability of them is below `threshold`: a model that leans to `[]` on data with many empty
-    texts must then name an entity unless it is fairly sure there is none. The probability is
-    over the tokens still possible (masked ones are -inf); nothing is vetoed when closing is the
-    only choice left (a blank document, a spent budget). Each veto is counted in the stats."""
+def empty_decision(
+    row_logits: Any,
+    empties: Any,
+    threshold: float | None,
+    generator: Any = None,
+    record: tuple[dict[str, float], str] | None = None,
+) -> Any:
+    """The logits for the decision between the empty answer and an entity: `empties` are the
+    tokens that would make the answer `[]` ("]" after "[", or "[]" at the start). With a
+    threshold the answer is `[]` exactly when the model's probability of them is at least the
+    threshold: below it they are masked (the model must name an entity), at or above it every
+    other token is (the model must answer `[]`). The probability is over the tokens still
+    possible (masked ones are -inf); a forced choice (a blank document, a spent budget) is left
+    alone. `record`: (store, key): the probability is written to store[key] (for `calibrate`).
+    Vetoes and forced empty answers are counted in the generator's stats."""
     import torch
 
-    if not bool((closing == row_logits.argmax()).any()):
-        return row_logits  # the greedy choice is not the empty list anyway
-    p_close = float(torch.softmax(row_logits.float(), -1)[closing].sum())
-    if p_close >= threshold:
+    probabilities = torch.softmax(row_logits.float(), -1)
+    p_empty = float(probabilities[empties].sum())
+    if record is not None:
+        store, key = record
+        store.setdefault(key, p_empty)
+    if threshold is None:
         return row_logits
+    greedy_empty = bool((empties == row_logits.argmax()).any())
     masked = row_logits.clone()
-    masked[closing] = -float("inf")
+    if p_empty >= threshold and not greedy_empty:
+        keep = masked[empties].clone()
+        masked[:] = -float("inf")
+        masked[empties] = keep
+        what = "empty_answers_forced"
+    elif p_empty < threshold and greedy_empty:
+        masked[empties] = -float("inf")
+        what = "empty_answers_vetoed"
+    else:
+        return row_logits
     if not torch.isfinite(masked).any():
         return row_logits
     if generator is not None:
-        generator.stats["empty_answers_vetoed"] = generator.stats.get("empty_answers_vetoed", 0) + 1
+        generator.stats[what] = generator.stats.get(what, 0) + 1
     return masked
+
+
+def prompt_key(prompt: Any) -> str:
+    """The key of a prompt's recorded empty-answer probability: its text (last message)."""
+    return str(prompt[-1].get("content", "")) if prompt else ""
 
 
 def answer_tokens(tokens: list[int], stops: set[int]) -> list[int]:
@@ -227,9 +252,13 @@ def decode_with_drafts(
     stop_ids = set(constraint.stop_ids) | ({pad_id} if pad_id is not None else set())
     limits = generator.row_limits(prompts)
     veto = generator.empty_answer_threshold
+    recording = generator.empty_probabilities if generator.record_empty_probability else None
+    keys = [prompt_key(prompt) for prompt in prompts]
 
     def choose(row: int, row_logits: Any) -> int | None:
-        empties = None if veto is None else constraint.empty_answer_ids(bytes(answers[row]))
+        written = bytes(answers[row])
+        deciding = veto is not None or (recording is not None and not written.strip())
+        empties = constraint.empty_answer_ids(written) if deciding else None
         vetoing = empties is not None
         if constrained:
             budget = limits[row] - len(tokens[row])
@@ -244,7 +273,8 @@ def decode_with_drafts(
             masked[allowed] = row_logits[allowed]
             row_logits = masked
         if vetoing:
-            row_logits = veto_empty(row_logits, empties.to(device), veto, generator)
+            record = (recording, keys[row]) if recording is not None else None
+            row_logits = empty_decision(row_logits, empties.to(device), veto, generator, record)
         return int(row_logits.argmax())
 
     def keep(row: int, token_id: int, row_logits: Any) -> None:

@@ -257,32 +257,45 @@ class TokenLogprobRecorder:
         return torch.stack(steps, dim=1)
 
 
-class EmptyAnswerVeto:
-    """A transformers logits processor: `decoding.veto_empty` for the rows whose answer can still
-    become the empty list (nothing or `[` written: the decision between `[]` and an entity)."""
+class EmptyAnswerDecision:
+    """A transformers logits processor: `decoding.empty_decision` for the rows whose answer can
+    still become the empty list (nothing or `[` written), with the threshold (None: record only,
+    into `store` under each row's key, at the first step)."""
 
     def __init__(
         self,
         constraint: TokenConstraint,
         prompt_length: int,
-        threshold: float,
+        threshold: float | None,
         generator: Any = None,
+        store: dict[str, float] | None = None,
+        keys: list[str] | None = None,
     ) -> None:
         self.constraint = constraint
         self.prompt_length = prompt_length
         self.threshold = threshold
         self.generator = generator
+        self.store = store
+        self.keys = keys or []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        from spacy_medllm.generators.hf.decoding import veto_empty
+        from spacy_medllm.generators.hf.decoding import empty_decision
 
         table = self.constraint.token_bytes
+        first_step = input_ids.shape[1] == self.prompt_length
+        if self.threshold is None and not first_step:
+            return scores
         for row in range(input_ids.shape[0]):
             written = b"".join(
                 table[int(t)] or b"" for t in input_ids[row, self.prompt_length :].tolist()
             )
             empties = self.constraint.empty_answer_ids(written)
-            if empties is not None:
-                empties = empties.to(scores.device)
-                scores[row] = veto_empty(scores[row], empties, self.threshold, self.generator)
+            if empties is None:
+                continue
+            record = None
+            if self.store is not None and first_step and row < len(self.keys):
+                record = (self.store, self.keys[row])
+            scores[row] = empty_decision(
+                scores[row], empties.to(scores.device), self.threshold, self.generator, record
+            )
         return scores

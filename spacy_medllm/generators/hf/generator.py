@@ -105,9 +105,10 @@ class HFGenerator:
         would have picked (its greedy choice, constrained or not), so answers are those of one
         token per step (up to float rounding), in fewer steps; see `_decode_with_drafts`. With
         both off, `generate` decodes.
-    empty_answer_threshold: None, or answer `[]` only when the model's probability of closing the
-        list right after `[` is at least this; below it the model must name an entity (a
-        correction for a model that leans to `[]`; `calibrate` picks it on a dev set).
+    empty_answer_threshold: None (greedy), or answer `[]` exactly when the model's probability of
+        the empty answer is at least this: lower answers `[]` more often, higher less often (a
+        correction for a model whose training data had another share of empty texts than the
+        data it reads; `calibrate` picks it on dev data).
     sized_answers: limit each answer to 24 + 3 tokens per token of its document (and never more
         than max_new_tokens), so that a short text cannot run on to max_new_tokens (`row_limits`).
     float32_logits: with lower-precision weights (bfloat16, float16), compute the logits with a
@@ -195,6 +196,10 @@ class HFGenerator:
                 f"empty_answer_threshold must be in (0, 1] or None, got {empty_answer_threshold}"
             )
         self.empty_answer_threshold = empty_answer_threshold
+        # `calibrate`: with record_empty_probability, each prompt's probability of the empty
+        # answer at its first step, by prompt text.
+        self.record_empty_probability = False
+        self.empty_probabilities: dict[str, float] = {}
         # Running totals for benchmarks: answer tokens kept, decoding steps run, batches, and
         # prompt tokens read from the shared-prefix cache instead of being run through the model.
         self.stats = {
@@ -384,7 +389,11 @@ class HFGenerator:
         drafting = self.uses_drafts
         constraint = (
             self.token_constraint()
-            if automata or self.stop_at_json_end or drafting or self.empty_answer_threshold
+            if automata
+            or self.stop_at_json_end
+            or drafting
+            or self.empty_answer_threshold is not None
+            or self.record_empty_probability
             else None
         )
         draft_automata = automata
@@ -468,11 +477,19 @@ class HFGenerator:
                 from spacy_medllm.generators.hf.decoding_steps import JsonEndStopping
 
                 stopping.append(JsonEndStopping(constraint.token_bytes, len(batch), width))
-            if self.empty_answer_threshold is not None:
-                from spacy_medllm.generators.hf.decoding_steps import EmptyAnswerVeto
+            if self.empty_answer_threshold is not None or self.record_empty_probability:
+                from spacy_medllm.generators.hf.decoding import prompt_key
+                from spacy_medllm.generators.hf.decoding_steps import EmptyAnswerDecision
 
                 processors.append(
-                    EmptyAnswerVeto(constraint, width, self.empty_answer_threshold, self)
+                    EmptyAnswerDecision(
+                        constraint,
+                        width,
+                        self.empty_answer_threshold,
+                        self,
+                        self.empty_probabilities if self.record_empty_probability else None,
+                        [prompt_key(prompts[i]) for i in batch],
+                    )
                 )
             limits = self.row_limits([prompts[i] for i in batch])
             generation_config.max_new_tokens = max(limits)
