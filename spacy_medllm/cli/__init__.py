@@ -13,9 +13,11 @@ from spacy_medllm.cli import corpora  # noqa: F401  corpus list|stats|convert
 from spacy_medllm.cli import finetune  # noqa: F401  finetune
 from spacy_medllm.cli import pipeline  # noqa: F401  assemble, extract, info
 from spacy_medllm.cli import serving  # noqa: F401  export-gguf, serve
+from spacy_medllm.cli import batch  # noqa: F401  batch
 from spacy_medllm.cli import evaluate  # noqa: F401  evaluate, calibrate, combine, report
 from spacy_medllm.cli import baselines  # noqa: F401  baseline build-dictionary|train-transformer
 from spacy_medllm.cli import distil  # noqa: F401  distil label|select|train-transformer|report
 from spacy_medllm.cli import profile  # noqa: F401  profile NAME -- COMMAND
+from spacy_medllm.cli import clinical  # noqa: F401  index, search, summarize
 
 __all__ = ["app", "main"]
