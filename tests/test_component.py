@@ -141,12 +141,22 @@ def test_pipe_batches_by_generator_batch_size_and_matches_single_calls():
     assert batched == single
 
 
-def test_generator_failure_goes_to_error_handler_and_loses_no_document():
+def test_generator_failure_is_recorded_on_its_document_and_strict_raises():
     nlp, component = make_nlp()
     component.generator = ScriptedGenerator(lexicon_answer(LEXICON), batch_size=2, fail_on="BOOM")
     texts = ["Abilify.", "BOOM nausea", "vomiting", "Abilify again"]
+    # By default the failing batch is retried one document at a time: only the bad one fails.
+    docs = list(nlp.pipe(texts))
+    assert [d.text for d in docs] == texts
+    assert "scripted failure" in get_record(docs[1])["error"] and docs[1].ents == ()
+    assert [get_record(d)["error"] for d in (docs[0], docs[2], docs[3])] == [None] * 3
+    assert [[e.text for e in d.ents] for d in docs] == [["Abilify"], [], ["vomiting"], ["Abilify"]]
+    assert component.n_failed_docs == 1
+    # strict: the error goes to spaCy's error handler, which raises by default...
+    component.strict = True
     with pytest.raises(RuntimeError, match="scripted failure"):
         list(nlp.pipe(texts))
+    # ...or records the whole batch, as the handler chooses.
     seen = []
     nlp.set_error_handler(lambda name, proc, docs, e: seen.append((name, len(docs))))
     docs = list(nlp.pipe(texts))

@@ -143,6 +143,24 @@ def extract(
     from spacy_medllm.pipeline.assemble import build_pipeline
 
     if pipeline is not None:
+        # A saved pipeline brings its own model, adapter, server and labels: refuse options that
+        # would be silently ignored.
+        ignored = [
+            option
+            for option, given in (
+                ("--label", bool(label)),
+                ("--adapter", adapter is not None),
+                ("--base-url", base_url is not None),
+                ("--model", model != "smollm2-135m-instruct"),
+            )
+            if given
+        ]
+        if ignored:
+            raise typer.BadParameter(
+                f"{', '.join(ignored)} cannot apply with --pipeline: a saved pipeline keeps its "
+                "own labels, model, adapter and server. Leave them out, or build a pipeline "
+                "with them instead of --pipeline."
+            )
         nlp = spacy.load(pipeline)
     else:
         nlp = build_pipeline(model, adapter, label, base_url=base_url)

@@ -83,7 +83,8 @@ class AlignedEntity:
 def summarise_records(records: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
     """What a `medllm_ner` component recorded over many documents (`get_record` of each Doc), in
     counts: how many answers could be read, how many entities the model emitted, how many became
-    spans and why the others did not (`rejected`, by reason; `not_in_text` are the invented ones).
+    spans and why the others did not (`rejected`, by reason; `not_in_text` are the invented ones),
+    documents whose requests failed (`n_errors`) and answers that ran out (`n_truncated`).
 
     A document without a record (the component did not run on it) counts in `n_docs` only.
     """
@@ -99,6 +100,7 @@ def summarise_records(records: Iterable[Mapping[str, Any] | None]) -> dict[str, 
         "repairs": {},
         "n_skipped": 0,
         "n_errors": 0,
+        "n_truncated": 0,
     }
     for record in records:
         summary["n_docs"] += 1
@@ -118,6 +120,7 @@ def summarise_records(records: Iterable[Mapping[str, Any] | None]) -> dict[str, 
             summary["repairs"][repair] = summary["repairs"].get(repair, 0) + 1
         summary["n_skipped"] += record.get("skipped") is not None
         summary["n_errors"] += record.get("error") is not None
+        summary["n_truncated"] += int(record.get("n_truncated") or 0)  # answers that ran out
     chunks = summary["n_chunks"]
     summary["parseable"] = (chunks - summary["n_parse_errors"]) / chunks if chunks else None
     emitted = summary["n_emitted"]

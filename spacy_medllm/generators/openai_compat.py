@@ -15,8 +15,20 @@ workers sharing one synchronous client (the client and its connection pool are t
 Threads rather than the async client, because `__call__` is synchronous and is called from
 spaCy's `pipe`, which may itself run inside an event loop (notebooks, async web servers), where
 `asyncio.run` is not allowed. The requests wait on the network, so threads cost nothing here.
-Retries and timeouts are the openai client's own (`max_retries`, exponential backoff on
-connection errors, 408/409/429 and 5xx; `timeout` per request attempt).
+Failures (`spacy_medllm.generators.retry_policy`): the openai client is built with no retries of
+its own; each request is retried here, with the client's backoff rule (0.5 s doubled up to 8 s,
+or the server's Retry-After), when the failure is transient (timeout, connection reset, 408, 409,
+429, 5xx, a body that is not a chat completion), at most `max_retries` times and never past its
+`deadline`. A refused connection and 401/403/404 are not retried and mark the server down (the
+circuit breaker), as do three requests in a row that failed after their retries: the requests that
+follow fail at once for 30 s instead of each waiting for its timeout. The client's own retries do
+not fit: they retry a refused connection, know no deadline and do not say how many retries they
+made. When some prompts of a call fail, the others are still answered and `PartialGenerationError`
+carries both (medllm_ner records the failures on their documents); error messages name what came
+back (status, content type, the start of the body) and the retries actually made.
+
+Over 600 lines: one class holds the backend's settings, budgets, requests and serialisation; the
+failure policy is apart (retry_policy.py).
 """
 
 from __future__ import annotations
@@ -28,8 +40,9 @@ import math
 import os
 import re
 import threading
+import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -41,6 +54,13 @@ from spacy_medllm.generators.base import (
     Prompt,
 )
 from spacy_medllm.generators.registry import OPENAI_GENERATOR
+from spacy_medllm.generators.retry_policy import (
+    CircuitBreaker,
+    Failure,
+    backoff_seconds,
+    classify,
+    read_completion,
+)
 
 logger = logging.getLogger("spacy_medllm")
 
@@ -73,6 +93,33 @@ CAPITALS_PER_TOKEN = 1.5
 TOKENS_PER_MESSAGE = 8
 TOKENS_PER_PROMPT = 32
 _PIECES = re.compile(r" ?[A-Za-z]+|\s+|.", re.DOTALL)
+
+# The circuit breaker (retry_policy.CircuitBreaker): the server is marked down after this many
+# requests in a row failed for transient reasons (after their retries), for this many seconds.
+SERVER_DOWN_AFTER = 3
+SERVER_DOWN_SECONDS = 30.0
+# A connection that cannot be made within this many seconds will not be made (a host that drops
+# packets): it does not wait for the whole `timeout`.
+CONNECT_TIMEOUT = 10.0
+# medllm_ner cuts documents into pieces whose answer fits max_new_tokens (answer_token_budget):
+# at most max_new_tokens - 24 text tokens, and never fewer than this many.
+MIN_PIECE_TEXT_TOKENS = 32
+
+
+class PartialGenerationError(GenerationError):
+    """Some prompts of a call failed: `responses[i]` is the answer to prompt i or None, `errors[i]`
+    the GenerationError of prompt i or None. medllm_ner keeps the answers and records the errors
+    on their documents."""
+
+    def __init__(
+        self,
+        message: str,
+        responses: Sequence[str | None],
+        errors: Sequence[GenerationError | None],
+    ) -> None:
+        super().__init__(message)
+        self.responses = list(responses)
+        self.errors = list(errors)
 
 
 SERVER_CONSTRAINED_MODES = ("off", "schema")
@@ -155,7 +202,11 @@ class OpenAIGenerator:
     batch_size: how many prompts the component hands over per call.
     max_concurrency: at most this many requests in flight at once.
     max_new_tokens, temperature: sent as `max_tokens` and `temperature` (0 = greedy).
-    timeout: seconds per request attempt; max_retries: the openai client's retries.
+    timeout: seconds per request attempt (a connection is given at most 10 s of it).
+    max_retries: further attempts after a transient failure (see the module docstring).
+    deadline: seconds one request may take in all, attempts and waits between them included
+        (None: only timeout and max_retries bound it). A request that cannot finish before its
+        deadline is not retried.
     max_prompt_tokens: the prompt budget (the server's context minus max_new_tokens), used to
         split long documents; None when unknown (no splitting).
     response_format_json: ask for `response_format={"type": "json_object"}` (JSON mode; OpenAI
@@ -192,6 +243,7 @@ class OpenAIGenerator:
         constrained: str = "off",
         labels: Sequence[str] | None = None,
         sized_answers: bool = False,
+        deadline: float | None = 120.0,
     ) -> None:
         if constrained not in SERVER_CONSTRAINED_MODES:
             raise ValueError(
@@ -227,6 +279,8 @@ class OpenAIGenerator:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if deadline is not None and deadline <= 0:
+            raise ValueError(f"deadline must be > 0 seconds or null, got {deadline}")
         if max_prompt_tokens is not None and max_prompt_tokens < 1:
             raise ValueError(
                 f"max_prompt_tokens must be at least 1 or null, got {max_prompt_tokens}"
@@ -252,6 +306,8 @@ class OpenAIGenerator:
         self.constrained = constrained
         self.labels = list(labels) if labels else []
         self.sized_answers = bool(sized_answers)
+        self.deadline = float(deadline) if deadline is not None else None
+        self.breaker = CircuitBreaker(SERVER_DOWN_AFTER, SERVER_DOWN_SECONDS)
         # Per prompt of the last call: finish_reason and token usage as the server reported them.
         self.last_usage: list[dict[str, Any]] = []
         self._client: Any = None
@@ -290,11 +346,12 @@ class OpenAIGenerator:
                         "OpenAIGenerator needs the openai package: "
                         "pip install 'spacy-medllm[openai]'"
                     ) from error
+                # No retries in the client: _complete retries (see the module docstring).
                 self._client = openai.OpenAI(
                     api_key=self._api_key(),
                     base_url=self.base_url,
                     timeout=self.timeout,
-                    max_retries=self.max_retries,
+                    max_retries=0,
                 )
             return self._client
 
@@ -305,7 +362,7 @@ class OpenAIGenerator:
             try:
                 served = [model.id for model in client.models.list()]
             except Exception as error:
-                raise self._error("listing the models", error) from None
+                raise self._error("listing the models", classify(error)) from None
             logger.info("%s serves %s", self.server, served)
             if served and self.model not in served:
                 logger.warning(
@@ -333,24 +390,34 @@ class OpenAIGenerator:
         # Keys some servers echo back in part ("Incorrect API key provided: sk-ab...").
         return re.sub(r"\b(sk|key)-[A-Za-z0-9_*.\-]{4,}", r"\1-***", text)
 
-    def _error(self, what: str, error: BaseException) -> GenerationError:
-        """A GenerationError naming the server and model, with nothing secret in it."""
-        name = type(error).__name__
-        status = getattr(error, "status_code", None)
-        detail = self._redact(str(error))
+    def _what_came_back(self, failure: Failure) -> str:
+        """The failure as shown: its class, what the server sent (redacted) and a hint."""
+        status = failure.status
         hint = ""
-        if name == "APITimeoutError":
+        if failure.kind == "timeout":
             hint = f"; no answer within timeout = {self.timeout:g} s"
-        elif name == "APIConnectionError":
+        elif failure.kind == "refused":
             hint = "; is the server running and is base_url right?"
+        elif failure.kind == "connection":
+            hint = "; the server closed the connection (did it restart or crash?)"
         elif status in (401, 403):
             hint = f"; check the key in the environment variable {self.api_key_env}"
         elif status == 404:
             hint = "; does base_url end with the API version (e.g. /v1) and is the model served?"
-        attempts = f" after {self.max_retries} retries" if self.max_retries else ""
+        elif failure.kind == "malformed":
+            hint = "; is base_url the server's OpenAI API (e.g. http://host:port/v1)?"
+        name = f"{failure.name}: " if failure.name else ""
+        return f"{name}{self._redact(failure.detail)}{hint}"
+
+    def _error(
+        self, what: str, failure: Failure, retries: int = 0, stopped: str = ""
+    ) -> GenerationError:
+        """A GenerationError naming the server, the model and what came back; nothing secret.
+        "after N retries" only when there were retries."""
+        attempts = f" after {retries} retries" if retries else ""
         return GenerationError(
             f"OpenAI-compatible server {self.server} (model {self.model!r}) failed {what}"
-            f"{attempts}: {name}{f' {status}' if status else ''}: {detail}{hint}"
+            f"{attempts}{stopped}: {self._what_came_back(failure)}"
         )
 
     # -- generation ------------------------------------------------------------------------------
@@ -391,16 +458,58 @@ class OpenAIGenerator:
             kwargs["extra_body"] = dict(self.extra_body)
         return kwargs
 
-    def _complete(self, client: Any, index: int, prompt: Prompt) -> tuple[str, dict[str, Any]]:
+    def _attempt(self, client: Any, prompt: Prompt, timeout: float) -> Any:
+        """One request; returns the completion or raises (MalformedResponse for a body that is
+        not a chat completion)."""
         try:
-            completion = client.chat.completions.create(**self.request_kwargs(prompt))
-        except Exception as error:
-            raise self._error(f"on prompt {index}", error) from None
-        if not getattr(completion, "choices", None):
-            raise GenerationError(
-                f"OpenAI-compatible server {self.server} (model {self.model!r}) returned no "
-                f"choices for prompt {index}: {self._redact(repr(completion))[:200]}"
-            )
+            import openai
+
+            limit: Any = openai.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
+        except (ImportError, AttributeError):  # pragma: no cover - older clients
+            limit = timeout
+        raw = client.chat.completions.with_raw_response.create(
+            **self.request_kwargs(prompt), timeout=limit
+        )
+        return read_completion(raw)
+
+    def _complete(self, client: Any, index: int, prompt: Prompt) -> tuple[str, dict[str, Any]]:
+        """Prompt `index`'s answer and usage, retried per the module docstring; raises a
+        GenerationError saying what came back and how many retries were made."""
+        started = time.monotonic()
+        deadline_at = started + self.deadline if self.deadline is not None else math.inf
+        retries = 0
+        while True:
+            refusal = self.breaker.check()
+            if refusal is not None:
+                raise GenerationError(
+                    f"OpenAI-compatible server {self.server} (model {self.model!r}): prompt "
+                    f"{index} {self._redact(refusal)}"
+                )
+            remaining = deadline_at - time.monotonic()
+            try:
+                completion = self._attempt(client, prompt, min(self.timeout, remaining))
+            except Exception as error:
+                failure = classify(error)
+                if failure.kind == "other":  # not the server: a bug or a bad setting
+                    raise self._error(f"on prompt {index}", failure, retries) from None
+                stopped = ""
+                if failure.retryable and retries < self.max_retries:
+                    wait = failure.retry_after
+                    if wait is None or wait <= 0:
+                        wait = backoff_seconds(retries)
+                    if time.monotonic() + wait < deadline_at:
+                        logger.info(
+                            "%s: prompt %d failed (%s); retry %d of %d in %.2f s",
+                            self.server, index, failure.kind, retries + 1, self.max_retries, wait,
+                        )  # fmt: skip
+                        time.sleep(wait)
+                        retries += 1
+                        continue
+                    stopped = f" (no time for another: deadline = {self.deadline:g} s)"
+                self.breaker.failure(failure, said=self._what_came_back(failure))
+                raise self._error(f"on prompt {index}", failure, retries, stopped) from None
+            self.breaker.success()
+            break
         choice = completion.choices[0]
         usage = getattr(completion, "usage", None)
         meta = {
@@ -408,7 +517,10 @@ class OpenAIGenerator:
             "prompt_tokens": getattr(usage, "prompt_tokens", None),
             "completion_tokens": getattr(usage, "completion_tokens", None),
         }
-        content = choice.message.content
+        if retries:
+            meta["retries"] = retries
+        message = getattr(choice, "message", None)
+        content = getattr(message, "content", None)
         if content is None:
             logger.warning(
                 "%s (model %r) answered prompt %d without text (finish_reason %r)",
@@ -418,43 +530,52 @@ class OpenAIGenerator:
                 meta["finish_reason"],
             )
             content = ""
-        return content, meta
+        return str(content), meta
 
     def __call__(self, prompts: Sequence[Prompt]) -> list[str]:
-        """One response per prompt, in the prompts' order; raises GenerationError on a failure.
+        """One response per prompt, in the prompts' order.
 
-        At most `max_concurrency` requests run at once. When one fails (after the client's
-        retries), the requests not yet started are cancelled and the error is raised.
+        At most `max_concurrency` requests run at once. Every prompt is tried, also when others
+        fail (a server marked down fails the rest at once); if any failed, PartialGenerationError
+        (a GenerationError) carries the answers and the errors, prompt by prompt.
         """
         if not prompts:
             self.last_usage = []
             return []
         client = self._get_client()
         results: list[str | None] = [None] * len(prompts)
+        errors: list[GenerationError | None] = [None] * len(prompts)
         metas: list[dict[str, Any]] = [{} for _ in prompts]
+
+        def run(i: int) -> None:
+            try:
+                results[i], metas[i] = self._complete(client, i, prompts[i])
+            except GenerationError as error:
+                errors[i] = error
+                metas[i] = {"error": str(error)}
+
         workers = min(self.max_concurrency, len(prompts))
         if workers == 1:
-            for i, prompt in enumerate(prompts):
-                results[i], metas[i] = self._complete(client, i, prompt)
+            for i in range(len(prompts)):
+                run(i)
         else:
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medllm-openai")
             try:
-                futures: list[Future] = [
-                    pool.submit(self._complete, client, i, prompt)
-                    for i, prompt in enumerate(prompts)
-                ]
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                failed = [f for f in futures if f in done and f.exception() is not None]
-                if failed:
-                    # Fail fast: queued requests are cancelled, the ones in flight are left to
-                    # finish (bounded by timeout and retries) and their answers are dropped.
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise failed[0].exception()  # type: ignore[misc]
-                for i, future in enumerate(futures):
-                    results[i], metas[i] = future.result()
+                futures: list[Future] = [pool.submit(run, i) for i in range(len(prompts))]
+                for future in futures:
+                    future.result()  # re-raises what is not a GenerationError (a bug)
             finally:
                 pool.shutdown(wait=False, cancel_futures=True)
         self.last_usage = metas
+        failed = [error for error in errors if error is not None]
+        if failed:
+            if len(prompts) == 1:
+                raise PartialGenerationError(str(failed[0]), results, errors) from None
+            raise PartialGenerationError(
+                f"{len(failed)} of {len(prompts)} requests failed; the first: {failed[0]}",
+                results,
+                errors,
+            ) from None
         return [text if text is not None else "" for text in results]
 
     # -- budgeting -------------------------------------------------------------------------------
@@ -462,6 +583,12 @@ class OpenAIGenerator:
     def prompt_token_budget(self) -> int | None:
         """`max_prompt_tokens` as configured: the server's context is not asked for."""
         return self.max_prompt_tokens
+
+    def answer_token_budget(self) -> int:
+        """The most answer tokens a request may take (`max_new_tokens`): medllm_ner cuts
+        documents into pieces whose list of entities fits it, and cuts a piece again when its
+        answer still ran out."""
+        return self.max_new_tokens
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
         """An upper estimate of the prompt's tokens: the server's tokenizer is unknown.
@@ -520,6 +647,7 @@ class OpenAIGenerator:
             "constrained": self.constrained,
             "labels": self.labels or None,
             "sized_answers": self.sized_answers,
+            "deadline": self.deadline,
         }
 
     def to_disk(self, path: Path) -> None:
@@ -533,8 +661,8 @@ class OpenAIGenerator:
         """Restore what determines the output: the model and the generation settings.
 
         The deployment's settings (base_url, api_key_env, batch_size, max_concurrency, timeout,
-        max_retries, health_check) stay as this object was built: the server is found where this
-        machine's config says.
+        max_retries, deadline, health_check) stay as this object was built: the server is found
+        where this machine's config says.
         """
         state = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf8"))
         if state.get("model") and state["model"] != self.model:
@@ -559,11 +687,13 @@ class OpenAIGenerator:
         state = self.__dict__.copy()
         state["_client"] = None
         del state["_lock"]
+        del state["breaker"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self.breaker = CircuitBreaker(SERVER_DOWN_AFTER, SERVER_DOWN_SECONDS)
 
     def __repr__(self) -> str:
         return (

@@ -369,12 +369,35 @@ def resolve_base_model(name_or_path: str, cache_dir: str | Path | None = None) -
 
 
 def quiet_optional_kernels() -> None:
-    """Silence bitsandbytes' CPU notice about the optional `kernels` package.
+    """Silence bitsandbytes' CPU notice about the optional `kernels` package, and keep it from
+    fetching code from the Hugging Face hub when it is imported.
 
     peft imports bitsandbytes whenever it is installed; on a CPU, bitsandbytes then logs a warning
     that its optional 4-bit CPU kernels are missing. 4-bit loading is offered on CUDA only, so the
     notice says nothing about what this package does and is lowered to errors only.
+    On a CPU with AVX512-BF16, importing bitsandbytes also calls `kernels.get_kernel(...)`, which
+    asks huggingface.co about the kernel's publisher and downloads and loads its compiled code:
+    network access and native code from the hub on a path that should need neither. bitsandbytes
+    is therefore imported here first with the hub in offline mode (a kernel already in the cache
+    is still used; without one bitsandbytes uses its own code). tests/test_security.py runs the
+    transformers path with the network blocked.
     """
+    import importlib.util
     import logging
+    import sys
 
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None:
+        return
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - transformers requires huggingface_hub
+        return
+    offline = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:  # peft imports it again and reports what is wrong
+        pass
+    finally:
+        constants.HF_HUB_OFFLINE = offline

@@ -90,6 +90,7 @@ def make_openai_generator(
     constrained: str = "off",
     labels: list[str] | None = None,
     sized_answers: bool = False,
+    deadline: float | None = 120.0,
 ) -> OpenAIGenerator:
     """A generator backed by an OpenAI-compatible server; the client is built on first use."""
     from spacy_medllm.generators.openai_compat import OpenAIGenerator
@@ -111,6 +112,7 @@ def make_openai_generator(
         constrained=constrained,
         labels=labels,
         sized_answers=sized_answers,
+        deadline=deadline,
     )
 
 

@@ -21,11 +21,20 @@ from spacy_medllm.core.alignment import find_entities, snap_to_tokens
 from spacy_medllm.core.chunking import ChunkingError, piece_budget, plan_chunks
 from spacy_medllm.core.confidence import LOW_CONFIDENCE, ScoredResponse, entity_confidences
 from spacy_medllm.core.labels import DEFAULT_LABELS, LabelSet
+from spacy_medllm.core.language import LanguageCheck
 from spacy_medllm.core.parsing import parse_response
 from spacy_medllm.core.prompts import PromptBuilder, PromptTemplate
-from spacy_medllm.core.records import Rejection
+from spacy_medllm.core.records import ParseResult, Rejection
 from spacy_medllm.generators import Generator
-from spacy_medllm.pipeline.cache import ResponseCache, cached_generate, resolve_cache_dir
+from spacy_medllm.pipeline.cache import ResponseCache, resolve_cache_dir
+from spacy_medllm.pipeline.pieces import (
+    CUT_OFF,
+    MAX_HALVINGS,
+    MIN_HALVED_CHARS,
+    halve,
+    text_cap,
+)
+from spacy_medllm.pipeline.resilience import Job, Resilience
 from spacy_medllm.pipeline.spans import assign_spans
 
 logger = logging.getLogger("spacy_medllm")
@@ -66,7 +75,7 @@ def _choice(name: str, value: str, allowed: Sequence[str]) -> str:
     return value
 
 
-class MedLLMNER(Pipe):
+class MedLLMNER(Resilience, Pipe):
     """Generative entity extraction as a spaCy pipe.
 
     text -> prompt (PromptBuilder) -> generator -> response -> parse_response -> find_entities
@@ -98,7 +107,20 @@ class MedLLMNER(Pipe):
         whole abstracts, given pieces, still writes abstract-length lists (README, NCBI-disease).
         Needs long_documents = "split".
     save_io: keep each prompt and raw response in the record.
-    strict: raise MedLLMParseError when a response cannot be parsed, instead of recording it.
+    strict: raise instead of recording: MedLLMParseError when a response cannot be parsed, and
+        the generator's error when a request fails. Not strict (the default), a failed request
+        (server down, timeout, HTTP error) is recorded on its document (record "error", and the
+        pieces in "failed_chunks"), counted (`summarise_records`: n_errors) and logged, and
+        `nlp.pipe` goes on with the next documents; a batch that fails as a whole is retried
+        one document at a time, so one bad document does not take the others down.
+    Answers that ran out (the JSON list cut off at the answer budget) are flagged: the chunk's
+    "truncated" and the record's "n_truncated". With a generator that tells its answer budget
+    (`answer_token_budget()`, the OpenAI-compatible backend), pieces are at most as long as an
+    answer can list (`pipeline.pieces`), and a piece whose answer ran out all the same is cut in
+    two and asked again ("split_again").
+    The pipeline's language (`nlp.lang`) is what the model is taken to read: text that looks
+    like another language (`core.language`) is noted in the record ("language") and warned
+    about once per component.
     confidence: score each entity by the mean log-probability of its answer tokens (needs a
         generator with `generate_scored`, such as medllm.HFGenerator.v1): `span._.medllm_confidence`
         and the record's chunks[i]["confidence"].
@@ -191,6 +213,11 @@ class MedLLMNER(Pipe):
         self._label_definitions = dict(label_definitions or {})
         self._label_aliases = dict(label_aliases or {})
         self._template = prompt or PromptTemplate()
+        lang = getattr(vocab, "lang", None)
+        self._language = LanguageCheck(lang) if lang and lang != "xx" else None
+        self._warned_language = False
+        self._warned_cut_off = False
+        self.n_failed_docs = 0  # documents with a failed request, since the component was built
         # Definitions for labels that are not predicted are almost always a typo: say so.
         LabelSet(labels, self._label_definitions, self._label_aliases)
         self._set_labels(labels)
@@ -293,45 +320,72 @@ class MedLLMNER(Pipe):
                 "rejected": [],
                 "skipped": None,
                 "error": None,
+                "failed_chunks": [],
+                "n_truncated": 0,
+                "split_again": [],
+                "language": None,
                 "cache": None,
             }
         )
         return record
 
     def _process_batch(self, docs: Sequence[Doc]) -> list[Doc]:
-        jobs: list[tuple[int, int, int]] = []  # (doc index, chunk start, chunk end)
         # Doc.text joins all tokens on each access: read it once per doc, not once per chunk (a
         # 20,000-word document has thousands of chunks).
         texts = [doc.text for doc in docs]
+        jobs: list[Job] = []
+        planned: list[int] = []
         for i, doc in enumerate(docs):
             record = self._new_record(doc)
             if not texts[i].strip():
                 record["skipped"] = "empty document"
                 continue
-            for start, end in self._chunks(doc):
-                jobs.append((i, start, end))
-        prompts = [self.prompt_builder.messages(texts[i][s:e]) for i, s, e in jobs]
-        answers, lookups = cached_generate(
-            self.generator, prompts, self.response_cache, scored=self.confidence
-        )
-        responses = [answer.text for answer in answers]
-        scored: list[ScoredResponse | None] = (
-            list(answers) if self.confidence else [None] * len(prompts)
-        )
-        found: dict[int, list[Span]] = {i: [] for i in range(len(docs))}
-        for (i, start, end), prompt, response, scores, lookup in zip(
-            jobs, prompts, responses, scored, lookups, strict=True
-        ):
-            found[i].extend(
-                self._read_response(
-                    docs[i], start, end, prompt, response, scores, text=texts[i][start:end]
-                )
-            )
-            if lookup is not None:
-                self._count_cache(self._record(docs[i]), lookup)
-        for i, doc in enumerate(docs):
-            if texts[i].strip():
-                self._assign(doc, found[i])
+            self._check_language(texts[i], record)
+            try:
+                ranges = self._chunks(doc)
+            except ChunkingError as error:
+                if self.strict or self.long_documents == "error":
+                    raise
+                self._fail(doc, error)
+                continue
+            planned.append(i)
+            jobs.extend((i, start, end, 0) for start, end in ranges)
+        found: dict[int, list[Span]] = {i: [] for i in planned}
+        split_again = text_cap(self.generator) is not None
+        while jobs:
+            prompts, answers, lookups = self._generate(docs, texts, jobs)
+            again: list[Job] = []
+            for job, prompt, answer, lookup in zip(jobs, prompts, answers, lookups, strict=True):
+                if answer is None:  # the request failed: recorded on the document
+                    continue
+                i, start, end, halved = job
+                parsed = parse_response(answer.text, self.label_set)
+                cut_off = CUT_OFF in parsed.repairs
+                if (
+                    cut_off
+                    and split_again
+                    and halved < MAX_HALVINGS
+                    and end - start >= MIN_HALVED_CHARS
+                ):
+                    pieces = halve(texts[i], start, end)
+                    if len(pieces) > 1:
+                        self._record(docs[i])["split_again"].append({"start": start, "end": end})
+                        again.extend((i, a, b, halved + 1) for a, b in pieces)
+                        continue
+                scores = answer if self.confidence else None
+                found[i].extend(
+                    self._read_response(
+                        docs[i], start, end, prompt, answer.text, scores,
+                        text=texts[i][start:end], parsed=parsed, cut_off=cut_off,
+                    )
+                )  # fmt: skip
+                if lookup is not None:
+                    self._count_cache(self._record(docs[i]), lookup)
+            jobs = again
+        for i in planned:
+            record = self._record(docs[i])
+            if record["error"] is None or record["chunks"]:
+                self._assign(docs[i], found[i])
         return list(docs)
 
     @staticmethod
@@ -349,9 +403,11 @@ class MedLLMNER(Pipe):
         def count_tokens(text: str) -> int:
             return self.generator.count_prompt_tokens(self.prompt_builder.messages(text))
 
-        budget = piece_budget(
-            count_tokens, self.max_chunk_tokens, self.generator.prompt_token_budget()
-        )
+        cap = self.max_chunk_tokens
+        answer_cap = text_cap(self.generator)  # pieces whose list of entities fits the answer
+        if answer_cap is not None:
+            cap = answer_cap if cap is None else min(cap, answer_cap)
+        budget = piece_budget(count_tokens, cap, self.generator.prompt_token_budget())
         if budget is None:
             return [(0, len(doc.text))]
         try:
@@ -374,15 +430,23 @@ class MedLLMNER(Pipe):
         scores: ScoredResponse | None = None,
         *,
         text: str | None = None,
+        parsed: ParseResult | None = None,
+        cut_off: bool = False,
     ) -> list[Span]:
-        """Parse one chunk's response and align it; `text` is doc.text[start:end] if known."""
+        """Parse one chunk's response (unless `parsed`) and align it; `text` is
+        doc.text[start:end] if known; `cut_off`: the answer ran out (flagged in the record)."""
         record = self._record(doc)
         chunk: dict[str, Any] = {"start": start, "end": end}
         if self.save_io:
             chunk["prompt"] = prompt
             chunk["response"] = response
+        if cut_off:
+            chunk["truncated"] = True
+            record["n_truncated"] += 1
+            self._warn_cut_off()
         record["chunks"].append(chunk)
-        parsed = parse_response(response, self.label_set)
+        if parsed is None:
+            parsed = parse_response(response, self.label_set)
         record["repairs"].extend(r for r in parsed.repairs if r not in record["repairs"])
         chunk["n_emitted"] = len(parsed.entities) + len(parsed.rejections)
         record["n_emitted"] += chunk["n_emitted"]
