@@ -69,13 +69,17 @@ def test_project_workflows_are_complete() -> None:
     # scores its ADE LoRA next to `all`'s seed pipeline and the `baselines`, and its systems
     # table also shows the rows of `medllm-ncbi-disease` and `medllm-bc5cdr` (and each of these
     # three the others' rows), `distil` takes the ADE pipeline as its default teacher, and
-    # `data`'s LLM labelling uses `all`'s seed LoRA.
+    # `data`'s LLM labelling uses `all`'s seed LoRA, and `serving`, `batch` and `clinical` serve,
+    # run or read `all`'s seed model.
     builds_on = {
         "medllm": ["all", "baselines", "medllm-ncbi-disease", "medllm-bc5cdr"],
         "medllm-ncbi-disease": ["all", "baselines", "medllm", "medllm-bc5cdr"],
         "medllm-bc5cdr": ["all", "baselines", "medllm", "medllm-ncbi-disease"],
         "distil": ["medllm"],
         "data": ["all"],
+        "serving": ["all"],
+        "batch": ["all"],
+        "clinical": ["all"],
     }
 
     def outputs_of(workflow: str) -> set[str]:

@@ -294,11 +294,12 @@ def test_annotator_report_scores_per_label_strict_and_partial(composed, tmp_path
             assert label in system["strict"]["per_label"]
             assert label in system["overlap"]["per_label"]
         assert system["overlap"]["micro"]["f1"] >= system["strict"]["micro"]["f1"]
-    # English mentions are dictionary forms; Estonian ones are inflected, which a dictionary of
-    # lemmas mostly misses: the report shows it.
+    # English mentions are mostly the pages' names (the rest brand names and misspellings the
+    # synthesiser writes and the pages do not give); Estonian ones are inflected, which a
+    # dictionary of lemmas mostly misses: the report shows it.
     en_drug = by_lang["en"]["strict"]["per_label"]["DRUG"]["recall"]
     et_drug = by_lang["et"]["strict"]["per_label"]["DRUG"]["recall"]
-    assert en_drug == 1.0 and et_drug < 0.8
+    assert 0.5 <= en_drug < 1.0 and et_drug < en_drug, (en_drug, et_drug)
     markdown = (tmp_path / "annotators.md").read_text()
     assert "dictionary (en)" in markdown and "dictionary (et)" in markdown
 
