@@ -102,7 +102,7 @@ def summarise(figures: list[dict[str, Any]], cases: list[dict[str, Any]]) -> dic
         and not fault_failures
         and lost == 0,
         "0 records lost to interruptions": (
-            all(int(f.get("records_lost", 0)) == 0 for f in interruptions)
+            all("records_lost" in f and int(f["records_lost"]) == 0 for f in interruptions)
             if interruptions
             else None  # not measured in this run
         ),

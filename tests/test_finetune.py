@@ -617,6 +617,18 @@ def test_resume_continues_from_the_last_checkpoint(examples, tiny_base, tmp_path
     assert record["training"]["log"][0]["step"] == 1
 
 
+def test_a_checkpoint_with_a_cut_state_file_is_not_resumed(tmp_path):
+    # A kill while transformers writes trainer_state.json (not atomic) leaves a cut file: that
+    # checkpoint is incomplete, deleted, and the one before it is resumed.
+    folder = tmp_path / "checkpoints"
+    for step in (2, 4):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        (folder / f"checkpoint-{step}" / "trainer_state.json").write_text('{"global_step": 2}')
+    (folder / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4, "log_hi')
+    assert last_checkpoint(folder).name == "checkpoint-2"
+    assert not (folder / "checkpoint-4").exists()
+
+
 def test_a_finished_run_is_up_to_date_and_is_not_trained_again(examples, tiny_base, tmp_path):
     config = tiny_config(tiny_base, tmp_path / "run", max_steps=2)
     adapter = finetune(config, examples)

@@ -94,19 +94,22 @@ def calibrate(
     path: Path | None = typer.Option(None, help="The corpus folder (or file)."),
     limit: int | None = typer.Option(None, help="The first N documents only."),
     labels: str | None = typer.Option(None, help="Comma-separated labels to score."),
-    thresholds: str = typer.Option(
-        "none,0.5,0.7,0.8,0.9,0.95",
-        help="Candidates, mildest first (none: no veto); the first wins a tie.",
+    thresholds: str | None = typer.Option(
+        None,
+        help="Candidates, mildest first (none: no veto; the first wins a tie) "
+        "[default: none, 0.05 to 0.95 by 0.05, 0.97, 0.99].",
     ),
     output: Path = typer.Option(..., help="JSON report to write (Markdown beside it)."),
     write: Path | None = typer.Option(
         None, help="Save the pipeline with the best threshold to this folder."
     ),
 ) -> None:
-    """Choose the empty-answer threshold on held-out gold texts: run the pipeline once per
-    candidate and keep the best strict F1. For adapters trained on data with many empty texts
-    that answer `[]` too often."""
+    """Choose the empty-answer threshold on held-out gold texts: two runs (greedy, recording
+    each piece's P([]); then with `[]` vetoed on the pieces that answered it) give the documents
+    of every candidate; the best strict F1 is verified by a third run. For adapters that answer
+    `[]` too often or too seldom."""
     from spacy_medllm.evaluation.calibrate import (
+        DEFAULT_THRESHOLDS,
         apply_threshold,
         calibrate_empty_threshold,
         calibration_markdown,
@@ -119,7 +122,11 @@ def calibrate(
     if corpus is not None and split == "test":
         raise typer.BadParameter("calibrate on a dev split: the test split is for the report")
     try:
-        candidates = [None if t.strip().lower() == "none" else float(t) for t in csv(thresholds)]
+        candidates = (
+            list(DEFAULT_THRESHOLDS)
+            if thresholds is None
+            else [None if t.strip().lower() == "none" else float(t) for t in csv(thresholds)]
+        )
     except ValueError as error:
         raise typer.BadParameter(f"--thresholds: {error}") from error
     examples = _gold_examples(corpus, gold, gold_format, split, path, labels, limit)

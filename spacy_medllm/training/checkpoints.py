@@ -60,8 +60,18 @@ _RUN_KEYS = (
 )
 
 
+def _state_is_whole(path: Path) -> bool:
+    """trainer_state.json exists and parses (transformers does not write it atomically: a kill
+    while it is written leaves a cut file)."""
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def last_checkpoint(checkpoints_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint (its trainer_state.json is written last), or None.
+    """The newest complete checkpoint (its trainer_state.json is written last, and whole), or
+    None.
 
     Incomplete checkpoints (a save interrupted half-way) are deleted.
     """
@@ -74,7 +84,7 @@ def last_checkpoint(checkpoints_dir: str | Path) -> Path | None:
         if path.is_dir() and suffix.isdigit():
             found.append((int(suffix), path))
     for _, path in sorted(found, reverse=True):
-        if (path / "trainer_state.json").is_file():
+        if _state_is_whole(path / "trainer_state.json"):
             return path
         if is_main_process():
             logger.warning("Deleting the incomplete checkpoint %s", path)
