@@ -400,6 +400,22 @@ EN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "{DRUG} did nothing for me except {AE}. Switched to {DRUG2}.",
         "{DRUG} worked well. I was warned about {HYP} but never had it.",
     ),
+    # Texts that name no drug, effect, illness or procedure (routine messages, negated-only
+    # check-ins): the answer is []. Without them an adapter never learns to answer [] and labels
+    # something in every text ("Nothing to report today." -> "today" as a DRUG). NEUTRAL
+    # sentences count as content here, so the texts differ by more than their filler.
+    "no_mention": (
+        "Nothing new to report this week. {NEUTRAL}",
+        "Hi, could I move my review {DAYS} days later? {NEUTRAL}",
+        "Thanks for the call yesterday. {NEUTRAL} {NEUTRAL}",
+        "Just checking in: no {NEG} and no {NEG2} so far. {NEUTRAL}",
+        "Routine review, all stable. Denies {NEG}.",
+        "{NEUTRAL} {NEUTRAL} That is all for now.",
+        "Feeling well today. {NEUTRAL}",
+        "Is the clinic open over the holidays? {NEUTRAL}",
+        "Please call me back on {PHONE} about my appointment. {NEUTRAL}",
+        "Follow-up in {DAYS} days. No new complaints.",
+    ),
 }
 
 EN_KINDS = tuple(EN_TEMPLATES)

@@ -39,6 +39,11 @@ LLM_PROMPTS: dict[tuple[str, str], str] = {
         "Write a long e-mail (three paragraphs) from a relative of a patient who takes {drug} for "
         "{condition} and developed {effects}; add everyday details. Only the e-mail."
     ),
+    ("en", "no_mention"): (
+        "Write a short routine message from a patient to their clinic (an appointment, a "
+        "callback, thanks, feeling well) that names no medicine, no symptom, no illness and no "
+        "procedure. Only the message."
+    ),
     ("en", "social_post"): (
         "Write a short social-media post (under 30 words, lower case, casual) by someone on "
         "{drug} who has {effects}. Only the post."

@@ -193,6 +193,9 @@ class _Builder:
         return text_hash("".join(self.masked))
 
 
+EMPTY_KINDS = frozenset({"no_mention"})  # styles whose texts name nothing to label
+
+
 def kinds_for(lang: str) -> tuple[str, ...]:
     """The styles of a language: English has `english.EN_KINDS`, Estonian the three `KINDS`."""
     return EN_KINDS if lang == "en" else KINDS
@@ -370,7 +373,9 @@ class OfflineComposer:
             out.add(template[position : match.start()])
             position = match.end()
             slot = match.group(1)
-            if slot == "NEUTRAL":
+            if slot == "NEUTRAL" and kind == "no_mention":  # the content of such a text
+                out.add(neutral.pop() if neutral else "")
+            elif slot == "NEUTRAL":
                 out.add_filler(slot, neutral.pop() if neutral else "")
             elif slot in ("NEG", "NEG2", "HYP"):
                 kind_name = "hypothetical" if slot == "HYP" else "negated"
@@ -379,7 +384,10 @@ class OfflineComposer:
                 if slot == "HYP":  # "it can cause a rash"; but "no rash", "denies rash"
                     out.add(lead)
                 start = out.length
-                out.add_filler(slot, words)
+                if kind == "no_mention":
+                    out.add(words)
+                else:
+                    out.add_filler(slot, words)
                 unlabelled[kind_name].append({"start": start, "end": out.length, "text": words})
             elif slot in ("AE", "AECL", "AECL2"):
                 rest = named[used:] or named[-1:]
@@ -453,14 +461,22 @@ class OfflineComposer:
         misses = 0
         made = 0
         turn = 0
+        # Texts with nothing to label never make up for other styles' shortfall: at most their
+        # turn's share of n.
+        empty_quota = -(-n // len(kinds))
+        n_empty = 0
         while made < n and misses < patience:
             kind = kinds[turn % len(kinds)]
             turn += 1
+            if kind in EMPTY_KINDS and n_empty >= empty_quota:
+                misses += 1
+                continue
             record = self.compose(rng, lang, kind)
             if record is None or record.meta["content_key"] in seen:
                 misses += 1
                 continue
             seen.add(record.meta["content_key"])
+            n_empty += kind in EMPTY_KINDS
             misses = 0
             made += 1
             yield record
