@@ -99,6 +99,19 @@ def test_grounded_only_copies_the_document() -> None:
     assert run(automaton, "[]") == DONE
 
 
+def test_grounded_texts_start_at_a_word() -> None:
+    # A piece of another word ("tart" in "started") is not a copy of an entity: alignment would
+    # widen it to that word. Words start after a space or a sign, and anywhere in scripts
+    # written without spaces.
+    automaton = AnswerAutomaton(LABELS, "I started Lexapro (10mg); 头痛和恶心.")
+    for entity in ["started", "Lexapro", "10mg", "(10mg)", "mg", "头痛", "恶心", "痛和"]:
+        assert run(automaton, answer((entity, "DRUG"))) == DONE, entity
+    for entity in ["tart", "tarted", "exapro", "0mg"]:
+        assert run(automaton, answer((entity, "DRUG"))) != DONE, entity
+    # the end of an entity may still fall inside a word (an inflected form's lemma)
+    assert run(AnswerAutomaton(LABELS, "metformiini"), answer(("metformiin", "DRUG"))) == DONE
+
+
 def test_grounded_blank_document_allows_only_the_empty_list() -> None:
     automaton = AnswerAutomaton(LABELS, " \n ")
     assert run(automaton, "[]") == DONE

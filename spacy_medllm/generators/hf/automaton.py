@@ -74,6 +74,31 @@ State = tuple  # automaton states are hashable tuples; their first item names th
 DONE: State = ("done",)
 
 
+# Scripts written without spaces between words: an entity may start at any of their characters.
+# Thai and Lao, Myanmar, Khmer, kana, CJK.
+_UNSPACED = (
+    (0x0E00, 0x0EFF),
+    (0x1000, 0x109F),
+    (0x1780, 0x17FF),
+    (0x3040, 0x30FF),
+    (0x3400, 0x4DBF),
+    (0x4E00, 0x9FFF),
+    (0xF900, 0xFAFF),
+)
+
+
+def _may_start_entity(previous: str, char: str) -> bool:
+    """Grounded entity texts start at a word: a non-space character that does not continue a word
+    (a letter after a letter, a digit after a digit), except in scripts written without spaces. A
+    model that meant a word the text does not have could otherwise copy a piece of another word
+    ("tart" from "started"), which alignment would then widen to that whole word."""
+    if char.isspace():
+        return False
+    if not (previous.isalpha() and char.isalpha()) and not (previous.isdigit() and char.isdigit()):
+        return True
+    return any(low <= ord(char) <= high for low, high in _UNSPACED)
+
+
 def _utf8_length(lead: int) -> int:
     """The length of a UTF-8 sequence starting with byte `lead`, or 0 if it cannot start one."""
     if 0xC2 <= lead <= 0xDF:
@@ -115,14 +140,16 @@ class AnswerAutomaton:
             to_boundary = [0] * (len(self.encoded) + 1)
             offset = 0
             first_costs = []
+            previous = ""
             for char, piece in zip(document, pieces, strict=True):
                 boundaries.add(offset)
-                if not char.isspace():
+                if _may_start_entity(previous, char):
                     starts.append(offset)
                     first_costs.append(len(piece))
                 for k in range(len(piece)):
                     to_boundary[offset + k] = len(piece) - k
                 offset += len(piece)
+                previous = char
             boundaries.add(offset)
             self._starts = tuple(starts)
             self._boundaries = frozenset(boundaries)
