@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -32,7 +33,9 @@ def test_package_adapter_halves_the_weights_and_is_reproducible(
     import torch
     from safetensors.torch import load_file
 
-    # a finished run's adapter folder: weights, config, prompt settings
+    # a finished run's adapter folder: weights, config, prompt settings (a copy: the fixture's
+    # folder is shared with other tests, which must not see this prompt file)
+    tiny_adapter_dir = Path(shutil.copytree(tiny_adapter_dir, tmp_path / "run"))
     (tiny_adapter_dir / "prompt_template.json").write_text(
         json.dumps({"labels": ["DRUG"], "label_definitions": {}, "template": {}})
     )

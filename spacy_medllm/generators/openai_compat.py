@@ -5,6 +5,10 @@ Works with OpenAI itself and with local servers (vLLM, llama.cpp's server, llama
 building an `OpenAIGenerator` imports only the standard library and spaCy; the `openai` package is
 imported when the client is first needed (`initialize()` or the first call).
 
+Over 600 lines: one class, whose docstring documents each of its settings, and the checks that
+turn every kind of server answer into either a response or an error naming what came back; the
+retry rules live in `retry_policy.py`.
+
 The API key is read from the environment variable named by `api_key_env`, never from the config.
 It lives only inside the openai client: `describe()`, `to_disk`, `repr` and error messages never
 show it. Local servers (localhost, 127.0.0.1, ::1) usually check no key, so when the variable is
