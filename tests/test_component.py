@@ -388,3 +388,21 @@ def test_outside_tokens_never_override_another_components_entities():
     doc = nlp("After starting Abilify I have nausea.")
     assert [(t.text, t.ent_iob_) for t in doc][2] == ("Abilify", "B")
     assert {t.ent_iob_ for t in doc if t.text != "Abilify"} == {"O"}
+
+
+def test_sentence_ends_keep_their_closing_quotes() -> None:
+    # Found by the property tests: the `"` after `?` was in no piece, so never sent to the model.
+    from spacy_medllm.core.chunking import sentence_ranges
+    from spacy_medllm.pipeline.pieces import halve
+
+    text = 'He asked "is it the pills?" and left. (Then slept.) Next day fine.'
+    doc = spacy.blank("en")(text)
+    ranges = sentence_ranges(doc)
+    assert [text[a:b] for a, b in ranges] == [
+        'He asked "is it the pills?"',
+        "and left.",
+        "(Then slept.)",
+        "Next day fine.",
+    ]
+    covered = {i for a, b in halve(text, 0, len(text)) for i in range(a, b)}
+    assert all(i in covered for i, char in enumerate(text) if not char.isspace())

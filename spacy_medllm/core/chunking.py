@@ -24,8 +24,10 @@ def sentence_ranges(doc: Doc) -> list[Range]:
         return [(sent.start_char, sent.end_char) for sent in doc.sents]
     ranges, start = [], 0
     for match in _SENTENCE_BREAK.finditer(doc.text):
-        if match.start() > start:
-            ranges.append((start, match.start()))
+        # closing quotes and brackets after the sentence end belong to the sentence (`?" `)
+        end = match.start() + len(match.group()) - len(match.group().lstrip("\"')]"))
+        if end > start:
+            ranges.append((start, end))
         start = match.end()
     if start < len(doc.text):
         ranges.append((start, len(doc.text)))

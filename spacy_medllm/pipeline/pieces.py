@@ -77,7 +77,9 @@ def halve(text: str, start: int, end: int) -> list[Range]:
         breaks = list(_SPACE.finditer(text, start, end))
     if breaks:
         cut = min(breaks, key=lambda m: abs(m.start() - middle))
-        left, right = (start, cut.start()), (cut.end(), end)
+        # A sentence end's closing quotes or brackets (`?" `) stay with the left piece.
+        closing = len(cut.group()) - len(cut.group().lstrip("\"')]"))
+        left, right = (start, cut.start() + closing), (cut.end(), end)
     else:
         left, right = (start, middle), (middle, end)
     pieces = []
