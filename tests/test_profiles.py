@@ -89,9 +89,10 @@ def test_main_runs_the_command_with_the_values_and_returns_its_status(
     assert DEFAULT_PROFILES.is_file()
 
 
-def test_readme_profile_table_is_the_shipped_profiles() -> None:
-    """The README's table is `python -m spacy_medllm profile --show` of configs/profiles.cfg
-    (regenerate: `--show > t.md && python scripts/update_readme.py t.md --name profiles`)."""
-    readme = (ROOT / "README.md").read_text(encoding="utf8")
+def test_docs_profile_table_is_the_shipped_profiles() -> None:
+    """docs/workflow.md's table is `python -m spacy_medllm profile --show` of configs/profiles.cfg
+    (regenerate: `--show > t.md && python scripts/update_readme.py t.md --name profiles
+    --readme docs/workflow.md`)."""
+    readme = (ROOT / "docs" / "workflow.md").read_text(encoding="utf8")
     block = readme.split("<!-- profiles:start -->")[1].split("<!-- profiles:end -->")[0]
     assert block.strip() == markdown(load_profiles()).strip()
