@@ -40,6 +40,7 @@ import spacy
 from spacy.language import Language
 from spacy.tokens import Doc
 
+from benchmarks._report import write_report
 from spacy_medllm.clinical import add_context
 from spacy_medllm.clinical.entities import (
     FAMILY,
@@ -291,11 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": run(sets, settings),
         "not_run": not_run,
     }
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    output.with_suffix(".md").write_text(markdown(report), encoding="utf8")
-    print(markdown(report))
+    write_report(args.output, report, markdown(report))
     return 0
 
 

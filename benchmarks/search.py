@@ -32,6 +32,7 @@ from typing import Any
 
 import spacy
 
+from benchmarks._report import write_report
 from spacy_medllm.clinical import add_context
 from spacy_medllm.clinical.entities import docs_from_records, entity_records
 from spacy_medllm.clinical.search import ClinicalIndex, build_index
@@ -210,11 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine_info(),
         "results": run(args.n, args.repeats),
     }
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    output.with_suffix(".md").write_text(markdown(report), encoding="utf8")
-    print(markdown(report))
+    write_report(args.output, report, markdown(report))
     return 0
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import spacy
 from spacy.tokens import Doc
 
+from benchmarks._report import write_report
 from spacy_medllm.clinical import add_context
 from spacy_medllm.clinical.entities import docs_from_records, normalise
 from spacy_medllm.clinical.summary import (
@@ -235,11 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine_info(),
         "results": run(args.llm_model, args.base_url),
     }
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    output.with_suffix(".md").write_text(markdown(report), encoding="utf8")
-    print(markdown(report))
+    write_report(args.output, report, markdown(report))
     return 0
 
 
