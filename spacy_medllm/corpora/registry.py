@@ -69,6 +69,7 @@ from spacy_medllm.corpora.readers import (
     RawCorpus,
     read_ade,
     read_bc5cdr,
+    read_et_clinical,
     read_et_dev,
     read_ncbi,
     read_out_of_style,
@@ -211,6 +212,17 @@ for _info in (
         "dev only (30 sentences)",
         read_et_dev,
         lambda: REPO_ROOT / "corpus" / "et_dev" / "et-dev.jsonl",
+    ),
+    CorpusInfo(
+        "et-clinical",
+        ("test",),
+        ("DRUG", "ADVERSE_EVENT", "DISEASE", "PROCEDURE"),
+        ("DRUG", "ADVERSE_EVENT", "DISEASE", "PROCEDURE"),
+        "et",
+        "written for this project (corpus/et_clinical, MIT)",
+        "test only (68 sentences in 10 clinical styles; corpus/et_clinical/GUIDE.md)",
+        read_et_clinical,
+        lambda: REPO_ROOT / "corpus" / "et_clinical" / "et-clinical.jsonl",
     ),
 ):
     register_corpus(_info)
