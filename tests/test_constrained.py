@@ -462,6 +462,58 @@ def test_empty_answer_threshold(generator, mode: str) -> None:
         type(generator)(model="unused", empty_answer_threshold=1.5)
 
 
+@pytest.mark.parametrize("mode", ["schema", "grounded"])
+def test_recorded_empty_probability_is_the_threshold_that_decides(generator, mode: str) -> None:
+    """What `calibrate` relies on: with the probability recorded in a greedy run and, for the
+    answers `[]`, a vetoed one, a threshold up to it makes the answer `[]` and one above it does
+    not, also for answers that open with "[" alone and decide at the next token ("]");
+    generate's logits processor and the draft decoder record the same value."""
+    generator.constrained = mode
+    generator.sized_answers = False
+    prompts = _prompts()
+    two_step = 0
+    try:
+        for seed in (1, 2, 3, 4):
+            _randomise(generator, seed)
+            generator.empty_answer_threshold = None
+            generator.record_empty_probability = True
+            recorded = []
+            for drafts in (True, False):
+                generator.jump_forward, generator.draft_tokens = drafts, 4 if drafts else 0
+                generator.empty_probabilities.clear()
+                plain = generator(prompts)
+                recorded.append(dict(generator.empty_probabilities))
+            assert recorded[0].keys() == recorded[1].keys() == {p[-1]["content"] for p in prompts}
+            for key, value in recorded[0].items():
+                assert value == pytest.approx(recorded[1][key], rel=1e-4, abs=1e-7)
+            # As calibrate: the answers `[]` again with the empty answer vetoed, still recording
+            # (after a vetoed "[]" the answer may open with "[" alone and decide once more).
+            generator.empty_answer_threshold = 1.0
+            empty = [p for p, a in zip(prompts, plain, strict=True) if a.replace(" ", "") == "[]"]
+            generator(empty)
+            generator.empty_answer_threshold = None
+            two_step += sum(generator.empty_probabilities[k] > v for k, v in recorded[1].items())
+            recorded[0] = dict(generator.empty_probabilities)
+            generator.record_empty_probability = False
+            for prompt in prompts:
+                p_empty = recorded[0][prompt[-1]["content"]]
+                for factor, want_empty in ((1 - 1e-3, True), (1 + 1e-3, False)):
+                    threshold = min(1.0, p_empty * factor)
+                    if threshold <= 0.0 or (not want_empty and p_empty * factor > 1.0):
+                        continue
+                    generator.empty_answer_threshold = threshold
+                    answer = generator([prompt])[0].strip().replace(" ", "")
+                    assert (answer == "[]") is want_empty, (seed, prompt[-1], p_empty, answer)
+    finally:
+        generator.empty_answer_threshold = None
+        generator.record_empty_probability = False
+        generator.jump_forward, generator.draft_tokens = True, 4
+        generator.constrained, generator.sized_answers = "off", True
+    # answers `[]` at the first token that, vetoed there, opened with "[" alone and were more
+    # likely still to become `[]` at the next: the case a first-step probability gets wrong
+    assert two_step > 0
+
+
 def test_constrained_without_labels_is_a_clear_error(tiny_model_dir: Path) -> None:
     from spacy_medllm.generators.base import GenerationError
     from spacy_medllm.generators.hf.generator import HFGenerator

@@ -6,13 +6,15 @@ when the model's probability of the empty answer is at least the threshold. Whic
 best depends on the model and the data, so it is measured on dev examples.
 
 `calibrate_empty_threshold` needs two runs of the pipeline whatever the number of candidates:
-one greedy run that records each piece's probability of the empty answer at its first step, and
-one run with every empty answer vetoed, only on the pieces answered `[]`. At a threshold t a piece
+one greedy run that records each piece's probability of the empty answer, and one run with every
+empty answer vetoed, only on the pieces answered `[]` (recording too). At a threshold t a piece
 is then empty when its probability is at least t, and otherwise keeps its greedy answer (or the
 vetoed one where the greedy answer was `[]`): the docs of every candidate are composed from the
-two runs and scored. Exact when the decision is made at the answer's first token (as with
-SmolLM2, whose `[]` is one token); a last run at the chosen threshold (`verify`) scores it as
-the pipeline really runs. The chosen threshold can be written into the pipeline's config.
+two runs and scored. The recorded probability is the larger of the answer's two chances to
+become `[]` ("[]" at its first token, or "]" after a "[" alone), so a piece is empty at a threshold
+exactly when the pipeline would answer it `[]`; a last run at the chosen threshold (`verify`)
+scores it as the pipeline really runs. The chosen threshold can be written into the pipeline's
+config.
 """
 
 from __future__ import annotations
@@ -94,14 +96,17 @@ def calibrate_empty_threshold(
             generator.record_empty_probability = True
             generator.empty_probabilities.clear()
         plain = _run(nlp, texts, "greedy, recording", progress)
+        for generator in generators:
+            generator.empty_answer_threshold = 1.0
+        # Still recording: a piece answered "[]" at its first token decides again after a "["
+        # alone when "[]" is vetoed; the larger probability is kept (decoding.empty_decision).
+        rerun = [i for i, doc in enumerate(plain) if _answered_empty(nlp, doc)]
+        again = _run(nlp, [texts[i] for i in rerun], "vetoed, recording", progress)
+        vetoed = dict(zip(rerun, again, strict=True))
         probabilities: dict[str, float] = {}
         for generator in generators:
             probabilities.update(generator.empty_probabilities)
             generator.record_empty_probability = False
-            generator.empty_answer_threshold = 1.0
-        rerun = [i for i, doc in enumerate(plain) if _answered_empty(nlp, doc)]
-        again = _run(nlp, [texts[i] for i in rerun], "vetoed", progress)
-        vetoed = dict(zip(rerun, again, strict=True))
         rows = []
         for threshold in thresholds:
             docs = [

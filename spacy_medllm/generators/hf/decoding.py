@@ -115,15 +115,17 @@ def empty_decision(
     threshold: below it they are masked (the model must name an entity), at or above it every
     other token is (the model must answer `[]`). The probability is over the tokens still
     possible (masked ones are -inf); a forced choice (a blank document, a spent budget) is left
-    alone. `record`: (store, key): the probability is written to store[key] (for `calibrate`).
-    Vetoes and forced empty answers are counted in the generator's stats."""
+    alone. `record`: (store, key): the probability is written to store[key] (for `calibrate`);
+    an answer decides twice when it opens with "[" alone ("[]" at the first step, "]" at the
+    next), and store[key] keeps the larger probability: at a threshold up to it the answer is
+    `[]`, above it not. Vetoes and forced empty answers are counted in the generator's stats."""
     import torch
 
     probabilities = torch.softmax(row_logits.float(), -1)
     p_empty = float(probabilities[empties].sum())
     if record is not None:
         store, key = record
-        store.setdefault(key, p_empty)
+        store[key] = max(store.get(key, 0.0), p_empty)
     if threshold is None:
         return row_logits
     greedy_empty = bool((empties == row_logits.argmax()).any())
@@ -257,7 +259,7 @@ def decode_with_drafts(
 
     def choose(row: int, row_logits: Any) -> int | None:
         written = bytes(answers[row])
-        deciding = veto is not None or (recording is not None and not written.strip())
+        deciding = veto is not None or (recording is not None and written.strip() in (b"", b"["))
         empties = constraint.empty_answer_ids(written) if deciding else None
         vetoing = empties is not None
         if constrained:

@@ -260,7 +260,11 @@ class TokenLogprobRecorder:
 class EmptyAnswerDecision:
     """A transformers logits processor: `decoding.empty_decision` for the rows whose answer can
     still become the empty list (nothing or `[` written), with the threshold (None: record only,
-    into `store` under each row's key, at the first step)."""
+    into `store` under each row's key, at the steps where the answer can still become `[]`)."""
+
+    # Recording only: the steps after which no answer can still become `[]` ("[" and "]" with
+    # whitespace tokens between them) are not looked at.
+    DECIDING_STEPS = 4
 
     def __init__(
         self,
@@ -282,8 +286,9 @@ class EmptyAnswerDecision:
         from spacy_medllm.generators.hf.decoding import empty_decision
 
         table = self.constraint.token_bytes
-        first_step = input_ids.shape[1] == self.prompt_length
-        if self.threshold is None and not first_step:
+        if self.threshold is None and (
+            self.store is None or input_ids.shape[1] - self.prompt_length > self.DECIDING_STEPS
+        ):
             return scores
         for row in range(input_ids.shape[0]):
             written = b"".join(
@@ -293,7 +298,7 @@ class EmptyAnswerDecision:
             if empties is None:
                 continue
             record = None
-            if self.store is not None and first_step and row < len(self.keys):
+            if self.store is not None and row < len(self.keys):
                 record = (self.store, self.keys[row])
             scores[row] = empty_decision(
                 scores[row], empties.to(scores.device), self.threshold, self.generator, record
