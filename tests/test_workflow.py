@@ -164,7 +164,14 @@ def test_own_corpus_walkthrough_from_brat_files_to_scores(tmp_path: Path) -> Non
     assert converted["counts"]["discontinuous_cover"] == 3
     n_test = converted["splits"]["test"]["n_texts"]
     summary = json.loads((project / "training/reports/own/example-test.summary.json").read_text())
-    assert [s["name"] for s in summary["systems"]] == ["medllm", "cnn"]
+    assert [s["name"] for s in summary["systems"]] == ["medllm", "medllm-calibrated", "cnn"]
+    calibration = json.loads(
+        (project / "training/reports/own/example-calibration.json").read_text()
+    )
+    threshold = calibration["best"]
+    config = (project / "training/own/example/calibrated/config.cfg").read_text()
+    assert f"empty_answer_threshold = {'null' if threshold is None else threshold}" in config
+    assert calibration["verified"]["f1"] == pytest.approx(calibration["best_f1"], abs=0.05)
     for system in summary["systems"]:
         assert system["n_docs"] == n_test
         assert system["texts"]["n_with_gold"] + system["texts"]["n_without_gold"] == n_test
@@ -177,4 +184,4 @@ def test_own_corpus_walkthrough_from_brat_files_to_scores(tmp_path: Path) -> Non
     assert "cnn-student" in distil and "speed-up" in distil
     second = run_smoke(project, "own-corpus", *sizes)
     assert second.returncode == 0
-    assert second.stdout.count("Skipping") == 9, second.stdout[-3000:]
+    assert second.stdout.count("Skipping") == 10, second.stdout[-3000:]
