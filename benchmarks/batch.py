@@ -3,10 +3,10 @@
 Both runners do the same end-to-end job on the same synthetic JSONL documents: load the pipeline,
 read the documents, run the pipeline, turn each Doc into an output row
 (`spacy_medllm.scale.worker.doc_fields`: entities, span groups, medllm records) and write
-Parquet. Plain: `nlp.pipe(texts, n_process=P)` in this process (P > 1: spaCy's worker
-processes). Ray: `run_batch` with P actors, each reserving its share of the machine's CPUs, on a
-local Ray started once before the clocks (as a long-lived cluster would be; its start time is
-reported apart). Each run starts
+Parquet. Plain: `nlp.pipe(texts, n_process=P)` in a fresh spawned process (P > 1: spaCy's forked
+worker processes; forking a process that has already run torch can crash). Ray: `run_batch`
+with P actors, each reserving its share of the machine's CPUs, on a local Ray started once before
+the clocks (as a long-lived cluster would be; its start time is reported apart). Each run starts
 from an empty output folder; the best of `--repeats` is kept. The entities of both runners are
 compared document by document (`same_entities`).
 
@@ -120,6 +120,18 @@ def run_plain(
     }
 
 
+def in_fresh_process(function: Any, *args: Any) -> Any:
+    """`function(*args)` in a new (spawned) Python process. nlp.pipe's worker processes are
+    forked, and a process forked from one that has already run torch (its OpenMP thread pool
+    started) can crash in GOMP_parallel: each plain run starts from a process that has not."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
+
+
 def run_ray(
     pipeline: str, source: Path, output: Path, actors: int, batch_size: int, part_size: int
 ) -> dict[str, Any]:
@@ -201,8 +213,8 @@ def bench_batch(
             for p in processes:
                 plain = best_of(
                     repeats,
-                    lambda t, p=p: run_plain(
-                        pipe_path, source, t.with_suffix(".parquet"), p, batch_size
+                    lambda t, p=p: in_fresh_process(
+                        run_plain, pipe_path, source, t.with_suffix(".parquet"), p, batch_size
                     ),
                     workdir,
                     f"plain{p}",
