@@ -242,6 +242,9 @@ def bench_batch(
                     )
                 rows[-1]["ratio_to_plain"] = plain["seconds"] / on_ray["seconds"]
                 rows[-1]["same_entities"] = plain["entities"] == on_ray["entities"]
+                rows[-1]["documents_different"] = sum(
+                    plain["entities"].get(key) != value for key, value in on_ray["entities"].items()
+                )
         finally:
             ray.shutdown()
     finally:
