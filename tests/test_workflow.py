@@ -126,8 +126,12 @@ def test_all_workflow_on_the_smoke_profile_runs_every_step_and_a_rerun_skips(
     assert record["settings"]["num_train_epochs"] == 0.05
     labelled = json.loads((project / "training/distil/et/silver/labelling.json").read_text())
     assert labelled["n_docs"] == 12
+    # The Estonian teacher is the multilingual Gemma-3-270M (vars.et_base_model).
+    et_record = project / "training/et_lora/gemma-3-270m/adapter/training_record.json"
+    assert json.loads(et_record.read_text())["settings"]["base_model"] == "gemma-3-270m"
     # English and Estonian distillation: teacher and both students scored on their gold sets.
-    for stem, corpus in (("seed-ae-emails", "seed-ae-emails"), ("et", "et-dev")):
+    scored = [("seed-ae-emails", "seed-ae-emails"), ("et", "et-dev")]
+    for stem, corpus in [*scored, ("et-clinical", "et-clinical")]:
         report = json.loads(
             (project / f"training/reports/distil/distillation-{stem}.json").read_text()
         )
