@@ -262,10 +262,6 @@ class EmptyAnswerDecision:
     still become the empty list (nothing or `[` written), with the threshold (None: record only,
     into `store` under each row's key, at the steps where the answer can still become `[]`)."""
 
-    # Recording only: the steps after which no answer can still become `[]` ("[" and "]" with
-    # whitespace tokens between them) are not looked at.
-    DECIDING_STEPS = 4
-
     def __init__(
         self,
         constraint: TokenConstraint,
@@ -286,9 +282,7 @@ class EmptyAnswerDecision:
         from spacy_medllm.generators.hf.decoding import empty_decision
 
         table = self.constraint.token_bytes
-        if self.threshold is None and (
-            self.store is None or input_ids.shape[1] - self.prompt_length > self.DECIDING_STEPS
-        ):
+        if self.threshold is None and self.store is None:
             return scores
         for row in range(input_ids.shape[0]):
             written = b"".join(
