@@ -259,7 +259,8 @@ def decode_with_drafts(
 
     def choose(row: int, row_logits: Any) -> int | None:
         written = bytes(answers[row])
-        deciding = veto is not None or (recording is not None and written.strip() in (b"", b"["))
+        # empty_answer_ids says whether the answer can still become `[]` (None: it cannot)
+        deciding = veto is not None or recording is not None
         empties = constraint.empty_answer_ids(written) if deciding else None
         vetoing = empties is not None
         if constrained:
