@@ -44,7 +44,11 @@ def batch(
         help="Local Ray only: CPUs it may use [default: all of this machine's].",
         show_default=False,
     ),
-    batch_size: int = typer.Option(64, help="Documents per actor call (and nlp.pipe batch)."),
+    batch_size: int = typer.Option(
+        64,
+        help="Documents per actor call (and nlp.pipe batch): a few hundred for a fast pipeline "
+        "(a CNN student), 8-64 for an LLM (docs/batch.md).",
+    ),
     shard_size: int = typer.Option(
         1000, help="Input lines per output shard: the unit written exactly once."
     ),
