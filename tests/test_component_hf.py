@@ -48,10 +48,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny base model and a LoRA adapter that has memorised the GOLD answers."""
     pytest.importorskip("torch")
     pytest.importorskip("peft")
-    from spacy_medllm.training.config import FinetuneConfig
     from spacy_medllm.training.trainer import finetune
 
-    from .tiny_models import build_tiny_causal_lm
+    from .tiny_models import build_tiny_causal_lm, overfit_config
 
     root = tmp_path_factory.mktemp("component_hf")
     base = build_tiny_causal_lm(root / "base", VOCAB_TEXTS, max_position_embeddings=512, seed=0)
@@ -63,24 +62,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         )
         for i, (text, pairs) in enumerate(GOLD)
     ]
-    config = FinetuneConfig(
-        base_model=str(base),
-        output_dir=str(root / "run"),
-        labels=LABELS,
-        lora_r=8,
-        lora_alpha=16,
-        target_modules="all-linear",
-        learning_rate=2e-2,
-        max_steps=60,
-        per_device_train_batch_size=6,
-        warmup_ratio=0.0,
-        lr_scheduler_type="constant",
-        save_steps=1000,
-        logging_steps=10,
-        max_length=512,
-        num_threads=1,
-        bf16=False,
-        progress=False,
+    config = overfit_config(
+        base, root / "run", LABELS, max_steps=60, batch_size=6, logging_steps=10
     )
     adapter = finetune(config, examples)
     return {"base": base, "adapter": adapter}
@@ -322,8 +305,9 @@ EMPTY_TEXTS = ["No drug was taken.", "I slept well after lunch.", "Nothing happe
 @pytest.fixture(scope="module")
 def trained_with_empty(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """An adapter that has also memorised `[]` for texts without an entity."""
-    from spacy_medllm.training.config import FinetuneConfig
     from spacy_medllm.training.trainer import finetune
+
+    from .tiny_models import overfit_config
 
     root = tmp_path_factory.mktemp("with_empty")
     examples = [
@@ -333,24 +317,8 @@ def trained_with_empty(trained: dict, tmp_path_factory: pytest.TempPathFactory) 
         ),
         *(make_example(text, []) for text in EMPTY_TEXTS),
     ]
-    config = FinetuneConfig(
-        base_model=str(trained["base"]),
-        output_dir=str(root / "run"),
-        labels=LABELS,
-        lora_r=8,
-        lora_alpha=16,
-        target_modules="all-linear",
-        learning_rate=2e-2,
-        max_steps=80,
-        per_device_train_batch_size=9,
-        warmup_ratio=0.0,
-        lr_scheduler_type="constant",
-        save_steps=1000,
-        max_length=512,
-        num_threads=1,
-        bf16=False,
-        progress=False,
-        max_empty_share=None,
+    config = overfit_config(
+        trained["base"], root / "run", LABELS, max_steps=80, batch_size=9, max_empty_share=None
     )
     return {"base": trained["base"], "adapter": finetune(config, examples), "examples": examples}
 

@@ -22,13 +22,9 @@ from spacy.util import registry
 from spacy_medllm.core.labels import LabelSet
 from spacy_medllm.core.prompts import PromptBuilder
 from spacy_medllm.generators.base import GenerationError, Generator
-from spacy_medllm.generators.openai_compat import (
-    LOCAL_PLACEHOLDER_KEY,
-    OpenAIGenerator,
-    is_local_url,
-    redact_url,
-)
+from spacy_medllm.generators.openai_compat import LOCAL_PLACEHOLDER_KEY, OpenAIGenerator
 from spacy_medllm.generators.registry import make_openai_generator
+from spacy_medllm.generators.urls import is_local_url, redact_url
 from tests.servers import LLAMA_SERVER_MODEL, FakeOpenAIServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,8 @@ import spacy
 from spacy_medllm import get_record
 from spacy_medllm.cli import main
 from spacy_medllm.core.records import summarise_records
-from spacy_medllm.generators.openai_compat import OpenAIGenerator, estimate_text_tokens
+from spacy_medllm.generators.openai_compat import OpenAIGenerator
+from spacy_medllm.generators.token_estimate import estimate_text_tokens
 from tests.fault_proxy import ChatServer
 from tests.scripted import ScriptedGenerator, lexicon_answer
 

@@ -127,10 +127,9 @@ def trained_smol(tmp_path_factory: pytest.TempPathFactory) -> dict:
     _tools_or_skip()
     pytest.importorskip("peft")
     from spacy_medllm.generators.packaged import ModelNotAvailableError, resolve_base_model
-    from spacy_medllm.training.config import FinetuneConfig
     from spacy_medllm.training.trainer import finetune
 
-    from .tiny_models import build_tiny_causal_lm_with_tokenizer
+    from .tiny_models import build_tiny_causal_lm_with_tokenizer, overfit_config
 
     try:
         smol = resolve_base_model("smollm2-135m-instruct")
@@ -142,24 +141,7 @@ def trained_smol(tmp_path_factory: pytest.TempPathFactory) -> dict:
         make_example(text, [(text.index(s), text.index(s) + len(s), lab) for s, lab in pairs])
         for text, pairs in GOLD
     ]
-    config = FinetuneConfig(
-        base_model=str(base),
-        output_dir=str(root / "run"),
-        labels=LABELS,
-        lora_r=8,
-        lora_alpha=16,
-        target_modules="all-linear",
-        learning_rate=2e-2,
-        max_steps=120,
-        per_device_train_batch_size=6,
-        warmup_ratio=0.0,
-        lr_scheduler_type="constant",
-        save_steps=1000,
-        max_length=512,
-        num_threads=1,
-        bf16=False,
-        progress=False,
-    )
+    config = overfit_config(base, root / "run", LABELS, max_steps=120, batch_size=6)
     return {"base": base, "run": root / "run", "adapter": finetune(config, examples)}
 
 

@@ -164,3 +164,34 @@ def build_tiny_causal_lm_with_tokenizer(
     if template.is_file():
         shutil.copy2(template, path / "chat_template.jinja")
     return path
+
+
+def overfit_config(
+    base: PathLike, output_dir: PathLike, labels: Iterable[str], max_steps: int, batch_size: int,
+    **extra,
+):  # fmt: skip
+    """FinetuneConfig that makes a tiny model learn a handful of gold answers by heart: rank-8
+    LoRA on every linear layer, a high constant learning rate, fp32, one thread, no checkpoints
+    or progress bars. `extra` sets or overrides any other field."""
+    from spacy_medllm.training.config import FinetuneConfig
+
+    settings = {
+        "base_model": str(base),
+        "output_dir": str(output_dir),
+        "labels": list(labels),
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "target_modules": "all-linear",
+        "learning_rate": 2e-2,
+        "max_steps": max_steps,
+        "per_device_train_batch_size": batch_size,
+        "warmup_ratio": 0.0,
+        "lr_scheduler_type": "constant",
+        "save_steps": 1000,
+        "max_length": 512,
+        "num_threads": 1,
+        "bf16": False,
+        "progress": False,
+        **extra,
+    }
+    return FinetuneConfig(**settings)

@@ -7,7 +7,8 @@ imported when the client is first needed (`initialize()` or the first call).
 
 Over 600 lines: one class, whose docstring documents each of its settings, and the checks that
 turn every kind of server answer into either a response or an error naming what came back; the
-retry rules live in `retry_policy.py`.
+retry rules live in `retry_policy.py`, the token estimate in `token_estimate.py`, the URL checks
+in `urls.py`.
 
 The API key is read from the environment variable named by `api_key_env`, never from the config.
 It lives only inside the openai client: `describe()`, `to_disk`, `repr` and error messages never
@@ -31,13 +32,10 @@ made. When some prompts of a call fail, the others are still answered and `Parti
 carries both (medllm_ner records the failures on their documents); error messages name what came
 back (status, content type, the start of the body) and the retries actually made.
 
-Over 600 lines: one class holds the backend's settings, budgets, requests and serialisation; the
-failure policy is apart (retry_policy.py).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import math
@@ -49,7 +47,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from spacy_medllm.generators.base import (
     ANSWER_BASE_TOKENS,
@@ -65,6 +63,8 @@ from spacy_medllm.generators.retry_policy import (
     classify,
     read_completion,
 )
+from spacy_medllm.generators.token_estimate import estimate_prompt_tokens, estimate_text_tokens
+from spacy_medllm.generators.urls import is_local_url, redact_url
 
 logger = logging.getLogger("spacy_medllm")
 
@@ -74,29 +74,7 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 # Sent to local servers when the key's variable is unset: they do not check it, but the openai
 # client refuses to run without some key.
 LOCAL_PLACEHOLDER_KEY = "not-needed"
-_LOCAL_HOSTS = ("localhost", "localhost.localdomain", "ip6-localhost")
 
-# count_prompt_tokens: the server's tokenizer is unknown, so the count is an upper estimate made
-# piece by piece, like a BPE pre-tokenizer cuts text:
-# - a run of ASCII letters (with the space before it) takes one token per 3 letters, or per 1.5
-#   letters when it has two or more capitals: abbreviations (SOB, QHS, eGFR) split into pieces;
-# - every digit, punctuation mark and symbol is one token (SmolLM2, Llama 2, Mistral and Gemma
-#   split numbers into single digits; a space before a digit or symbol is a token of its own);
-# - every run of other whitespace is one token per newline, at least one;
-# - every non-ASCII character takes its UTF-8 bytes minus one (at least one): 1 for accented
-#   Latin or Cyrillic letters, 2 for CJK, 3 for emoji.
-# Against SmolLM2's tokenizer this gives 1.3-1.9 times the real count on this project's e-mails
-# and answers (median 1.56) and 1.0-1.15 times on dense clinical notes, lab values and vital
-# signs, the worst case; tokenizers with larger vocabularies (Llama 3, Qwen, GPT-4o) take fewer
-# tokens still.
-# Each chat message adds the template's markers (ChatML `<|im_start|>role\n...<|im_end|>\n` and
-# Llama 3 take 5 tokens), counted as 8 plus the role; 32 more cover the BOS, the assistant header
-# that opens the answer and a default system prompt some templates add when there is none.
-LETTERS_PER_TOKEN = 3.0
-CAPITALS_PER_TOKEN = 1.5
-TOKENS_PER_MESSAGE = 8
-TOKENS_PER_PROMPT = 32
-_PIECES = re.compile(r" ?[A-Za-z]+|\s+|.", re.DOTALL)
 
 # The circuit breaker (retry_policy.CircuitBreaker): the server is marked down after this many
 # requests in a row failed for transient reasons (after their retries), for this many seconds.
@@ -144,54 +122,6 @@ def answer_schema(labels: Sequence[str]) -> dict[str, Any]:
             "additionalProperties": False,
         },
     }
-
-
-def estimate_text_tokens(text: str) -> int:
-    """An upper estimate of the tokens of `text` for an unknown tokenizer (see the constants)."""
-    count = 0
-    for match in _PIECES.finditer(text):
-        piece = match.group()
-        word = piece.lstrip(" ")
-        if word and word[0].isascii() and word[0].isalpha():
-            capitals = sum(1 for char in word if char.isupper())
-            per_token = CAPITALS_PER_TOKEN if capitals >= 2 else LETTERS_PER_TOKEN
-            count += math.ceil(len(word) / per_token)
-        elif piece.isspace():
-            count += max(1, piece.count("\n"))
-        elif piece.isascii():
-            count += 1
-        else:
-            count += max(1, len(piece.encode("utf8")) - 1)
-    return count
-
-
-def redact_url(url: str | None) -> str | None:
-    """`url` without user name, password, query or fragment, which may hold credentials."""
-    if url is None:
-        return None
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = host + (f":{parts.port}" if parts.port is not None else "")
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.username is not None or parts.password is not None:
-        netloc = "***@" + netloc
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def is_local_url(url: str) -> bool:
-    """Whether `url` points to this machine (localhost, 127.0.0.0/8, ::1, 0.0.0.0)."""
-    host = (urlsplit(url).hostname or "").lower()
-    if host in _LOCAL_HOSTS or host.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-        return address.is_loopback or address.is_unspecified
-    except ValueError:
-        return False
 
 
 class OpenAIGenerator:
@@ -599,16 +529,11 @@ class OpenAIGenerator:
 
         Words at 3 letters a token (abbreviations at 1.5), every digit and symbol one token,
         non-ASCII characters by their bytes, plus 8 tokens of chat markup per message and 32 for
-        the answer header (see the module constants). Real counts are lower (by about a third on
+        the answer header (`token_estimate`). Real counts are lower (by about a third on
         clinical e-mails), so long documents are split a little earlier than necessary rather
         than too late. Set max_prompt_tokens with the server's context and max_new_tokens in mind.
         """
-        return TOKENS_PER_PROMPT + sum(
-            TOKENS_PER_MESSAGE
-            + estimate_text_tokens(m["role"])
-            + estimate_text_tokens(m["content"])
-            for m in prompt
-        )
+        return estimate_prompt_tokens(prompt)
 
     # -- identity and serialisation --------------------------------------------------------------
 
