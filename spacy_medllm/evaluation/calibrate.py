@@ -99,7 +99,7 @@ def calibrate_empty_threshold(
         for generator in generators:
             generator.empty_answer_threshold = 1.0
         # Still recording: a piece answered "[]" at its first token decides again after a "["
-        # alone when "[]" is vetoed; the larger probability is kept (decoding.empty_decision).
+        # alone when "[]" is vetoed; the larger probability is kept (decoding_steps.empty_decision).
         rerun = [i for i, doc in enumerate(plain) if _answered_empty(nlp, doc)]
         again = _run(nlp, [texts[i] for i in rerun], "vetoed, recording", progress)
         vetoed = dict(zip(rerun, again, strict=True))

@@ -9,6 +9,12 @@ from typing import Any, Protocol, runtime_checkable
 Message = dict[str, str]
 Prompt = list[Message]
 
+# The registered names of the generator factories (`registry.py`); the generator classes name
+# their own factory in the configs they write.
+HF_GENERATOR = "medllm.HFGenerator.v1"
+DEFAULT_GENERATOR = "medllm.DefaultGenerator.v1"
+OPENAI_GENERATOR = "medllm.OpenAIGenerator.v1"
+
 # Answers sized to the text (`sized_answers` of both backends): at most this many tokens plus so
 # many per token of the text, so that a short text cannot ramble to max_new_tokens.
 ANSWER_BASE_TOKENS = 24

@@ -52,10 +52,10 @@ from urllib.parse import urlsplit
 from spacy_medllm.generators.base import (
     ANSWER_BASE_TOKENS,
     ANSWER_TOKENS_PER_TEXT_TOKEN,
+    OPENAI_GENERATOR,
     GenerationError,
     Prompt,
 )
-from spacy_medllm.generators.registry import OPENAI_GENERATOR
 from spacy_medllm.generators.retry_policy import (
     CircuitBreaker,
     Failure,

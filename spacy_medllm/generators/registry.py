@@ -11,13 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from spacy.util import registry
 
+from spacy_medllm.generators.base import DEFAULT_GENERATOR, HF_GENERATOR, OPENAI_GENERATOR
+
 if TYPE_CHECKING:
     from spacy_medllm.generators.hf.generator import HFGenerator
     from spacy_medllm.generators.openai_compat import OpenAIGenerator
-
-HF_GENERATOR = "medllm.HFGenerator.v1"
-DEFAULT_GENERATOR = "medllm.DefaultGenerator.v1"
-OPENAI_GENERATOR = "medllm.OpenAIGenerator.v1"
 
 
 @registry.misc(HF_GENERATOR)

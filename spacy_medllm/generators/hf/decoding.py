@@ -102,51 +102,6 @@ class PrefixCache:
         return cache
 
 
-def empty_decision(
-    row_logits: Any,
-    empties: Any,
-    threshold: float | None,
-    generator: Any = None,
-    record: tuple[dict[str, float], str] | None = None,
-) -> Any:
-    """The logits for the decision between the empty answer and an entity: `empties` are the
-    tokens that would make the answer `[]` ("]" after "[", or "[]" at the start). With a
-    threshold the answer is `[]` exactly when the model's probability of them is at least the
-    threshold: below it they are masked (the model must name an entity), at or above it every
-    other token is (the model must answer `[]`). The probability is over the tokens still
-    possible (masked ones are -inf); a forced choice (a blank document, a spent budget) is left
-    alone. `record`: (store, key): the probability is written to store[key] (for `calibrate`);
-    an answer decides twice when it opens with "[" alone ("[]" at the first step, "]" at the
-    next), and store[key] keeps the larger probability: at a threshold up to it the answer is
-    `[]`, above it not. Vetoes and forced empty answers are counted in the generator's stats."""
-    import torch
-
-    probabilities = torch.softmax(row_logits.float(), -1)
-    p_empty = float(probabilities[empties].sum())
-    if record is not None:
-        store, key = record
-        store[key] = max(store.get(key, 0.0), p_empty)
-    if threshold is None:
-        return row_logits
-    greedy_empty = bool((empties == row_logits.argmax()).any())
-    masked = row_logits.clone()
-    if p_empty >= threshold and not greedy_empty:
-        keep = masked[empties].clone()
-        masked[:] = -float("inf")
-        masked[empties] = keep
-        what = "empty_answers_forced"
-    elif p_empty < threshold and greedy_empty:
-        masked[empties] = -float("inf")
-        what = "empty_answers_vetoed"
-    else:
-        return row_logits
-    if not torch.isfinite(masked).any():
-        return row_logits
-    if generator is not None:
-        generator.stats[what] = generator.stats.get(what, 0) + 1
-    return masked
-
-
 def prompt_key(prompt: Any) -> str:
     """The key of a prompt's recorded empty-answer probability: its text (last message)."""
     return str(prompt[-1].get("content", "")) if prompt else ""
@@ -207,7 +162,11 @@ def decode_with_drafts(
     """
     import torch
 
-    from spacy_medllm.generators.hf.decoding_steps import DocumentDrafts, JsonScanner
+    from spacy_medllm.generators.hf.decoding_steps import (
+        DocumentDrafts,
+        JsonScanner,
+        empty_decision,
+    )
 
     model, device = generator._model, generator._torch_device
     pad_id = generator._tokenizer.pad_token_id

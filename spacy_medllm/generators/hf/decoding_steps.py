@@ -258,7 +258,7 @@ class TokenLogprobRecorder:
 
 
 class EmptyAnswerDecision:
-    """A transformers logits processor: `decoding.empty_decision` for the rows whose answer can
+    """A transformers logits processor: `empty_decision` (below) for the rows whose answer can
     still become the empty list (nothing or `[` written), with the threshold (None: record only,
     into `store` under each row's key, at the steps where the answer can still become `[]`)."""
 
@@ -279,8 +279,6 @@ class EmptyAnswerDecision:
         self.keys = keys or []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        from spacy_medllm.generators.hf.decoding import empty_decision
-
         table = self.constraint.token_bytes
         if self.threshold is None and self.store is None:
             return scores
@@ -298,3 +296,48 @@ class EmptyAnswerDecision:
                 scores[row], empties.to(scores.device), self.threshold, self.generator, record
             )
         return scores
+
+
+def empty_decision(
+    row_logits: Any,
+    empties: Any,
+    threshold: float | None,
+    generator: Any = None,
+    record: tuple[dict[str, float], str] | None = None,
+) -> Any:
+    """The logits for the decision between the empty answer and an entity: `empties` are the
+    tokens that would make the answer `[]` ("]" after "[", or "[]" at the start). With a
+    threshold the answer is `[]` exactly when the model's probability of them is at least the
+    threshold: below it they are masked (the model must name an entity), at or above it every
+    other token is (the model must answer `[]`). The probability is over the tokens still
+    possible (masked ones are -inf); a forced choice (a blank document, a spent budget) is left
+    alone. `record`: (store, key): the probability is written to store[key] (for `calibrate`);
+    an answer decides twice when it opens with "[" alone ("[]" at the first step, "]" at the
+    next), and store[key] keeps the larger probability: at a threshold up to it the answer is
+    `[]`, above it not. Vetoes and forced empty answers are counted in the generator's stats."""
+    import torch
+
+    probabilities = torch.softmax(row_logits.float(), -1)
+    p_empty = float(probabilities[empties].sum())
+    if record is not None:
+        store, key = record
+        store[key] = max(store.get(key, 0.0), p_empty)
+    if threshold is None:
+        return row_logits
+    greedy_empty = bool((empties == row_logits.argmax()).any())
+    masked = row_logits.clone()
+    if p_empty >= threshold and not greedy_empty:
+        keep = masked[empties].clone()
+        masked[:] = -float("inf")
+        masked[empties] = keep
+        what = "empty_answers_forced"
+    elif p_empty < threshold and greedy_empty:
+        masked[empties] = -float("inf")
+        what = "empty_answers_vetoed"
+    else:
+        return row_logits
+    if not torch.isfinite(masked).any():
+        return row_logits
+    if generator is not None:
+        generator.stats[what] = generator.stats.get(what, 0) + 1
+    return masked

@@ -25,6 +25,7 @@ from spacy_medllm.core.confidence import ScoredResponse
 from spacy_medllm.generators.base import (
     ANSWER_BASE_TOKENS,
     ANSWER_TOKENS_PER_TEXT_TOKEN,
+    HF_GENERATOR,
     GenerationError,
     Prompt,
 )
@@ -51,7 +52,6 @@ from spacy_medllm.generators.hf.loading import (
     validate_quantization,
 )
 from spacy_medllm.generators.packaged import file_sha256, resolve_adapter, resolve_base_model
-from spacy_medllm.generators.registry import HF_GENERATOR
 from spacy_medllm.util.machine import cpu_supports_bf16
 
 logger = logging.getLogger("spacy_medllm")
