@@ -43,7 +43,9 @@ SERVED = {"llama-server f16": "merged-f16", "llama-server q8_0": "merged-q8_0",
 SPACY_LLM = "spacy-llm NER.v3"
 SYSTEMS = (IN_PROCESS, *SERVED, SPACY_LLM)
 GOALS = {"parity_f16": 0.01, "parity_q8_0": 0.02, "speedup_vs_hf": 3.0, "speedup_vs_spacy_llm": 5.0}
-SETUP_KEYS = ("model", "adapter_sha256", "limit", "threads", "parallel", "constrained")
+SETUP_KEYS = (
+    "model", "adapter_sha256", "limit", "threads", "parallel", "constrained", "server_args",
+)  # fmt: skip
 WARM_UP_TEXT = "After starting aspirin I had a headache."
 
 
@@ -103,7 +105,12 @@ def run_served(name: str, args: argparse.Namespace, examples, labels) -> dict[st
     log = Path(args.output).parent / f"{kind}.server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     settings = settings_for_export(
-        args.export, kind, threads=args.threads, parallel=args.parallel, log_path=log
+        args.export,
+        kind,
+        threads=args.threads,
+        parallel=args.parallel,
+        log_path=log,
+        extra_args=list(args.server_arg),
     )
     with LlamaServer.start(settings) as server:
         nlp = build_pipeline(
@@ -175,6 +182,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> di
         "threads": args.threads,
         "parallel": args.parallel,
         "constrained": args.constrained,
+        "server_args": list(args.server_arg),
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,
         "labels": labels,
@@ -189,7 +197,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> di
     out = Path(args.output)
     if out.with_suffix(".json").is_file():
         earlier = json.loads(out.with_suffix(".json").read_text(encoding="utf8"))
-        if all(earlier.get(key) == report[key] for key in SETUP_KEYS):
+        if all((earlier.get(key) or None) == (report[key] or None) for key in SETUP_KEYS):
             report["corpora"] = earlier.get("corpora", {})
     for corpus in args.corpora:
         examples = load_corpus(corpus, "test", labels=labels, limit=args.limit)
@@ -219,6 +227,8 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> di
 def markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
     sample = f"the first {report['limit']} documents of " if report["limit"] else ""
+    extra = report.get("server_args") or []
+    server_args = f", llama-server also given `{' '.join(extra)}`" if extra else ""
     lines = [
         "# Serving: the fine-tuned model in process and behind llama.cpp's server",
         "",
@@ -226,7 +236,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['adapter_sha256'][:12]}), greedy, constrained {report['constrained']}; "
         f"{sample}each corpus's test split. {report['threads']} threads for every system; the "
         f"server with {report['parallel']} slots (continuous batching) and as many requests in "
-        f"flight. llama.cpp from llama-cpp-python {report['llama_cpp']}. Machine: "
+        f"flight{server_args}. llama.cpp from llama-cpp-python {report['llama_cpp']}. Machine: "
         f"{machine.get('cpus_available', machine.get('cpu_count'))} CPU(s), "
         f"torch {machine.get('torch')}, {machine.get('platform')}.",
         "",
@@ -328,6 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--constrained", default="off", choices=("off", "schema"))
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="an extra llama-server argument (repeat; write --server-arg=--flag)",
+    )
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="path without suffix")
     args = parser.parse_args(argv)
     given = list(sys.argv[1:] if argv is None else argv)

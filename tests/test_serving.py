@@ -227,6 +227,72 @@ def test_served_model_gives_the_in_process_entities(exported: Path, trained_smol
         assert server.process.poll() is not None  # stopped
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_serve_command_passes_server_arguments_and_stops_on_sigterm(
+    exported: Path, tmp_path: Path
+) -> None:
+    """`serve` starts llama-server with the --server-arg values as given (here --n-predict 2, the
+    answer limit of requests that set none), prints where it serves, and on SIGTERM stops its
+    server before it exits."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.servers import free_port
+
+    port, log = free_port(), tmp_path / "server.log"
+    command = [sys.executable, "-m", "spacy_medllm", "serve", str(exported), "--port", str(port),
+               "--parallel", "1", "--ctx-per-slot", "512", "--log", str(log),
+               "--server-arg=--n-predict", "--server-arg=2"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = process.stdout.readline()
+        assert first.startswith("Serving "), first + (log.read_text() if log.exists() else "")
+        servers = _children(process.pid)
+        assert len(servers) == 1
+        # ignore_eos (llama.cpp's own field): the answer can only end at a token limit.
+        body = json.dumps(
+            {"model": "medllm", "messages": _prompt(GOLD[0][0]), "ignore_eos": True}
+        )  # fmt: skip
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+        # No limit in the request: the server's default, --n-predict 2, stops the answer at two
+        # tokens (without it, the answer would run on to the end of the slot's context).
+        assert answer["usage"]["completion_tokens"] == 2, answer
+        assert answer["choices"][0]["finish_reason"] == "length", answer
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{servers[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{servers[0]}").exists(), "llama-server outlived serve"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stdout.close()
+
+
 def test_export_refuses_what_it_cannot_export(tmp_path: Path) -> None:
     from spacy_medllm.serving.gguf_export import export_gguf, find_adapter
 

@@ -51,6 +51,12 @@ def serve(
     ctx_per_slot: int = typer.Option(2048, help="Context tokens of each slot."),
     alias: str = typer.Option("medllm", help="The model name the server answers to."),
     log: Path | None = typer.Option(None, help="The server's log file [default: a temp file]."),
+    server_arg: list[str] = typer.Option(
+        [],
+        "--server-arg",
+        help="An extra llama-server argument, passed as it is (repeat; write "
+        "--server-arg=--flag for a flag), e.g. --server-arg=--n-gpu-layers --server-arg=99.",
+    ),
 ) -> None:
     """Serve an exported model with llama.cpp's OpenAI-compatible server until Ctrl-C; point a
     pipeline at it with `assemble --base-url http://HOST:PORT/v1 --adapter EXPORT --model ALIAS
@@ -65,6 +71,7 @@ def serve(
         "ctx_per_slot": ctx_per_slot,
         "alias": alias,
         "log_path": log,
+        "extra_args": list(server_arg),
     }
     if base_gguf is not None:
         options["model"] = base_gguf
