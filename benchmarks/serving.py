@@ -60,6 +60,19 @@ def server_peak_mib(pid: int) -> float | None:
     return None
 
 
+def draft_counts(log: Path) -> dict[str, int] | None:
+    """Speculative decoding's drafted and accepted tokens, summed over the server log's
+    "draft acceptance = ... (A accepted / G generated)" lines; None when nothing was drafted."""
+    import re
+
+    pattern = re.compile(r"draft acceptance = [\d.]+ \(\s*(\d+) accepted /\s*(\d+) generated\)")
+    accepted = generated = 0
+    for match in pattern.finditer(log.read_text(encoding="utf8", errors="replace")):
+        accepted += int(match.group(1))
+        generated += int(match.group(2))
+    return {"accepted": accepted, "generated": generated} if generated else None
+
+
 def score(nlp: Any, name: str, examples: Sequence[dict], labels: Sequence[str]) -> dict[str, Any]:
     from spacy_medllm.evaluation.evaluate import evaluate_pipeline
 
@@ -125,6 +138,7 @@ def run_served(name: str, args: argparse.Namespace, examples, labels) -> dict[st
         result = score(nlp, name, examples, labels)
         result["server_peak_rss_mib"] = server_peak_mib(server.process.pid)
     result["dtype"] = kind.split("-", 1)[1]
+    result["drafts"] = draft_counts(log)
     return result
 
 
@@ -258,6 +272,15 @@ def markdown(report: dict[str, Any]) -> str:
                 ]
             )  # fmt: skip
     lines.append(markdown_table(header, rows))
+    drafted = [
+        f"{corpus}, {name}: {r['drafts']['accepted']:,} of {r['drafts']['generated']:,} drafted "
+        f"tokens accepted ({r['drafts']['accepted'] / r['drafts']['generated']:.0%})"
+        for corpus, entry in report["corpora"].items()
+        for name, r in entry["results"].items()
+        if r.get("drafts")
+    ]
+    if drafted:
+        lines += ["", "Speculative decoding (from the server log): " + "; ".join(drafted) + "."]
     lines += ["", "Against the bar (issue 28):", ""]
     for corpus, entry in report["corpora"].items():
         for name, c in entry.get("comparisons", {}).items():
