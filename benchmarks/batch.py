@@ -37,7 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +72,21 @@ def ruler_pipeline(path: Path) -> Path:
     return path
 
 
-def write_documents(path: Path, n: int, seed: int = 0) -> int:
-    """`n` synthetic clinical notes (3 to 8 sentences) as JSONL; returns the characters."""
+def synthetic_texts(n: int, seed: int = 0) -> Iterator[str]:
+    """`n` synthetic clinical notes (3 to 8 sentences), the same for the same seed."""
     rng = random.Random(seed)
+    for _ in range(n):
+        yield " ".join(
+            rng.choice(SENTENCES).format(drug=rng.choice(DRUGS), event=rng.choice(EVENTS))
+            for _ in range(rng.randint(3, 8))
+        )
+
+
+def write_documents(path: Path, n: int, seed: int = 0) -> int:
+    """`synthetic_texts` as JSONL records with ids doc-0, doc-1, ...; returns the characters."""
     chars = 0
     with path.open("w", encoding="utf8") as handle:
-        for i in range(n):
-            text = " ".join(
-                rng.choice(SENTENCES).format(drug=rng.choice(DRUGS), event=rng.choice(EVENTS))
-                for _ in range(rng.randint(3, 8))
-            )
+        for i, text in enumerate(synthetic_texts(n, seed)):
             chars += len(text)
             handle.write(json.dumps({"id": f"doc-{i}", "text": text}) + "\n")
     return chars

@@ -4,7 +4,7 @@
 few documents. The two runners group documents differently: `nlp.pipe` takes `--batch-size`
 documents at a time from the start, `batch` cuts the input into parts (`--part-size` lines) and
 each part into pieces of `--batch-size`. This runs the same pipeline, in one process, with the same
-threads, over the same synthetic documents (`benchmarks.batch.write_documents`) both ways and
+threads, over the same synthetic documents (`benchmarks.batch.synthetic_texts`) both ways and
 counts the documents whose entities differ. A CNN gives 0; an LLM decoding a padded batch in
 bfloat16 need not (its numbers depend on the batch's shape). Writes `<output>.json` and `.md`.
 
@@ -17,7 +17,6 @@ import argparse
 import json
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -46,13 +45,9 @@ def grouped_as_parts(texts: Sequence[str], part_size: int, batch_size: int) -> I
 def compare(pipeline: str, n_docs: int, batch_size: int, part_size: int) -> dict[str, Any]:
     import spacy
 
-    from benchmarks.batch import write_documents
+    from benchmarks.batch import synthetic_texts
 
-    with tempfile.TemporaryDirectory() as folder:
-        source = Path(folder) / "documents.jsonl"
-        write_documents(source, n_docs)
-        with source.open(encoding="utf8") as handle:
-            texts = [json.loads(line)["text"] for line in handle]
+    texts = list(synthetic_texts(n_docs))
     nlp = spacy.load(pipeline)
     clock = time.perf_counter()
     straight = entities_of(nlp.pipe(texts, batch_size=batch_size))
